@@ -1,0 +1,23 @@
+"""Shared fixtures: real upstream files (pinned wheels) and TF-built reference checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from third_party.wheels import FACENET, FACENET_PYTORCH, wheel_member
+
+
+@pytest.fixture(scope="session")
+def det_npy() -> dict[str, Path]:
+    """The real MTCNN weights det1/2/3.npy from the pinned upstream facenet wheel."""
+    return {name: wheel_member(FACENET, f"facenet/src/align/{name}.npy")
+            for name in ("det1", "det2", "det3")}
+
+
+@pytest.fixture(scope="session")
+def published_mtcnn() -> dict[str, Path]:
+    """facenet-pytorch 2.6.0's published pnet.pt, rnet.pt, onet.pt."""
+    return {name: wheel_member(FACENET_PYTORCH, f"facenet_pytorch/data/{name}.pt")
+            for name in ("pnet", "rnet", "onet")}

@@ -1,0 +1,1 @@
+"""Pinned upstream artifacts, fetched on demand and verified; none of their code is committed."""
