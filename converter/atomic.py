@@ -79,7 +79,7 @@ def staged_outputs(outs: Iterable[str | os.PathLike[str]], *, force: bool = Fals
                                   path=path) from error
             staged[path] = (tmp, os.fdopen(fd, "wb"))
         yield {path: handle for path, (_, handle) in staged.items()}
-        for path, (tmp, handle) in staged.items():
+        for path, (_tmp, handle) in staged.items():
             try:
                 handle.flush()
                 os.fsync(handle.fileno())

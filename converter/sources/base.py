@@ -67,7 +67,7 @@ class SourceReader(abc.ABC):
         """Graph node names where the format has a graph (frozen .pb), else None."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, readers without handles skip it
         """Release file handles and memory maps."""
 
     def __iter__(self) -> Iterator[str]:
