@@ -1,0 +1,134 @@
+"""MTCNN's three face-detection networks (PNet, RNet, ONet) in PyTorch.
+
+Keys, shapes, order and input layout are those of facenet-pytorch 2.6.0, whose published
+``pnet.pt``/``rnet.pt``/``onet.pt`` equal davidsandberg's ``det1/2/3.npy``.
+
+Input convention (as facenet-pytorch feeds them): float32 NCHW, RGB, scaled
+``(x - 127.5) * 0.0078125``. The upstream TF nets work on width/height-swapped images; the
+converted conv kernels are transposed accordingly, and RNet/ONet permute their last feature map
+to ``(N, W, H, C)`` before flattening so that the dense weights line up.
+PNet takes any size >= 12x12; RNet 24x24 crops; ONet 48x48 crops.
+"""
+
+from __future__ import annotations
+
+import os
+
+from torch import Tensor, nn
+
+from models.inception_resnet_v1 import load_strict, load_weights_file
+from models.releases import cached_weights_path, get_release, resolve_pretrained
+
+
+def _load_pretrained(module: nn.Module, pretrained: bool | str | os.PathLike[str],
+                     release_name: str) -> None:
+    """True: the cached release file; a str/path: that file. Strict, ``weights_only``."""
+    if pretrained is False or pretrained is None:
+        return
+    if pretrained is True:
+        path = cached_weights_path(get_release(release_name))
+    else:
+        path, _ = resolve_pretrained(pretrained, release_name)
+    load_strict(module, load_weights_file(path), path)
+
+
+class PNet(nn.Module):
+    """Proposal network: fully convolutional face probability + box regression maps.
+
+    ``forward`` returns ``(boxes (N, 4, H', W'), probs (N, 2, H', W'))``; ``probs[:, 1]`` is
+    the face probability (softmax over channels).
+    """
+
+    def __init__(self, pretrained: bool | str | os.PathLike[str] = False) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 10, kernel_size=3)
+        self.prelu1 = nn.PReLU(10)
+        self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv2 = nn.Conv2d(10, 16, kernel_size=3)
+        self.prelu2 = nn.PReLU(16)
+        self.conv3 = nn.Conv2d(16, 32, kernel_size=3)
+        self.prelu3 = nn.PReLU(32)
+        self.conv4_1 = nn.Conv2d(32, 2, kernel_size=1)
+        self.softmax4_1 = nn.Softmax(dim=1)
+        self.conv4_2 = nn.Conv2d(32, 4, kernel_size=1)
+        _load_pretrained(self, pretrained, "pnet")
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.prelu1(self.conv1(x))
+        x = self.pool1(x)
+        x = self.prelu2(self.conv2(x))
+        x = self.prelu3(self.conv3(x))
+        probs = self.softmax4_1(self.conv4_1(x))
+        boxes = self.conv4_2(x)
+        return boxes, probs
+
+
+class RNet(nn.Module):
+    """Refinement network on 24x24 crops: ``forward`` returns ``(boxes (N, 4), probs (N, 2))``."""
+
+    def __init__(self, pretrained: bool | str | os.PathLike[str] = False) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 28, kernel_size=3)
+        self.prelu1 = nn.PReLU(28)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2 = nn.Conv2d(28, 48, kernel_size=3)
+        self.prelu2 = nn.PReLU(48)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3 = nn.Conv2d(48, 64, kernel_size=2)
+        self.prelu3 = nn.PReLU(64)
+        self.dense4 = nn.Linear(576, 128)
+        self.prelu4 = nn.PReLU(128)
+        self.dense5_1 = nn.Linear(128, 2)
+        self.softmax5_1 = nn.Softmax(dim=1)
+        self.dense5_2 = nn.Linear(128, 4)
+        _load_pretrained(self, pretrained, "rnet")
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = self.prelu3(self.conv3(x))
+        x = x.permute(0, 3, 2, 1).contiguous()  # to the TF nets' flatten order
+        x = self.prelu4(self.dense4(x.flatten(1)))
+        probs = self.softmax5_1(self.dense5_1(x))
+        boxes = self.dense5_2(x)
+        return boxes, probs
+
+
+class ONet(nn.Module):
+    """Output network on 48x48 crops.
+
+    ``forward`` returns ``(boxes (N, 4), landmarks (N, 10), probs (N, 2))``.
+    """
+
+    def __init__(self, pretrained: bool | str | os.PathLike[str] = False) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, kernel_size=3)
+        self.prelu1 = nn.PReLU(32)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=3)
+        self.prelu2 = nn.PReLU(64)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3 = nn.Conv2d(64, 64, kernel_size=3)
+        self.prelu3 = nn.PReLU(64)
+        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv4 = nn.Conv2d(64, 128, kernel_size=2)
+        self.prelu4 = nn.PReLU(128)
+        self.dense5 = nn.Linear(1152, 256)
+        self.prelu5 = nn.PReLU(256)
+        self.dense6_1 = nn.Linear(256, 2)
+        self.softmax6_1 = nn.Softmax(dim=1)
+        self.dense6_2 = nn.Linear(256, 4)
+        self.dense6_3 = nn.Linear(256, 10)
+        _load_pretrained(self, pretrained, "onet")
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = self.pool3(self.prelu3(self.conv3(x)))
+        x = self.prelu4(self.conv4(x))
+        x = x.permute(0, 3, 2, 1).contiguous()  # to the TF nets' flatten order
+        x = self.prelu5(self.dense5(x.flatten(1)))
+        probs = self.softmax6_1(self.dense6_1(x))
+        boxes = self.dense6_2(x)
+        landmarks = self.dense6_3(x)
+        return boxes, landmarks, probs

@@ -1,0 +1,102 @@
+"""CLI smoke tests: --help/--version three ways, and no TensorFlow on plain imports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from converter import __version__
+from converter.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run a command from the repository root with the project importable."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return subprocess.run(list(args), cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def console_script() -> str | None:
+    """The installed ``facenet-convert`` next to this interpreter, else on PATH."""
+    beside = Path(sys.executable).parent / "facenet-convert"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("facenet-convert")
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_in_process(flag: str) -> None:
+    result = CliRunner().invoke(main, [flag])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+    assert "Convert TensorFlow FaceNet weights" in result.output
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_in_process(flag: str) -> None:
+    result = CliRunner().invoke(main, [flag])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"facenet-convert, version {__version__}"
+
+
+def test_unknown_command_fails_cleanly() -> None:
+    result = CliRunner().invoke(main, ["no-such-command"])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+
+
+def test_python_dash_m_converter() -> None:
+    helped = run(sys.executable, "-m", "converter", "--help")
+    assert helped.returncode == 0, helped.stderr
+    assert "Usage:" in helped.stdout
+    versioned = run(sys.executable, "-m", "converter", "--version")
+    assert versioned.returncode == 0, versioned.stderr
+    assert versioned.stdout.strip() == f"facenet-convert, version {__version__}"
+
+
+def test_console_script() -> None:
+    script = console_script()
+    if script is None:
+        pytest.skip("facenet-convert console script not installed (pip install -e .)")
+    helped = run(script, "--help")
+    assert helped.returncode == 0, helped.stderr
+    assert "Usage: facenet-convert" in helped.stdout
+    versioned = run(script, "--version")
+    assert versioned.returncode == 0, versioned.stderr
+    assert __version__ in versioned.stdout
+
+
+def test_plain_imports_do_not_import_tensorflow() -> None:
+    code = (
+        "import sys\n"
+        "import converter, converter.cli, models, models.releases\n"
+        "from models import InceptionResNetV1, ONet, PNet, RNet\n"
+        "heavy = sorted(m for m in sys.modules\n"
+        "               if m.split('.')[0] in {'tensorflow', 'tf_keras', 'keras', 'tf_slim'})\n"
+        "print(','.join(heavy) or 'none')\n"
+    )
+    result = run(sys.executable, "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "none"
+
+
+def test_help_does_not_import_torch_or_tensorflow() -> None:
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from converter.cli import main\n"
+        "assert CliRunner().invoke(main, ['--help']).exit_code == 0\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'tensorflow'}))\n"
+    )
+    result = run(sys.executable, "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
