@@ -12,5 +12,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "${pip[@]}" install --quiet --upgrade pip
   "${pip[@]}" install --quiet -c scripts/constraints.txt torch
   "${pip[@]}" install --quiet -c scripts/constraints.txt -e ".[dev]"
+  # Keras 2 (tf-keras) only to write real Keras 2 .h5 files in tests; it asks for the full
+  # `tensorflow` package, which tensorflow-cpu already provides, hence --no-deps.
+  "${pip[@]}" install --quiet --no-deps -c scripts/constraints.txt tf-keras
   echo "$want" > "$stamp"
 fi
