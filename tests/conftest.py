@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from third_party.wheels import FACENET, FACENET_PYTORCH, wheel_member
+from tf_fixtures import *  # noqa: F403  (TF-built reference checkpoints, session-cached)
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +22,4 @@ def published_mtcnn() -> dict[str, Path]:
     """facenet-pytorch 2.6.0's published pnet.pt, rnet.pt, onet.pt."""
     return {name: wheel_member(FACENET_PYTORCH, f"facenet_pytorch/data/{name}.pt")
             for name in ("pnet", "rnet", "onet")}
+
