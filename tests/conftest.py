@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tf_fixtures import *  # noqa: F403  (TF-built reference checkpoints, session-cached)
 
 from third_party.wheels import FACENET, FACENET_PYTORCH, wheel_member
-from tf_fixtures import *  # noqa: F403  (TF-built reference checkpoints, session-cached)
 
 
 @pytest.fixture(scope="session")
