@@ -53,6 +53,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def _describe(error: OSError) -> str:
     if error.errno == errno.ENOSPC:
         return "no space left on device"
@@ -77,6 +83,7 @@ def staged_outputs(outs: Iterable[str | os.PathLike[str]], *, force: bool = Fals
             except OSError as error:
                 raise OutputError(f"cannot create a file in {path.parent}: {_describe(error)}",
                                   path=path) from error
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 is not what users expect
             staged[path] = (tmp, os.fdopen(fd, "wb"))
         yield {path: handle for path, (_, handle) in staged.items()}
         for path, (_tmp, handle) in staged.items():

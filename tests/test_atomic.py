@@ -111,3 +111,14 @@ def test_real_disk_full_leaves_nothing(tiny_filesystem: Path) -> None:
         with atomic_output(out) as handle:
             handle.write(b"\0" * (1 << 20))
     assert list(tiny_filesystem.iterdir()) == []
+
+
+def test_outputs_get_the_usual_permissions(tmp_path: Path) -> None:
+    out = tmp_path / "model.pt"
+    old = os.umask(0o022)
+    try:
+        with atomic_output(out) as handle:
+            handle.write(b"x")
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644
