@@ -16,17 +16,19 @@ import os
 
 from torch import Tensor, nn
 
+from models.hub import ensure_weights
 from models.inception_resnet_v1 import load_strict, load_weights_file
-from models.releases import cached_weights_path, get_release, resolve_pretrained
+from models.releases import get_release, resolve_pretrained
 
 
 def _load_pretrained(module: nn.Module, pretrained: bool | str | os.PathLike[str],
                      release_name: str) -> None:
-    """True: the cached release file; a str/path: that file. Strict, ``weights_only``."""
+    """True: the cached release file (downloaded and verified when absent, see
+    :mod:`models.hub`); a str/path: that file. Strict, ``weights_only``."""
     if pretrained is False or pretrained is None:
         return
     if pretrained is True:
-        path = cached_weights_path(get_release(release_name))
+        path = ensure_weights(get_release(release_name))
     else:
         path, _ = resolve_pretrained(pretrained, release_name)
     load_strict(module, load_weights_file(path), path)

@@ -23,3 +23,9 @@ def published_mtcnn() -> dict[str, Path]:
     return {name: wheel_member(FACENET_PYTORCH, f"facenet_pytorch/data/{name}.pt")
             for name in ("pnet", "rnet", "onet")}
 
+
+
+@pytest.fixture(autouse=True)
+def _no_internet_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never reach the internet: pretrained downloads only from loopback servers they set."""
+    monkeypatch.setenv("FACENET_CONVERT_OFFLINE", "1")

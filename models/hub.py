@@ -1,0 +1,255 @@
+"""Pretrained weights on demand: the torch cache, else a sha256-verified download.
+
+A release's file is looked up in ``$TORCH_HOME/checkpoints/<filename>`` (the directory torch.hub
+and facenet-pytorch use). A file found there is used as it is (it may be your own
+``facenet-convert regenerate`` output, whose bytes differ from facenet-pytorch's); the model
+then checks its sizes against the release record. When it is absent it is downloaded from
+:func:`models.releases.download_url` (``$FACENET_CONVERT_WEIGHTS_URL/<filename>`` when that
+mirror is configured, else the release's published URL) and kept only if its sha256 equals the
+trusted one, written atomically (temp file beside it, fsync, rename) so that an interrupted or
+rejected download never leaves a file behind.
+
+Trusted hashes come from the registry (the published files' sha256), or, for your own mirror
+of regenerated files, from a *local* JSON file named by ``$FACENET_CONVERT_WEIGHTS_MANIFEST``
+(``regenerate``'s ``MANIFEST.json`` or ``{filename: sha256}``), which takes precedence for the
+files it lists. Nothing is ever downloaded without a trusted hash. ``$FACENET_CONVERT_OFFLINE``
+(set, not ``0``) forbids downloads altogether. No torch import here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import BinaryIO
+from urllib.error import HTTPError, URLError
+from urllib.request import Request, urlopen
+
+from converter import __version__
+from converter.atomic import atomic_output
+from converter.errors import ConverterError
+from models.releases import (
+    OFFLINE_ENV,
+    WEIGHTS_MANIFEST_ENV,
+    WEIGHTS_URL_ENV,
+    ChecksumMismatchError,
+    Release,
+    WeightsNotFoundError,
+    checkpoint_dir,
+    download_url,
+    find_published,
+)
+
+CHUNK = 1 << 20
+TIMEOUT_S = 30.0
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_HINT = "run `facenet-convert regenerate` or place the file there"
+
+
+class ManifestError(ConverterError):
+    """``$FACENET_CONVERT_WEIGHTS_MANIFEST`` names a file that is not a usable hash list."""
+
+
+class _Abort(Exception):
+    """Carries an error out of the atomic-output block (which rewraps OSErrors)."""
+
+    def __init__(self, error: ConverterError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _regenerate_hint(dest: Path) -> str:
+    return (f"{_HINT} (`facenet-convert regenerate RELEASES_DIR -o {dest.parent}` writes it "
+            "from the original release files)")
+
+
+def load_manifest(path: str | os.PathLike[str]) -> dict[str, tuple[str, int | None]]:
+    """``{filename: (sha256, size or None)}`` from a ``regenerate`` MANIFEST.json (its
+    ``outputs``) or a plain ``{filename: sha256}`` object."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ManifestError(f"cannot read the trusted hash list ({error}); fix or unset "
+                            f"${WEIGHTS_MANIFEST_ENV}", path=path) from error
+    entries: dict[str, tuple[str, int | None]] = {}
+    if isinstance(document, Mapping) and isinstance(document.get("outputs"), list):
+        for item in document["outputs"]:
+            if not (isinstance(item, Mapping) and isinstance(item.get("file"), str)):
+                raise ManifestError("an entry of outputs has no file name", path=path)
+            size = item.get("size")
+            entries[item["file"]] = (str(item.get("sha256", "")),
+                                     size if isinstance(size, int) else None)
+    elif isinstance(document, Mapping) and all(isinstance(v, str) for v in document.values()):
+        entries = {str(name): (sha, None) for name, sha in document.items()}
+    else:
+        raise ManifestError("expected a MANIFEST.json written by `facenet-convert regenerate` "
+                            "or a JSON object {filename: sha256}", path=path)
+    bad = sorted(name for name, (sha, _) in entries.items() if not _SHA256.fullmatch(sha))
+    if bad:
+        raise ManifestError(f"not a lowercase hex sha256 for {', '.join(bad[:3])}", path=path)
+    return entries
+
+
+def trusted_sha256(filename: str) -> tuple[str | None, int | None, str]:
+    """The sha256 (and size) a download of ``filename`` must have, and where it comes from.
+
+    ``$FACENET_CONVERT_WEIGHTS_MANIFEST`` first (a local file you trust), then the registry's
+    published hash; ``(None, None, "")`` when neither knows the file.
+    """
+    manifest = os.environ.get(WEIGHTS_MANIFEST_ENV, "").strip()
+    if manifest:
+        entries = load_manifest(manifest)
+        if filename in entries:
+            sha, size = entries[filename]
+            return sha, size, f"${WEIGHTS_MANIFEST_ENV} ({manifest})"
+    found = find_published(filename)
+    if found is not None and found[1].sha256 is not None:
+        return found[1].sha256, found[1].size, "the release registry"
+    return None, None, ""
+
+
+def ensure_weights(release: Release, *, progress: bool | None = None) -> Path:
+    """The cached file of ``release``, downloading and verifying it first when absent."""
+    dest = checkpoint_dir() / release.filename
+    if dest.is_file():
+        return dest
+    if os.environ.get(OFFLINE_ENV, "").strip() not in ("", "0"):
+        raise WeightsNotFoundError(
+            f"weights of release {release.name} not found (expected file {release.filename} "
+            f"in {dest.parent}) and ${OFFLINE_ENV} forbids downloads; "
+            f"{_regenerate_hint(dest)}", path=dest)
+    url = download_url(release)
+    if url is None:
+        raise WeightsNotFoundError(
+            f"weights of release {release.name} not found (expected file {release.filename} "
+            f"in {dest.parent}) and no download location is known for them (set "
+            f"${WEIGHTS_URL_ENV} to a mirror); {_regenerate_hint(dest)}", path=dest)
+    sha256, size, origin = trusted_sha256(release.filename)
+    if sha256 is None:
+        raise WeightsNotFoundError(
+            f"weights of release {release.name} not found (expected file {release.filename} "
+            f"in {dest.parent}); no sha256 is known for it, so it is not downloaded "
+            f"unverified: fetch {url} yourself, or list its sha256 in "
+            f"${WEIGHTS_MANIFEST_ENV}; {_regenerate_hint(dest)}", path=dest)
+    return download_file(url, dest, sha256=sha256, size=size, origin=origin,
+                         progress=progress)
+
+
+def download_file(url: str, dest: str | os.PathLike[str], *, sha256: str,
+                  size: int | None = None, origin: str = "the caller",
+                  progress: bool | None = None, timeout: float = TIMEOUT_S) -> Path:
+    """Download ``url`` to ``dest`` atomically, keeping it only if its sha256 is ``sha256``.
+
+    ``size`` (when known) bounds the download. ``progress``: a bar on stderr; default when
+    stderr is a terminal. Errors: :class:`WeightsNotFoundError` (offline, HTTP error, short
+    or oversized body), :class:`ChecksumMismatchError` (nothing is left behind either way).
+    """
+    dest = Path(dest)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise WeightsNotFoundError(f"cannot create the cache directory {dest.parent} "
+                                   f"({error.strerror or error}); {_HINT}", path=dest) from error
+    request = Request(url, headers={"User-Agent": f"facenet-convert/{__version__}"})
+    try:
+        response = urlopen(request, timeout=timeout)
+    except HTTPError as error:
+        raise WeightsNotFoundError(f"download of {url} failed (HTTP {error.code} "
+                                   f"{error.reason}); {_regenerate_hint(dest)}",
+                                   path=dest) from error
+    except (URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise WeightsNotFoundError(f"cannot download {url} ({reason}; offline?); "
+                                   f"{_regenerate_hint(dest)}", path=dest) from error
+    try:
+        with response:
+            declared = response.headers.get("Content-Length")
+            total = int(declared) if declared and declared.isdigit() else None
+            if size is not None and total is not None and total != size:
+                raise WeightsNotFoundError(
+                    f"{url} announces {total} bytes but {dest.name} has {size} ({origin}); "
+                    f"the server holds another file; {_regenerate_hint(dest)}", path=dest)
+            try:
+                with atomic_output(dest, force=True) as handle:
+                    _copy_verified(response, handle, url=url, dest=dest, sha256=sha256,
+                                   size=size if size is not None else total, origin=origin,
+                                   progress=progress)
+            except _Abort as abort:
+                raise abort.error from None
+    finally:
+        response.close()
+    return dest
+
+
+def _copy_verified(response: BinaryIO, handle: BinaryIO, *, url: str, dest: Path, sha256: str,
+                   size: int | None, origin: str, progress: bool) -> None:
+    digest = hashlib.sha256()
+    done = 0
+    bar = _Progress(dest.name, size) if progress else None
+    while True:
+        try:
+            chunk = response.read(CHUNK)
+        except (OSError, ValueError) as error:
+            raise _Abort(WeightsNotFoundError(
+                f"download of {url} broke off after {done} bytes ({error}); "
+                f"{_regenerate_hint(dest)}", path=dest)) from error
+        if not chunk:
+            break
+        done += len(chunk)
+        if size is not None and done > size:
+            raise _Abort(ChecksumMismatchError(
+                f"{url} sends more than the {size} bytes {dest.name} has ({origin}); "
+                f"discarded; {_regenerate_hint(dest)}", path=dest))
+        digest.update(chunk)
+        handle.write(chunk)
+        if bar is not None:
+            bar.update(done)
+    if bar is not None:
+        bar.close(done)
+    found = digest.hexdigest()
+    if size is not None and done != size:
+        raise _Abort(WeightsNotFoundError(
+            f"download of {url} ended after {done} of {size} bytes; discarded; "
+            f"{_regenerate_hint(dest)}", path=dest))
+    if found != sha256:
+        raise _Abort(ChecksumMismatchError(
+            f"sha256 mismatch for {dest.name} downloaded from {url}: expected {sha256} "
+            f"({origin}), found {found}; the download was discarded; check "
+            f"${WEIGHTS_URL_ENV} / ${WEIGHTS_MANIFEST_ENV}, or {_HINT}", path=dest))
+
+
+class _Progress:
+    """A one-line progress bar on stderr, redrawn at most ten times a second."""
+
+    def __init__(self, name: str, total: int | None) -> None:
+        self.name = name
+        self.total = total
+        self.last = 0.0
+
+    def update(self, done: int, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < 0.1:
+            return
+        self.last = now
+        if self.total:
+            fraction = min(done / self.total, 1.0)
+            filled = int(fraction * 30)
+            text = (f"\r{self.name} [{'#' * filled}{'.' * (30 - filled)}] "
+                    f"{fraction:4.0%} {done / 1e6:.1f}/{self.total / 1e6:.1f} MB")
+        else:
+            text = f"\r{self.name} {done / 1e6:.1f} MB"
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+    def close(self, done: int) -> None:
+        self.update(done, force=True)
+        sys.stderr.write("\n")
+        sys.stderr.flush()
