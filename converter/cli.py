@@ -12,6 +12,12 @@ from typing import Any
 import click
 
 from converter import __version__
+from converter.commands.convert import convert_command
+from converter.commands.embed import embed_command
+from converter.commands.inspect import inspect_command
+from converter.commands.parity import parity_command
+from converter.commands.regenerate import regenerate_command
+from converter.commands.verify import verify_command
 from converter.errors import ConverterError
 
 
@@ -41,3 +47,11 @@ class ConverterGroup(click.Group):
 def main() -> None:
     """Convert TensorFlow FaceNet weights (checkpoints, frozen graphs, Keras .h5, MTCNN .npy)
     into PyTorch state_dicts, and prove the result computes the same thing."""
+
+
+main.add_command(inspect_command)
+main.add_command(convert_command)
+main.add_command(parity_command)
+main.add_command(embed_command)
+main.add_command(verify_command)
+main.add_command(regenerate_command)

@@ -4,7 +4,7 @@
 ``releases_dir`` (folders named like ``20180402-114759`` holding the checkpoint ``.index`` /
 ``.data-*``, the ``.meta`` graph and the frozen ``.pb``), checks every input file against the
 sha256 the release registry (:mod:`models.releases`) pins, converts each checkpoint with
-:func:`converter.convert.convert`, runs the parity check against TensorFlow when it is
+:func:`converter.convert`, runs the parity check against TensorFlow when it is
 importable, and writes facenet-pytorch's file set (``20180402-114759-vggface2.pt`` and its
 ``-features`` / ``-logits`` split, ..., ``pnet.pt``, ``rnet.pt``, ``onet.pt``) plus
 ``MANIFEST.json`` (sha256 and size of every output, sha256 of every input, converter version,
@@ -342,7 +342,7 @@ def regenerate(releases_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
     ``parity``: None runs it when TensorFlow is importable (else a note says it was skipped),
     True requires it, False skips it. ``echo`` receives one progress line per step.
     """
-    from converter.convert import convert
+    from converter.conversion import convert
     from converter.writers import FORMATS, HashingWriter, split_state, write_json, write_state
 
     started = time.perf_counter()

@@ -96,7 +96,7 @@ class TFEmbedder:
 
 def load_converted(prefix: Path):
     """Our model with the converted checkpoint (strict load)."""
-    from converter.convert import convert
+    from converter.conversion import convert
     from models.inception_resnet_v1 import InceptionResNetV1, load_strict
 
     result = convert(str(prefix), "inception_resnet_v1")

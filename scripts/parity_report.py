@@ -2,7 +2,7 @@
 """CI parity report: build a small upstream-graph checkpoint, convert it, prove parity.
 
 1. builds (or reuses, from the cache) a 128-d upstream facenet checkpoint with a few logits
-   classes, EMA and an optimizer, via ``third_party.facenet.build.build_checkpoint``;
+   classes (no EMA or optimizer slots: conversion of those is proven in the tests), via ``third_party.facenet.build.build_checkpoint``;
 2. converts it and the real MTCNN det1/2/3.npy of the pinned upstream wheel;
 3. runs the parity check (with per-layer localisation) on each against the upstream TF graphs;
 4. prints the markdown report (and appends it to ``$GITHUB_STEP_SUMMARY`` when set).
@@ -41,7 +41,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    from converter.convert import convert
+    from converter.conversion import convert
     from converter.parity import run_parity
     from converter.parity_tf import quiet_tensorflow
     from converter.report import append_step_summary, to_markdown, write_text

@@ -66,7 +66,7 @@ def test_missing_layers_are_skipped() -> None:
 
 
 def _convert(source: Path, out: Path) -> Path:
-    from converter.convert import convert
+    from converter.conversion import convert
 
     convert(source, output=out)
     return out
@@ -150,7 +150,7 @@ def test_checkpoint_without_meta_is_rebuilt(upstream_ckpt_512, tmp_path: Path) -
 
 @pytest.mark.tf
 def test_ema_weights_compare_against_restored_shadows(upstream_ckpt_512, tmp_path: Path) -> None:
-    from converter.convert import convert
+    from converter.conversion import convert
     from converter.parity import run_parity, weights_choice
 
     weights = tmp_path / "ema.safetensors"

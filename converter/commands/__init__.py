@@ -1,0 +1,1 @@
+"""Subcommands of ``facenet-convert``: one module each, added to the group in ``cli.py``."""

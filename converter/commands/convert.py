@@ -1,0 +1,51 @@
+"""``facenet-convert convert``: a thin click layer over :func:`converter.convert`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from converter.layouts import ARCHITECTURES
+
+
+@click.command("convert")
+@click.argument("source", type=click.Path(path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str),
+              help="Output file (.pt or .safetensors).")
+@click.option("--model", type=click.Choice(["auto", *ARCHITECTURES]), default="auto",
+              show_default=True, help="Target model; auto detects it from the source.")
+@click.option("--weights", type=click.Choice(["raw", "ema"]), default="raw", show_default=True,
+              help="raw variables (what upstream inference restores) or their EMA shadows.")
+@click.option("--format", "format_", type=click.Choice(["pt", "safetensors"]), default=None,
+              help="Output format (default: from the output extension).")
+@click.option("--split", is_flag=True,
+              help="Also write <stem>-features and <stem>-logits files (facenet-pytorch style).")
+@click.option("--strict", is_flag=True, help="Fail on NaN/Inf weights instead of reporting them.")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("--report", type=click.Path(path_type=str), default=None,
+              help="Write a JSON report of every mapping decision.")
+def convert_command(source: str, output: str, model: str, weights: str, format_: str | None,
+                    split: bool, strict: bool, force: bool, report: str | None) -> None:
+    """Convert SOURCE (checkpoint dir/prefix/.index, frozen .pb, Keras .h5, MTCNN det*.npy)
+    into a PyTorch state_dict that accounts for every tensor."""
+    from converter.conversion import convert
+
+    bar: Any = None
+    progress = None
+    if sys.stderr.isatty():
+        def progress(done: int, total: int, key: str) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = click.progressbar(length=total, label="converting", file=sys.stderr)
+                bar.__enter__()
+            bar.update(1)
+    try:
+        result = convert(source, model, weights=weights, strict=strict, output=output,
+                         format=format_, split=split, force=force, report=report,
+                         progress=progress)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    click.echo(result.summary())

@@ -1,0 +1,72 @@
+"""Mapping tables: data, one module per naming scheme, applied by ``converter.mapping``.
+
+A table module lists layers as ``(source layer pattern, target module template, param
+set)`` and, where a rule does not fit that shape, whole :class:`Rule` records. ``expand``
+crosses layers with their param set into plain ordered rules, so the final table is a flat,
+printable list of ``pattern -> template + transform`` records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from converter.errors import MappingError
+from converter.mapping import Fill, Rule, Table
+
+#: (source suffix appended to the layer pattern, target suffix appended to the module
+#: template, transform name).
+Param = tuple[str, str, str]
+
+
+def expand(layers: Iterable[tuple[str, str, tuple[Param, ...]]]) -> tuple[Rule, ...]:
+    """One rule per (layer, param): ``layer + suffix`` -> ``module + suffix``."""
+    return tuple(Rule(layer + source, module + target, transform)
+                 for layer, module, params in layers
+                 for source, target, transform in params)
+
+
+#: Sources every TF training checkpoint may carry that are never weights of the network.
+TF_TRAINING_DROPS: tuple[Rule, ...] = (
+    Rule(r"(?P<var>.+)/(?:Adam|Adam_1|RMSProp|RMSProp_1|Momentum|Adagrad|Adadelta|Adadelta_1"
+         r"|Ftrl|Ftrl_1)", None,
+         reason="optimizer slot (training state, not a weight)"),
+    Rule(r"beta1_power|beta2_power", None, reason="Adam's bias-correction accumulators"),
+    Rule(r"global_step", None, reason="training step counter"),
+    Rule(r"(?P<loss>\w+)/avg", None,
+         reason="moving average of a training loss (facenet.train's loss_averages)"),
+    Rule(r"centers", None, reason="center-loss class centers (training only)"),
+    Rule(r"(?:.+/)?AuxLogits/.+", None, reason="auxiliary classifier head (training only)"),
+    Rule(r"(?P<var>.+)/ExponentialMovingAverage", None,
+         reason="EMA shadow, not selected (weights=raw)"),
+    Rule(r"_CHECKPOINTABLE_OBJECT_GRAPH", None, reason="TF2 object graph metadata, not a "
+                                                       "tensor of the network"),
+)
+
+#: Group ``var`` names the variable an EMA shadow belongs to.
+EMA_PATTERN = r"(?P<var>.+)/ExponentialMovingAverage"
+
+#: facenet-pytorch's BatchNorm buffers the TF graphs do not have.
+BN_FILLS: tuple[Fill, ...] = (
+    Fill(r"(?:.+\.)?(?:bn|last_bn)\.weight", "ones",
+         "davidsandberg BN has scale=False (no gamma): gamma = 1"),
+    Fill(r"(?:.+\.)?(?:bn|last_bn)\.num_batches_tracked", "zeros",
+         "torch-only BatchNorm counter (int64 scalar); TF keeps no such count"),
+)
+
+
+def all_tables() -> dict[str, Table]:
+    """Every known table by name."""
+    from converter.tables import inception_resnet_v1_keras as keras
+    from converter.tables import inception_resnet_v1_slim as slim
+    from converter.tables import mtcnn
+
+    tables = (slim.CHECKPOINT, slim.FROZEN, keras.TABLE, mtcnn.PNET, mtcnn.RNET, mtcnn.ONET)
+    return {table.name: table for table in tables}
+
+
+def get_table(name: str) -> Table:
+    """The table called ``name``; a clear error lists the known ones."""
+    tables = all_tables()
+    if name not in tables:
+        raise MappingError(f"unknown mapping table {name!r}; known: {sorted(tables)}")
+    return tables[name]

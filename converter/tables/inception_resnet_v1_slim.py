@@ -1,0 +1,129 @@
+"""Inception-ResNet-V1 from davidsandberg/facenet's TF-slim names -> facenet-pytorch keys.
+
+Shapes (TF -> torch): conv kernels ``[kh, kw, in, out] -> [out, in, kh, kw]``
+(``conv_hwio_to_oihw``); ``Bottleneck/weights`` ``[1792, E] -> last_linear.weight [E, 1792]``
+and ``Logits/weights`` ``[E, C] -> logits.weight [C, E]`` (``dense_io_to_oi``); biases and
+BatchNorm ``beta``/``moving_mean``/``moving_variance`` ``[C]`` as they are. Upstream BN has
+``scale=False``: ``bn.weight`` is filled with ones (see ``BN_FILLS``).
+
+Two tables: ``CHECKPOINT`` (a training checkpoint: variables plus optimizer slots, EMA
+shadows, ``centers``, ``global_step``...) and ``FROZEN`` (a frozen ``.pb``, where variables
+became Const nodes of the same name and every other Const is an op's constant).
+"""
+
+from __future__ import annotations
+
+from converter.mapping import Rule, Table
+from converter.tables import BN_FILLS, EMA_PATTERN, TF_TRAINING_DROPS, Param, expand
+
+#: Conv + BatchNorm (slim.conv2d with normalizer_fn=batch_norm: no conv bias).
+CONV_BN: tuple[Param, ...] = (
+    ("/weights", ".conv.weight", "conv_hwio_to_oihw"),
+    ("/BatchNorm/gamma", ".bn.weight", "identity"),  # only in scale=True variants
+    ("/BatchNorm/beta", ".bn.bias", "identity"),
+    ("/BatchNorm/moving_mean", ".bn.running_mean", "identity"),
+    ("/BatchNorm/moving_variance", ".bn.running_var", "identity"),
+)
+#: The residual up-projection: a plain conv with bias.
+CONV_BIAS: tuple[Param, ...] = (
+    ("/weights", ".weight", "conv_hwio_to_oihw"),
+    ("/biases", ".bias", "identity"),
+)
+
+_R = "InceptionResnetV1"
+_B35 = rf"{_R}/Repeat/block35_(?P<n>[1-5])"
+_B17 = rf"{_R}/Repeat_1/block17_(?P<n>[1-9]|10)"
+_B8 = rf"{_R}/Repeat_2/block8_(?P<n>[1-5])"
+
+#: (source layer pattern, facenet-pytorch module template, param set)
+LAYERS = (
+    (rf"{_R}/Conv2d_(?P<id>1a|2a|2b|4a|4b)_3x3", "conv2d_{id}", CONV_BN),
+    (rf"{_R}/Conv2d_(?P<id>3b)_1x1", "conv2d_{id}", CONV_BN),
+    # 5 x block35 (TF counts from 1, torch Sequential from 0)
+    (rf"{_B35}/Branch_0/Conv2d_1x1", "repeat_1.{n:minus1}.branch0", CONV_BN),
+    (rf"{_B35}/Branch_1/Conv2d_0a_1x1", "repeat_1.{n:minus1}.branch1.0", CONV_BN),
+    (rf"{_B35}/Branch_1/Conv2d_0b_3x3", "repeat_1.{n:minus1}.branch1.1", CONV_BN),
+    (rf"{_B35}/Branch_2/Conv2d_0a_1x1", "repeat_1.{n:minus1}.branch2.0", CONV_BN),
+    (rf"{_B35}/Branch_2/Conv2d_0b_3x3", "repeat_1.{n:minus1}.branch2.1", CONV_BN),
+    (rf"{_B35}/Branch_2/Conv2d_0c_3x3", "repeat_1.{n:minus1}.branch2.2", CONV_BN),
+    (rf"{_B35}/Conv2d_1x1", "repeat_1.{n:minus1}.conv2d", CONV_BIAS),
+    # reduction A
+    (rf"{_R}/Mixed_6a/Branch_0/Conv2d_1a_3x3", "mixed_6a.branch0", CONV_BN),
+    (rf"{_R}/Mixed_6a/Branch_1/Conv2d_0a_1x1", "mixed_6a.branch1.0", CONV_BN),
+    (rf"{_R}/Mixed_6a/Branch_1/Conv2d_0b_3x3", "mixed_6a.branch1.1", CONV_BN),
+    (rf"{_R}/Mixed_6a/Branch_1/Conv2d_1a_3x3", "mixed_6a.branch1.2", CONV_BN),
+    # 10 x block17
+    (rf"{_B17}/Branch_0/Conv2d_1x1", "repeat_2.{n:minus1}.branch0", CONV_BN),
+    (rf"{_B17}/Branch_1/Conv2d_0a_1x1", "repeat_2.{n:minus1}.branch1.0", CONV_BN),
+    (rf"{_B17}/Branch_1/Conv2d_0b_1x7", "repeat_2.{n:minus1}.branch1.1", CONV_BN),
+    (rf"{_B17}/Branch_1/Conv2d_0c_7x1", "repeat_2.{n:minus1}.branch1.2", CONV_BN),
+    (rf"{_B17}/Conv2d_1x1", "repeat_2.{n:minus1}.conv2d", CONV_BIAS),
+    # reduction B
+    (rf"{_R}/Mixed_7a/Branch_0/Conv2d_0a_1x1", "mixed_7a.branch0.0", CONV_BN),
+    (rf"{_R}/Mixed_7a/Branch_0/Conv2d_1a_3x3", "mixed_7a.branch0.1", CONV_BN),
+    (rf"{_R}/Mixed_7a/Branch_1/Conv2d_0a_1x1", "mixed_7a.branch1.0", CONV_BN),
+    (rf"{_R}/Mixed_7a/Branch_1/Conv2d_1a_3x3", "mixed_7a.branch1.1", CONV_BN),
+    (rf"{_R}/Mixed_7a/Branch_2/Conv2d_0a_1x1", "mixed_7a.branch2.0", CONV_BN),
+    (rf"{_R}/Mixed_7a/Branch_2/Conv2d_0b_3x3", "mixed_7a.branch2.1", CONV_BN),
+    (rf"{_R}/Mixed_7a/Branch_2/Conv2d_1a_3x3", "mixed_7a.branch2.2", CONV_BN),
+    # 5 x block8, then the last Block8 (no ReLU)
+    (rf"{_B8}/Branch_0/Conv2d_1x1", "repeat_3.{n:minus1}.branch0", CONV_BN),
+    (rf"{_B8}/Branch_1/Conv2d_0a_1x1", "repeat_3.{n:minus1}.branch1.0", CONV_BN),
+    (rf"{_B8}/Branch_1/Conv2d_0b_1x3", "repeat_3.{n:minus1}.branch1.1", CONV_BN),
+    (rf"{_B8}/Branch_1/Conv2d_0c_3x1", "repeat_3.{n:minus1}.branch1.2", CONV_BN),
+    (rf"{_B8}/Conv2d_1x1", "repeat_3.{n:minus1}.conv2d", CONV_BIAS),
+    (rf"{_R}/Block8/Branch_0/Conv2d_1x1", "block8.branch0", CONV_BN),
+    (rf"{_R}/Block8/Branch_1/Conv2d_0a_1x1", "block8.branch1.0", CONV_BN),
+    (rf"{_R}/Block8/Branch_1/Conv2d_0b_1x3", "block8.branch1.1", CONV_BN),
+    (rf"{_R}/Block8/Branch_1/Conv2d_0c_3x1", "block8.branch1.2", CONV_BN),
+    (rf"{_R}/Block8/Conv2d_1x1", "block8.conv2d", CONV_BIAS),
+)
+
+#: The embedding head and the classifier.
+HEAD = (
+    # [1792, E] -> [E, 1792]
+    Rule(rf"{_R}/Bottleneck/weights", "last_linear.weight", "dense_io_to_oi"),
+    Rule(rf"{_R}/Bottleneck/BatchNorm/gamma", "last_bn.weight"),  # scale=True variants only
+    Rule(rf"{_R}/Bottleneck/BatchNorm/beta", "last_bn.bias"),
+    Rule(rf"{_R}/Bottleneck/BatchNorm/moving_mean", "last_bn.running_mean"),
+    Rule(rf"{_R}/Bottleneck/BatchNorm/moving_variance", "last_bn.running_var"),
+    # [E, C] -> [C, E]; train_softmax.py builds it outside the InceptionResnetV1 scope
+    Rule(r"Logits/weights", "logits.weight", "dense_io_to_oi"),
+    Rule(r"Logits/biases", "logits.bias"),
+)
+
+NETWORK_RULES = expand(LAYERS) + HEAD
+
+CHECKPOINT = Table(
+    name="inception_resnet_v1.tf_slim",
+    architecture="inception_resnet_v1",
+    scheme="tf-slim",
+    # Training-state drops first: they match most names of a training checkpoint (slots,
+    # shadows) and can never match a network variable (whole-name match), so the order
+    # only saves time.
+    rules=TF_TRAINING_DROPS + NETWORK_RULES,
+    fills=BN_FILLS,
+    ema_pattern=EMA_PATTERN,
+    description="davidsandberg/facenet TF-slim checkpoint (train_softmax / train_tripletloss)",
+)
+
+#: Variable leaves: a Const node named like one of these is a frozen variable, never dropped.
+_VARIABLE_LEAF = r"weights|biases|beta|gamma|moving_mean|moving_variance"
+
+FROZEN = Table(
+    name="inception_resnet_v1.tf_slim_frozen",
+    architecture="inception_resnet_v1",
+    scheme="tf-slim-frozen",
+    rules=NETWORK_RULES + (
+        # freeze_graph.py turns each variable into a Const of the same name; every other
+        # Const of the graph belongs to an op: BN's implicit gamma of ones
+        # (``BatchNorm/Const``), residual scales (``mul/x``), reshape/concat/pool shapes,
+        # ``phase_train``'s default, dropout's keep probability... A Const whose last path
+        # element is a variable leaf is never dropped here: unknown ones stay errors.
+        Rule(rf"(?!(?:.*/)?(?:{_VARIABLE_LEAF})$).+", None,
+             reason="graph constant of an op (shape, scale, switch default), not a variable"),
+    ),
+    fills=BN_FILLS,
+    ema_pattern=None,
+    description="davidsandberg/facenet frozen GraphDef (.pb from freeze_graph.py)",
+)
