@@ -33,42 +33,60 @@ def read_varint(buf: bytes | memoryview, pos: int, limit: int | None = None,
             raise CorruptSourceError(f"{what} at byte {pos} is longer than 10 bytes")
 
 
-def iter_fields(buf: bytes | memoryview, *, what: str = "message"
-                ) -> Iterator[tuple[int, int, int | bytes | memoryview]]:
-    """Yield (field number, wire type, value) for each field of a serialized message.
+def iter_field_spans(buf: bytes | memoryview, start: int = 0, end: int | None = None,
+                     what: str = "message"
+                     ) -> Iterator[tuple[int, int, int | tuple[int, int], int]]:
+    """Yield (field number, wire type, value, field start) over ``buf[start:end]``.
 
-    Varints come back as int (unsigned, 64-bit), fixed32/fixed64 as unsigned int, and
-    length-delimited fields as a slice of ``buf`` (a memoryview when ``buf`` is one).
+    Offsets are absolute in ``buf``, so errors can name the byte of the file where they
+    happened. Varints come back as int (unsigned, 64-bit), fixed32/fixed64 as unsigned int,
+    length-delimited fields as an absolute (start, end) span.
     """
-    pos = 0
-    end = len(buf)
+    end = len(buf) if end is None else end
+    pos = start
     while pos < end:
+        at = pos
         key, pos = read_varint(buf, pos, end, what=f"{what} field key")
-        field, wire = key >> 3, key & 7
-        if field == 0:
-            raise CorruptSourceError(f"{what} has a field numbered 0 at byte {pos}")
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise CorruptSourceError(f"{what} has a field numbered 0 at byte {at}")
         if wire == VARINT:
-            value, pos = read_varint(buf, pos, end, what=f"{what} field {field}")
-            yield field, wire, value & 0xFFFFFFFFFFFFFFFF
-        elif wire == FIXED64:
-            if pos + 8 > end:
-                raise CorruptSourceError(f"{what} field {field} is truncated (fixed64)")
-            yield field, wire, int.from_bytes(bytes(buf[pos:pos + 8]), "little")
-            pos += 8
-        elif wire == FIXED32:
-            if pos + 4 > end:
-                raise CorruptSourceError(f"{what} field {field} is truncated (fixed32)")
-            yield field, wire, int.from_bytes(bytes(buf[pos:pos + 4]), "little")
-            pos += 4
+            value, pos = read_varint(buf, pos, end, what=f"{what} field {number}")
+            yield number, wire, value & 0xFFFFFFFFFFFFFFFF, at
+        elif wire in (FIXED64, FIXED32):
+            width = 8 if wire == FIXED64 else 4
+            if pos + width > end:
+                raise CorruptSourceError(
+                    f"{what} field {number} at byte {at} is truncated (needs {width} bytes, "
+                    f"{end - pos} remain)")
+            yield number, wire, int.from_bytes(buf[pos:pos + width], "little"), at
+            pos += width
         elif wire == LENGTH_DELIMITED:
-            size, pos = read_varint(buf, pos, end, what=f"{what} field {field} length")
+            size, pos = read_varint(buf, pos, end, what=f"{what} field {number} length")
             if size > end - pos:
                 raise CorruptSourceError(
-                    f"{what} field {field} declares {size} bytes but only {end - pos} remain")
-            yield field, wire, buf[pos:pos + size]
+                    f"{what} field {number} at byte {at} declares {size} bytes but only "
+                    f"{end - pos} remain")
+            yield number, wire, (pos, pos + size), at
             pos += size
         else:
-            raise CorruptSourceError(f"{what} field {field} has unsupported wire type {wire}")
+            raise CorruptSourceError(
+                f"{what} field {number} at byte {at} has unsupported wire type {wire}")
+
+
+def iter_fields(buf: bytes | memoryview, *, what: str = "message"
+                ) -> Iterator[tuple[int, int, int | bytes | memoryview]]:
+    """Yield (field number, wire type, value) of a serialized message.
+
+    Like :func:`iter_field_spans`, but length-delimited values come back as a slice of
+    ``buf`` (a memoryview when ``buf`` is one).
+    """
+    for number, wire, value, _ in iter_field_spans(buf, what=what):
+        if wire == LENGTH_DELIMITED:
+            begin, stop = value  # type: ignore[misc]
+            yield number, wire, buf[begin:stop]
+        else:
+            yield number, wire, value
 
 
 def as_signed64(value: int) -> int:

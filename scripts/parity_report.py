@@ -2,7 +2,8 @@
 """CI parity report: build a small upstream-graph checkpoint, convert it, prove parity.
 
 1. builds (or reuses, from the cache) a 128-d upstream facenet checkpoint with a few logits
-   classes (no EMA or optimizer slots: conversion of those is proven in the tests), via ``third_party.facenet.build.build_checkpoint``;
+   classes (no EMA or optimizer slots: converting those is proven in the tests), via
+   ``third_party.facenet.build.build_checkpoint``;
 2. converts it and the real MTCNN det1/2/3.npy of the pinned upstream wheel;
 3. runs the parity check (with per-layer localisation) on each against the upstream TF graphs;
 4. prints the markdown report (and appends it to ``$GITHUB_STEP_SUMMARY`` when set).

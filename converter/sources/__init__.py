@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import BinaryIO
 
 from converter.errors import SourceError, UnknownFormatError
 from converter.sources.base import SourceReader, TensorInfo
@@ -32,8 +33,8 @@ _DATA_SHARD = re.compile(r".*\.data-\d{5}-of-\d{5}")
 _GRAPHDEF_FIRST_BYTES = {0x0A, 0x1A, 0x22}
 
 
-def _hdf5_at(handle, size: int) -> bool:
-    # HDF5 allows a user block: the superblock may sit at 0, 512, 1024, 2048, ...
+def has_hdf5_signature(handle: BinaryIO, size: int) -> bool:
+    """HDF5 allows a user block: the superblock may sit at 0, 512, 1024, 2048, ..."""
     offset = 0
     while offset + 8 <= size:
         handle.seek(offset)
@@ -61,7 +62,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
             head = handle.read(8)
             handle.seek(max(size - 8, 0))
             tail = handle.read(8)
-            is_hdf5 = _hdf5_at(handle, size)
+            is_hdf5 = has_hdf5_signature(handle, size)
     except OSError as error:
         raise SourceError(f"cannot read: {error.strerror or error}", path=p) from error
     if is_hdf5:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,8 +40,8 @@ from converter.protowire import (
     as_signed32,
     as_signed64,
     iter_packed_varints,
-    read_varint,
 )
+from converter.protowire import iter_field_spans as _fields
 from converter.sources.base import SourceReader, TensorInfo
 
 __all__ = ["GraphDefReader", "MAX_RANK", "expansion_cap"]
@@ -104,44 +103,6 @@ class _Const:
     node_at: int
     content: tuple[int, int] | None = None
     vals: list[tuple[int, int, int | tuple[int, int]]] = field(default_factory=list)
-
-
-def _fields(buf: memoryview, start: int, end: int, what: str
-            ) -> Iterator[tuple[int, int, int | tuple[int, int], int]]:
-    """Yield (field, wire type, value, field start) over ``buf[start:end]``, offsets absolute.
-
-    Varints and fixed values come back as int; length-delimited values as an absolute
-    (start, end) span, so every error can name the byte of the file where it happened.
-    """
-    pos = start
-    while pos < end:
-        at = pos
-        key, pos = read_varint(buf, pos, end, what=f"{what} field key")
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise CorruptSourceError(f"{what} has a field numbered 0 at byte {at}")
-        if wire == VARINT:
-            value, pos = read_varint(buf, pos, end, what=f"{what} field {number}")
-            yield number, wire, value & 0xFFFFFFFFFFFFFFFF, at
-        elif wire in (FIXED64, FIXED32):
-            width = 8 if wire == FIXED64 else 4
-            if pos + width > end:
-                raise CorruptSourceError(
-                    f"{what} field {number} at byte {at} is truncated (needs {width} bytes, "
-                    f"{end - pos} remain)")
-            yield number, wire, int.from_bytes(buf[pos:pos + width], "little"), at
-            pos += width
-        elif wire == LENGTH_DELIMITED:
-            size, pos = read_varint(buf, pos, end, what=f"{what} field {number} length")
-            if size > end - pos:
-                raise CorruptSourceError(
-                    f"{what} field {number} at byte {at} declares {size} bytes but only "
-                    f"{end - pos} remain")
-            yield number, wire, (pos, pos + size), at
-            pos += size
-        else:
-            raise CorruptSourceError(
-                f"{what} field {number} at byte {at} has unsupported wire type {wire}")
 
 
 def _expect(wire: int, wanted: int, what: str, at: int) -> None:

@@ -48,11 +48,11 @@ from converter.errors import (
     UnsafeSourceError,
     UnsupportedSourceError,
 )
+from converter.sources import has_hdf5_signature
 from converter.sources.base import SourceReader, TensorInfo
 
 __all__ = ["KerasH5Reader", "ALLOWED_FILTERS", "size_cap"]
 
-_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 #: HDF5 filters built into libhdf5 (deflate, shuffle, fletcher32, szip, nbit, scaleoffset)
 #: plus h5py's bundled LZF; any other id would make HDF5 search for and load a plugin.
 ALLOWED_FILTERS = {1: "deflate", 2: "shuffle", 3: "fletcher32", 4: "szip", 5: "nbit",
@@ -75,17 +75,6 @@ class _Entry:
     layer: str | None
 
 
-def _has_hdf5_signature(path: Path, size: int) -> bool:
-    with open(path, "rb") as handle:
-        offset = 0
-        while offset + 8 <= size:
-            handle.seek(offset)
-            if handle.read(8) == _HDF5_MAGIC:
-                return True
-            offset = 512 if offset == 0 else offset * 2
-    return False
-
-
 def _numeric_key(key: str) -> tuple[int, int, str]:
     return (0, int(key), "") if key.isdigit() else (1, 0, key)
 
@@ -103,7 +92,8 @@ class KerasH5Reader(SourceReader):
         self.layout = ""
         try:
             self._size = os.stat(self.path).st_size
-            signed = _has_hdf5_signature(self.path, self._size)
+            with open(self.path, "rb") as handle:
+                signed = has_hdf5_signature(handle, self._size)
         except OSError as error:
             raise SourceError(f"cannot read: {error.strerror or error}", path=self.path
                               ) from error
