@@ -235,14 +235,20 @@ def convert(source: str | os.PathLike[str] | SourceReader | Mapping[str, np.ndar
         tensors = reader.tensors()
         frozen = reader.node_names() is not None
         found = detect(tensors, frozen=frozen)
-        table = get_table(_choose_table(model, found, frozen))
-        layout = layout_for(table.architecture, embedding_size=found.embedding_size,
-                            num_classes=found.num_classes)
-        if split and not any(entry.key == "logits.weight" for entry in layout):
-            raise OutputError("split needs a model with a logits layer (this source has no "
-                              "Logits); drop --split", path=output)
-        the_plan = plan(table, tensors, layout, weights=weights)
-        done = materialize(the_plan, reader, strict=strict, progress=progress)
+        try:
+            table = get_table(_choose_table(model, found, frozen))
+            layout = layout_for(table.architecture, embedding_size=found.embedding_size,
+                                num_classes=found.num_classes)
+            if split and not any(entry.key == "logits.weight" for entry in layout):
+                raise OutputError("split needs a model with a logits layer (this source has "
+                                  "no Logits); drop --split", path=output)
+            the_plan = plan(table, tensors, layout, weights=weights)
+            done = materialize(the_plan, reader, strict=strict, progress=progress)
+        except MappingError as error:
+            if error.path is not None:
+                raise
+            # Name the source: the user may be converting many files.
+            raise MappingError(str(error), path=reader.path) from None
         result = ConversionResult(done.arrays, the_plan, found, table.name, table.architecture,
                                   weights, done.nonfinite, str(reader.path))
         if output is None:

@@ -93,7 +93,27 @@ def write_pt(arrays: Mapping[str, np.ndarray], handle: BinaryIO) -> None:
     import torch
 
     state = {key: torch.from_numpy(_contiguous(value)) for key, value in arrays.items()}
-    torch.save(state, handle)
+    failures: list[OSError] = []
+
+    class _Sink:
+        # torch.save turns a failed write into an opaque RuntimeError from its zip writer;
+        # keep the OSError (e.g. ENOSPC) so callers can say what really happened.
+        def write(self, data: bytes | memoryview) -> int | None:
+            try:
+                return handle.write(data)
+            except OSError as error:
+                failures.append(error)
+                raise
+
+        def flush(self) -> None:
+            handle.flush()
+
+    try:
+        torch.save(state, _Sink())
+    except RuntimeError:
+        if failures:
+            raise failures[0] from None
+        raise
 
 
 #: numpy dtype -> safetensors dtype tag.
