@@ -13,7 +13,7 @@
    thread each (``torch.set_num_threads(1)``; TF intra/inter-op pools of 1).
 
 TF runs the graph restored the way upstream inference does (``phase_train`` False); ours is
-``models.data.Embedder`` (what ``facenet-convert embed`` runs: BatchNorm folded, ReLU and
+``models.inference.Embedder`` (what ``facenet-convert embed`` runs: BatchNorm folded, ReLU and
 residual adds fused into oneDNN convolutions, channels-last). On a machine shared with other
 work, wall-clock figures depend on how the scheduler shares the cores (TF runs more threads
 than ours: its inter-op pool, intra-op pool and oneDNN's); the 1-minute load average is printed
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import torch
 
-    from models.data import Embedder
+    from models.inference import Embedder
     from models.preprocessing import fixed_image_standardization
     from third_party.facenet.build import build_checkpoint
     from third_party.wheels import cache_dir

@@ -222,7 +222,7 @@ def _realistic_model(embedding_size: int = 512) -> Any:
 
 
 def test_fused_embedder_equals_plain_model(photo: np.ndarray) -> None:
-    from models.data import Embedder, fusion_available
+    from models.inference import Embedder, fusion_available
 
     if not fusion_available():
         pytest.skip("this torch build has no oneDNN fused convolution")

@@ -37,9 +37,9 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from models.data import Embedder
     from models.detection import MTCNN
     from models.inception_resnet_v1 import InceptionResNetV1
+    from models.inference import Embedder
 
 OUTPUT_SUFFIXES = (".npz", ".npy", ".csv")
 NAMES_SIDECAR = ".names.txt"
@@ -66,7 +66,7 @@ class LoadedModel:
     def embedder(self) -> Embedder:
         """The model wrapped for inference (fused on CPU unless ``fuse`` is False)."""
         if self._embedder is None:
-            from models.data import Embedder
+            from models.inference import Embedder
 
             self._embedder = Embedder(self.model, fuse=self.fuse)
         return self._embedder
@@ -86,7 +86,11 @@ def load_embedding_model(weights: str | os.PathLike[str] | None = None,
     standardization) and ``note`` says so. ``preprocessing`` overrides either.
     """
     from models.inception_resnet_v1 import InceptionResNetV1
-    from models.preprocessing import guess_preprocessing, preprocessing_for, standardization
+    from models.preprocessing import (
+        guess_preprocessing,
+        preprocessing_for,
+        standardization,
+    )
     from models.releases import RELEASES, get_release
 
     if (weights is None) == (pretrained is None):
@@ -126,7 +130,7 @@ def load_embedding_model(weights: str | os.PathLike[str] | None = None,
 
 def embed_batch(model: InceptionResNetV1 | Embedder, images: torch.Tensor) -> torch.Tensor:
     """L2-normalized embeddings of a standardized float ``(N, 3, 160, 160)`` batch (on CPU)."""
-    from models.data import Embedder
+    from models.inference import Embedder
 
     runner = model if isinstance(model, Embedder) else Embedder(model, fuse=False)
     return runner(images)
