@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from third_party.wheels import FACENET, PinnedWheel, cache_dir, fetch_wheel, wheel_member
+from third_party.wheels import (
+    FACENET,
+    PinnedWheel,
+    cache_dir,
+    fetch_wheel,
+    wheel_member,
+)
 
 torch = pytest.importorskip("torch")
 Image = pytest.importorskip("PIL.Image")
@@ -173,27 +179,12 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 def upstream_detect() -> Iterator[Any]:
     """davidsandberg's detect_face with det1/2/3.npy on TF, as align_dataset_mtcnn sets it up."""
     pytest.importorskip("cv2", reason="upstream detect_face resizes with OpenCV")
-    from third_party.facenet.compat import MTCNN_MEMBERS, load_upstream, upstream_mode
+    from third_party.facenet.reference import UpstreamDetector
 
-    up = load_upstream()
-    if getattr(up.detect_face.cv2, "INTER_AREA", None) is None:
-        pytest.skip("upstream detect_face was loaded with the cv2 stub")
-    folder = Path(wheel_member(FACENET, MTCNN_MEMBERS["det1"])).parent
-    for member in MTCNN_MEMBERS.values():
-        wheel_member(FACENET, member)
-    tf = up.tf
-    graph = tf.Graph()
-    with upstream_mode(), graph.as_default():
-        session = tf.Session(graph=graph)
-        with session.as_default():
-            nets = up.detect_face.create_mtcnn(session, str(folder))
-
-    def run(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with upstream_mode(), graph.as_default():
-            return up.detect_face.detect_face(image, 20, *nets, [0.6, 0.7, 0.7], 0.709)
-
-    yield run
-    session.close()
+    with UpstreamDetector() as detector:
+        if not detector.uses_real_cv2:
+            pytest.skip("upstream detect_face was loaded with the cv2 stub")
+        yield detector.detect
 
 
 @pytest.mark.tf

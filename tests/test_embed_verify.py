@@ -279,22 +279,11 @@ def test_embed_detect_equals_upstream_pipeline(photos_dir: Path, mtcnn_dir: Path
     """Upstream's whole chain: TF detect_face boxes, align_dataset_mtcnn crops, TF graph."""
     _, converted, tf_embed = upstream
     pytest.importorskip("cv2", reason="upstream detect_face resizes with OpenCV")
-    from third_party.facenet.compat import MTCNN_MEMBERS, load_upstream, upstream_mode
-    from third_party.wheels import FACENET, wheel_member
+    from third_party.facenet.reference import UpstreamDetector
 
-    up = load_upstream()
-    folder = Path(wheel_member(FACENET, MTCNN_MEMBERS["det1"])).parent
-    for member in MTCNN_MEMBERS.values():
-        wheel_member(FACENET, member)
-    tf = up.tf
-    graph = tf.Graph()
-    with upstream_mode(), graph.as_default():
-        session = tf.Session(graph=graph)
-        with session.as_default():
-            nets = up.detect_face.create_mtcnn(session, str(folder))
-        photo = np.asarray(Image.open(photos_dir / "t1.png").convert("RGB"))
-        boxes, _ = up.detect_face.detect_face(photo, 20, *nets, [0.6, 0.7, 0.7], 0.709)
-    session.close()
+    photo = np.asarray(Image.open(photos_dir / "t1.png").convert("RGB"))
+    with UpstreamDetector() as detector:
+        boxes, _ = detector.detect(photo)
     inputs = []
     height, width = photo.shape[:2]
     for det in boxes:                                   # align_dataset_mtcnn.py, margin 32

@@ -12,6 +12,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
+from bundle_writer import field_bytes, varint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -192,37 +193,21 @@ def test_val_list_with_no_values_is_zeros(tf, tmp_path: Path) -> None:
         _assert_same(reader.read("c"), tf.make_ndarray(proto), "zeros")
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    value &= (1 << 64) - 1
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _ld(field: int, payload: bytes) -> bytes:
-    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
-
-
 @pytest.mark.tf
 def test_unpacked_repeated_fields_are_accepted(tf, tmp_path: Path) -> None:
     """Protobuf parsers must accept unpacked repeated scalars; TF's does, so must we."""
-    shape = _ld(2, _ld(2, _varint(1 << 3) + _varint(4)))
-    tensor = (_varint(1 << 3) + _varint(1) + shape
-              + _varint(5 << 3 | 5) + struct.pack("<f", 1.25)
-              + _ld(5, struct.pack("<2f", 2.5, -1.0))
-              + _varint(5 << 3 | 5) + struct.pack("<f", 9.0))
-    ints = (_varint(1 << 3) + _varint(3) + shape + _varint(7 << 3) + _varint(-7)
-            + _ld(7, _varint(2**31 - 1)))
+    shape = field_bytes(2, field_bytes(2, varint(1 << 3) + varint(4)))
+    tensor = (varint(1 << 3) + varint(1) + shape
+              + varint(5 << 3 | 5) + struct.pack("<f", 1.25)
+              + field_bytes(5, struct.pack("<2f", 2.5, -1.0))
+              + varint(5 << 3 | 5) + struct.pack("<f", 9.0))
+    ints = (varint(1 << 3) + varint(3) + shape + varint(7 << 3) + varint(-7)
+            + field_bytes(7, varint(2**31 - 1)))
     graph = b""
     for name, body in (("f", tensor), ("i", ints)):
-        attr = _ld(1, b"value") + _ld(2, _ld(8, body))
-        graph += _ld(1, _ld(1, name.encode()) + _ld(2, b"Const") + _ld(5, attr))
+        attr = field_bytes(1, b"value") + field_bytes(2, field_bytes(8, body))
+        node = field_bytes(1, name.encode()) + field_bytes(2, b"Const") + field_bytes(5, attr)
+        graph += field_bytes(1, node)
     path = tmp_path / "unpacked.pb"
     path.write_bytes(graph)
     expected = _tf_consts(tf, path)
@@ -359,20 +344,20 @@ def test_content_size_mismatch_and_wrong_val_field(tf, tmp_path: Path) -> None:
 
 
 def test_const_without_value_and_duplicate_names(tmp_path: Path) -> None:
-    node = _ld(1, b"n") + _ld(2, b"Const")
+    node = field_bytes(1, b"n") + field_bytes(2, b"Const")
     path = tmp_path / "novalue.pb"
-    path.write_bytes(_ld(1, node))
+    path.write_bytes(field_bytes(1, node))
     with pytest.raises(CorruptSourceError, match="no 'value' tensor"):
         GraphDefReader(path)
-    plain = _ld(1, b"n") + _ld(2, b"Placeholder")
-    path.write_bytes(_ld(1, plain) + _ld(1, plain))
+    plain = field_bytes(1, b"n") + field_bytes(2, b"Placeholder")
+    path.write_bytes(field_bytes(1, plain) + field_bytes(1, plain))
     with pytest.raises(CorruptSourceError, match="duplicate node name"):
         GraphDefReader(path)
 
 
 def test_unknown_name_is_a_typed_error(tmp_path: Path) -> None:
     path = tmp_path / "one.pb"
-    path.write_bytes(_ld(1, _ld(1, b"x") + _ld(2, b"Placeholder")))
+    path.write_bytes(field_bytes(1, field_bytes(1, b"x") + field_bytes(2, b"Placeholder")))
     with GraphDefReader(path) as reader:
         assert reader.tensors() == {}
         assert reader.node_names() == ["x"]

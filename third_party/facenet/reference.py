@@ -317,3 +317,52 @@ __all__ = [
     "MTCNN_NETS", "list_checkpoint", "load_det_npy", "reference_images", "run_checkpoint",
     "run_frozen", "run_mtcnn", "run_rebuilt",
 ]
+
+
+class UpstreamDetector:
+    """davidsandberg's ``detect_face`` on det1/2/3.npy, set up as align_dataset_mtcnn does.
+
+    ``create_mtcnn`` loads the pinned wheel's det*.npy with numpy's pickle loader: trusted
+    files only. Use as a context manager; :meth:`detect` returns upstream's (boxes, points).
+    """
+
+    def __init__(self) -> None:
+        from third_party.facenet.compat import (
+            MTCNN_MEMBERS,
+            load_upstream,
+            upstream_mode,
+        )
+        from third_party.wheels import FACENET, wheel_member
+
+        self._up = load_upstream()
+        self._mode = upstream_mode
+        folder = Path(wheel_member(FACENET, MTCNN_MEMBERS["det1"])).parent
+        for member in MTCNN_MEMBERS.values():
+            wheel_member(FACENET, member)
+        tf = self._up.tf
+        self._graph = tf.Graph()
+        with upstream_mode(), self._graph.as_default():
+            self._session = tf.Session(graph=self._graph)
+            with self._session.as_default():
+                self._nets = self._up.detect_face.create_mtcnn(self._session, str(folder))
+
+    @property
+    def uses_real_cv2(self) -> bool:
+        """False when detect_face was loaded with our cv2 stub (no OpenCV installed)."""
+        return getattr(self._up.detect_face.cv2, "INTER_AREA", None) is not None
+
+    def detect(self, image: np.ndarray, minsize: int = 20,
+               thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+               factor: float = 0.709) -> tuple[np.ndarray, np.ndarray]:
+        with self._mode(), self._graph.as_default():
+            return self._up.detect_face.detect_face(image, minsize, *self._nets,
+                                                    list(thresholds), factor)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> UpstreamDetector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
