@@ -13,7 +13,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 from bundle_writer import field_bytes, varint
-from hypothesis import HealthCheck, given, settings
+from fuzzing import fuzz_settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from converter.errors import (
@@ -377,9 +378,7 @@ def test_reader_imports_neither_tensorflow_nor_torch() -> None:
 # -- mutation fuzzing: damaged real files only ever raise our typed errors ------------------
 
 @pytest.mark.tf
-@settings(max_examples=150, deadline=2000, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                 HealthCheck.too_slow])
+@fuzz_settings(150)
 @given(data=st.data())
 def test_mutated_graph_raises_only_typed_errors(frozen_pb: Path, data: st.DataObject) -> None:
     original = bytearray(frozen_pb.read_bytes())

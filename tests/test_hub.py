@@ -23,7 +23,13 @@ import torch
 
 from converter.errors import ConverterError
 from models import InceptionResNetV1, PNet
-from models.hub import ManifestError, download_file, ensure_weights, load_manifest, trusted_sha256
+from models.hub import (
+    ManifestError,
+    download_file,
+    ensure_weights,
+    load_manifest,
+    trusted_sha256,
+)
 from models.releases import (
     OFFLINE_ENV,
     WEIGHTS_MANIFEST_ENV,

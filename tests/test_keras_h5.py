@@ -9,7 +9,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from fuzzing import fuzz_settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from converter.errors import (
@@ -337,8 +338,7 @@ def test_unknown_name_is_typed(tmp_path: Path) -> None:
 # -- mutation fuzzing ------------------------------------------------------------------------
 
 @pytest.mark.tf
-@settings(max_examples=150, deadline=2000, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@fuzz_settings(150)
 @given(data=st.data())
 def test_mutated_h5_raises_only_typed_errors(keras3_files, data: st.DataObject) -> None:
     _, folder = keras3_files

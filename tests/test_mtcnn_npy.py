@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from fuzzing import fuzz_settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from converter.errors import (
@@ -207,8 +208,7 @@ def test_wrong_payload_shapes(tmp_path: Path) -> None:
 
 # -- mutation fuzzing ------------------------------------------------------------------------
 
-@settings(max_examples=150, deadline=2000, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@fuzz_settings(150)
 @given(data=st.data())
 def test_mutated_npy_raises_only_typed_errors(det_npy: dict[str, Path],
                                               data: st.DataObject) -> None:

@@ -25,7 +25,12 @@ from models.preprocessing import (
     prewhiten,
     to_rgb_array,
 )
-from models.releases import FIXED_STANDARDIZATION, PREWHITEN, RELEASES, UnknownReleaseError
+from models.releases import (
+    FIXED_STANDARDIZATION,
+    PREWHITEN,
+    RELEASES,
+    UnknownReleaseError,
+)
 from third_party.wheels import FACENET, wheel_member
 
 torch = pytest.importorskip("torch")

@@ -16,7 +16,13 @@ import pytest
 from converter import layouts
 from converter.detect import detect
 from converter.errors import MappingError
-from converter.mapping import TRANSFORMS, compile_table, expected_source_name, materialize, plan
+from converter.mapping import (
+    TRANSFORMS,
+    compile_table,
+    expected_source_name,
+    materialize,
+    plan,
+)
 from converter.sources.memory import ArraySource
 from converter.tables import all_tables, get_table
 from converter.tables import inception_resnet_v1_slim as slim

@@ -23,7 +23,8 @@ from bundle_writer import (
     with_trailer,
     write_bundle,
 )
-from hypothesis import HealthCheck, given, settings
+from fuzzing import fuzz_settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from converter.errors import (
@@ -467,8 +468,7 @@ def tf_small(tmp_path_factory) -> Path:
 
 
 @pytest.mark.tf
-@settings(max_examples=200, deadline=2000, suppress_health_check=[
-    HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@fuzz_settings(200)
 @given(data=st.data())
 def test_mutated_index_only_raises_typed_errors(tf_small: Path, tmp_path: Path,
                                                 data: st.DataObject) -> None:
@@ -492,8 +492,7 @@ def test_mutated_index_only_raises_typed_errors(tf_small: Path, tmp_path: Path,
 
 
 @pytest.mark.tf
-@settings(max_examples=200, deadline=2000, suppress_health_check=[
-    HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@fuzz_settings(200)
 @given(data=st.data())
 def test_mutated_entries_resealed_only_raise_typed_errors(tf_small: Path, tmp_path: Path,
                                                           data: st.DataObject) -> None:
