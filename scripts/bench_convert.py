@@ -9,6 +9,8 @@ included) and the peak RSS (the child's own ``VmHWM`` at exit):
 - ``convert .safetensors``: the same to ``.safetensors`` (must not import torch)
 - ``tf1 session``: ``import_meta_graph`` + ``restore`` + fetch the trainable variables +
   ``torch.save`` (how conversions were done before this tool)
+- ``tf.train.load_checkpoint``: ``get_tensor`` of the needed tensors + ``torch.save`` (no
+  graph, no renaming: a lower bound for any TF-based converter)
 - ``floor``: import torch, read exactly the bytes of the tensors the model needs, torch.save
 
 Targets (issue 4): ``.pt`` within 1.2x of the floor and peak RSS < 600 MiB; ``.safetensors``
@@ -53,6 +55,16 @@ with tf1.Graph().as_default() as graph, tf1.Session(graph=graph) as sess:
     variables = tf1.trainable_variables()
     values = sess.run(variables)
 state = {v.op.name: torch.from_numpy(x) for v, x in zip(variables, values)}
+torch.save(state, sys.argv[3])
+"""
+
+LOAD_CHECKPOINT = """
+import json, sys
+import tensorflow as tf
+import torch
+names = [item[0] for item in json.loads(open(sys.argv[1]).read())]
+reader = tf.train.load_checkpoint(sys.argv[2])
+state = {name: torch.from_numpy(reader.get_tensor(name)) for name in names}
 torch.save(state, sys.argv[3])
 """
 
@@ -158,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_tf:
             approaches.append(("tf1 session", TF1,
                                [str(ckpt.meta), str(ckpt.prefix), str(out / "tf1.pt")]))
+            approaches.append(("tf.train.load_checkpoint", LOAD_CHECKPOINT,
+                               [str(spec_path), str(ckpt.prefix), str(out / "lc.pt")]))
         runs: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in approaches}
         run_once(FLOOR, approaches[2][2])  # warm the page cache once
         for _ in range(args.runs):  # interleaved, so drift hits every approach alike
