@@ -330,7 +330,7 @@ def weights_choice(choice: str, weights: str | os.PathLike[str]) -> str:
 
         with safe_open(str(path), framework="numpy") as handle:
             metadata = handle.metadata() or {}
-    except Exception:  # unreadable here: load_weights_file reports it properly later
+    except Exception:  # noqa: BLE001 - unreadable here: load_weights_file reports it later
         return "raw"
     return "ema" if metadata.get("weights") == "ema" else "raw"
 

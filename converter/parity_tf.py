@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -213,7 +213,7 @@ class TFGraph:
     def close(self) -> None:
         self.session.close()
 
-    def __enter__(self) -> TFGraph:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -343,7 +343,13 @@ def regenerate(releases_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
     True requires it, False skips it. ``echo`` receives one progress line per step.
     """
     from converter.conversion import convert
-    from converter.writers import FORMATS, HashingWriter, split_state, write_json, write_state
+    from converter.writers import (
+        FORMATS,
+        HashingWriter,
+        split_state,
+        write_json,
+        write_state,
+    )
 
     started = time.perf_counter()
     say = echo or (lambda _line: None)

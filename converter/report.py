@@ -38,8 +38,8 @@ def _escape(text: str) -> str:
 
 
 def _output_rows(outputs: Iterable[Figures]) -> list[str]:
-    rows = ["| output | shape | L2 (TF32−PT32) | max abs | rel. max abs | min cosine | "
-            "L2 noise (PT64−PT32) | noise ratio |",
+    rows = [("| output | shape | L2 (TF32−PT32) | max abs | rel. max abs | min cosine | "
+            "L2 noise (PT64−PT32) | noise ratio |"),
             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for fig in outputs:
         shape = "×".join(str(d) for d in fig.shape)
@@ -71,8 +71,9 @@ def to_markdown(report: ParityReport, *, title: str | None = None) -> str:
                      f"{'pass' if gate.passed else '**FAIL**'} |")
     if report.divergence is not None:
         div = report.divergence
-        lines += ["", f"**First divergent layer: {_escape(div.label)}** (`{_escape(div.tf_tensor)}`"
-                  f"): {_escape(div.reason)}; max abs {_num(div.max_abs)}."]
+        lines += ["", (f"**First divergent layer: {_escape(div.label)}** "
+                       f"(`{_escape(div.tf_tensor)}`): {_escape(div.reason)}; "
+                       f"max abs {_num(div.max_abs)}.")]
     if report.layers is not None:
         lines += ["", "<details><summary>Per-layer differences (network order)</summary>", "",
                   "| # | layer (ours) | max abs | rel. max abs | L2 | noise ratio |",

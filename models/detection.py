@@ -323,7 +323,7 @@ class MTCNN(nn.Module):
         for index, image in enumerate(images):
             height, width = int(image.shape[1]), int(image.shape[2])
             for scale in self.scales(height, width):
-                hs, ws = int(math.ceil(height * scale)), int(math.ceil(width * scale))
+                hs, ws = math.ceil(height * scale), math.ceil(width * scale)
                 level = torch.round(area_resize(image, hs, ws)).clamp(0, 255)
                 reg, prob = self.pnet(((level - 127.5) * _MTCNN_SCALE).unsqueeze(0))
                 face = prob[0, 1]

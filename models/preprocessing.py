@@ -140,7 +140,7 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
             return _pil_to_rgb(image)
     except ImageReadError as error:
         raise ImageReadError(str(error), path=path) from None
-    except Exception as error:  # decoders of malformed files raise many types; none is fatal
+    except Exception as error:  # noqa: BLE001 - decoders of malformed files raise many types
         message = " ".join(str(error).split()) or type(error).__name__
         raise ImageReadError(f"cannot read image ({message})", path=path) from None
 

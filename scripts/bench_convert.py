@@ -105,7 +105,8 @@ def run_once(code: str, args: list[str]) -> tuple[float, float]:
     try:
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-c", PRELUDE + code, *args], cwd=ROOT,
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              check=False)
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise SystemExit(f"benchmark child failed ({proc.returncode}): "
@@ -199,14 +200,14 @@ def main(argv: list[str] | None = None) -> int:
         summary["pt_speedup_vs_tf1"] = tf1 / pt["median_s"]
     args.json.write_text(json.dumps(summary, indent=2) + "\n")
 
-    lines = [f"Release-sized checkpoint: {summary['data_bytes'] / 1e6:.0f} MB data, "
+    lines = [(f"Release-sized checkpoint: {summary['data_bytes'] / 1e6:.0f} MB data, "
              f"{len(spec)} tensors ({needed / 1e6:.0f} MB) needed; median of {args.runs} "
-             "fresh-process runs.", "",
+             "fresh-process runs."), "",
              "| approach | median s | peak RSS MiB |", "| --- | ---: | ---: |"]
     for name, r in results.items():
         lines.append(f"| {name} | {r['median_s']:.2f} | {r['peak_rss_mib']:.0f} |")
-    lines += ["", f"- `.pt` vs floor: {summary['pt_vs_floor']:.2f}x (target <= 1.2x); "
-                  f"peak RSS {pt['peak_rss_mib']:.0f} MiB (target < 600)"]
+    lines += ["", (f"- `.pt` vs floor: {summary['pt_vs_floor']:.2f}x (target <= 1.2x); "
+                  f"peak RSS {pt['peak_rss_mib']:.0f} MiB (target < 600)")]
     if "safetensors_speedup_vs_tf1" in summary:
         lines.append(f"- `.safetensors` vs TF1 session: "
                      f"{summary['safetensors_speedup_vs_tf1']:.1f}x faster (target >= 10x); "

@@ -28,12 +28,12 @@ def render(folder: Path) -> str:
     convert = json.loads((folder / "convert.json").read_text())
     readers = json.loads((folder / "readers.json").read_text())
     embed = json.loads((folder / "embed.json").read_text())
-    lines = [f"Machine: {os.cpu_count()} cores, {_cpu_model()}, Python "
+    lines = [(f"Machine: {os.cpu_count()} cores, {_cpu_model()}, Python "
              f"{platform.python_version()}, torch {embed['torch']}; medians of fresh-process "
-             "runs, warm page cache.", "",
-             f"**Convert** a release-sized upstream checkpoint "
+             "runs, warm page cache."), "",
+             (f"**Convert** a release-sized upstream checkpoint "
              f"({convert['data_bytes'] / 1e6:.0f} MB data, EMA + Adam slots; "
-             f"{convert['needed_bytes'] / 1e6:.0f} MB needed):", "",
+             f"{convert['needed_bytes'] / 1e6:.0f} MB needed):"), "",
              "| approach | wall s | peak RSS MiB |", "| --- | ---: | ---: |"]
     for name, row in convert["results"].items():
         lines.append(f"| {name} | {row['median_s']:.2f} | {row['peak_rss_mib']:.0f} |")
@@ -46,13 +46,13 @@ def render(folder: Path) -> str:
     lines += ["", f"**Read all {readers['tensors']} tensors** of the same checkpoint:", "",
               "| reader | wall s | of which read s | peak RSS MB |", "| --- | ---: | ---: | ---: |",
               f"| ours | {ours['wall_s']:.2f} | {ours['read_s']:.2f} | {ours['maxrss_mb']:.0f} |",
-              f"| tf.train.load_checkpoint + get_tensor | {tf['wall_s']:.2f} | "
-              f"{tf['read_s']:.2f} | {tf['maxrss_mb']:.0f} |",
-              "", f"TF / ours: {readers['tf_over_ours']['wall_s']:.1f}x wall, "
+              (f"| tf.train.load_checkpoint + get_tensor | {tf['wall_s']:.2f} | "
+              f"{tf['read_s']:.2f} | {tf['maxrss_mb']:.0f} |"),
+              "", (f"TF / ours: {readers['tf_over_ours']['wall_s']:.1f}x wall, "
               f"{readers['tf_over_ours']['read_s']:.1f}x read step, "
-              f"{readers['tf_over_ours']['maxrss_mb']:.1f}x peak memory."]
-    lines += ["", f"**Embedding throughput**, CPU, batch {embed['batch_size']} (images per second "
-              "of wall time, and per second of the process's CPU time):", "",
+              f"{readers['tf_over_ours']['maxrss_mb']:.1f}x peak memory.")]
+    lines += ["", (f"**Embedding throughput**, CPU, batch {embed['batch_size']} (images per second "
+              "of wall time, and per second of the process's CPU time):"), "",
               "| threads | ours img/s | TF graph img/s | ours / TF | ours / TF per CPU-s |",
               "| --- | ---: | ---: | ---: | ---: |"]
     for row in embed["rows"]:

@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
             report = run_parity(source, output, batches=args.batches,
                                 batch_size=BATCH_SIZES[key], per_layer=True)
             reports.append((title, report))
-    parts = [f"## Parity report ({time.perf_counter() - started:.0f} s, checkpoint build "
-             f"{build_s:.0f} s)", ""]
+    parts = [(f"## Parity report ({time.perf_counter() - started:.0f} s, checkpoint build "
+             f"{build_s:.0f} s)"), ""]
     parts += [to_markdown(report, title=title) for title, report in reports]
     markdown = "\n".join(parts)
     print(markdown)

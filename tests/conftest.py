@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tf_fixtures import *  # noqa: F403  (TF-built reference checkpoints, session-cached)
 
 from third_party.wheels import FACENET, FACENET_PYTORCH, wheel_member
+
+# TF-built reference checkpoints (session fixtures, cached across runs).
+pytest_plugins = ["tf_fixtures"]
 
 
 @pytest.fixture(scope="session")

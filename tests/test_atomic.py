@@ -27,9 +27,8 @@ def test_writes_complete_file(tmp_path: Path) -> None:
 def test_refuses_existing_without_force_and_keeps_it(tmp_path: Path) -> None:
     out = tmp_path / "model.pt"
     out.write_bytes(b"old")
-    with pytest.raises(OutputError, match="exists; pass --force"):
-        with atomic_output(out) as handle:
-            handle.write(b"new")
+    with pytest.raises(OutputError, match="exists; pass --force"), atomic_output(out) as handle:
+        handle.write(b"new")
     assert out.read_bytes() == b"old"
     with atomic_output(out, force=True) as handle:
         handle.write(b"new")
@@ -41,50 +40,46 @@ def test_refuses_symlink_even_with_force(tmp_path: Path) -> None:
     target.write_bytes(b"keep")
     link = tmp_path / "link.pt"
     link.symlink_to(target)
-    with pytest.raises(OutputError, match="symlink"):
-        with atomic_output(link, force=True) as handle:
-            handle.write(b"x")
+    with pytest.raises(OutputError, match="symlink"), atomic_output(link, force=True) as handle:
+        handle.write(b"x")
     assert target.read_bytes() == b"keep"
 
 
 def test_refuses_output_equal_to_input(tmp_path: Path) -> None:
     source = tmp_path / "det1.npy"
     source.write_bytes(b"input")
-    with pytest.raises(OutputError, match="same file as input"):
-        with atomic_output(source, force=True, inputs=[source]) as handle:
-            handle.write(b"x")
+    with (pytest.raises(OutputError, match="same file as input"),
+          atomic_output(source, force=True, inputs=[source]) as handle):
+        handle.write(b"x")
     assert source.read_bytes() == b"input"
 
 
 def test_missing_directory_is_named(tmp_path: Path) -> None:
-    with pytest.raises(OutputError, match="does not exist"):
-        with atomic_output(tmp_path / "nope" / "model.pt"):
-            pass
+    with (pytest.raises(OutputError, match="does not exist"),
+          atomic_output(tmp_path / "nope" / "model.pt")):
+        pass
 
 
 def test_error_mid_write_leaves_nothing(tmp_path: Path) -> None:
     outs = [tmp_path / "a.pt", tmp_path / "b.pt"]
-    with pytest.raises(RuntimeError):
-        with staged_outputs(outs) as handles:
-            handles[outs[0]].write(b"complete")
-            raise RuntimeError("conversion failed")
+    with pytest.raises(RuntimeError), staged_outputs(outs) as handles:
+        handles[outs[0]].write(b"complete")
+        raise RuntimeError("conversion failed")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_disk_full_becomes_output_error(tmp_path: Path) -> None:
     out = tmp_path / "model.pt"
-    with pytest.raises(OutputError, match="no space left on device"):
-        with atomic_output(out) as handle:
-            handle.write(b"partial")
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with pytest.raises(OutputError, match="no space left on device"), atomic_output(out) as handle:
+        handle.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_same_output_twice_refused(tmp_path: Path) -> None:
     out = tmp_path / "a.pt"
-    with pytest.raises(OutputError, match="twice"):
-        with staged_outputs([out, out]):
-            pass
+    with pytest.raises(OutputError, match="twice"), staged_outputs([out, out]):
+        pass
     assert list(tmp_path.iterdir()) == []
 
 
@@ -107,9 +102,8 @@ def tiny_filesystem(tmp_path: Path):
 
 def test_real_disk_full_leaves_nothing(tiny_filesystem: Path) -> None:
     out = tiny_filesystem / "model.pt"
-    with pytest.raises(OutputError, match="no space left on device"):
-        with atomic_output(out) as handle:
-            handle.write(b"\0" * (1 << 20))
+    with pytest.raises(OutputError, match="no space left on device"), atomic_output(out) as handle:
+        handle.write(b"\0" * (1 << 20))
     assert list(tiny_filesystem.iterdir()) == []
 
 

@@ -11,6 +11,7 @@ resizes with OpenCV (``opencv-python-headless``, a test-only dependency).
 from __future__ import annotations
 
 import ast
+import itertools
 import tarfile
 import warnings
 from collections.abc import Iterator
@@ -19,7 +20,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
+from models.detection import MTCNN, area_resize, batched_nms
 from third_party.wheels import (
     FACENET,
     PinnedWheel,
@@ -28,11 +32,7 @@ from third_party.wheels import (
     wheel_member,
 )
 
-torch = pytest.importorskip("torch")
-Image = pytest.importorskip("PIL.Image")
 skdata = pytest.importorskip("skimage.data")
-
-from models.detection import MTCNN, area_resize, batched_nms  # noqa: E402
 
 INSIGHTFACE = PinnedWheel(  # an sdist: only two sample photographs are read from it
     project="insightface", version="0.7.3", filename="insightface-0.7.3.tar.gz",
@@ -86,7 +86,7 @@ def _upstream_nms() -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SyntaxWarning)         # upstream's `method is 'Min'`
         code = compile(ast.Module(body=[node], type_ignores=[]), member, "exec")
-    exec(code, namespace)
+    exec(code, namespace)  # noqa: S102 - upstream nms from the pinned wheel, tests only
     return namespace["nms"]
 
 
@@ -135,7 +135,7 @@ def test_area_resize_equals_opencv_inter_area() -> None:
 def test_scales_follow_upstream(detector: MTCNN) -> None:
     scales = detector.scales(512, 512)
     assert scales[0] == pytest.approx(0.6) and len(scales) == 10
-    assert all(b == pytest.approx(a * 0.709) for a, b in zip(scales, scales[1:], strict=False))
+    assert all(b == pytest.approx(a * 0.709) for a, b in itertools.pairwise(scales))
     assert detector.scales(19, 400) == []                      # shorter side * 0.6 < 12
 
 

@@ -321,10 +321,9 @@ def test_truncated_hdf5_is_corrupt(keras3_files, tmp_path: Path) -> None:
     for cut in (100, len(data) // 2, len(data) - 10):
         path = tmp_path / f"cut{cut}.h5"
         path.write_bytes(data[:cut])
-        with pytest.raises(CorruptSourceError) as info:
-            with KerasH5Reader(path) as reader:
-                for name in reader.tensors():
-                    reader.read(name)
+        with pytest.raises(CorruptSourceError) as info, KerasH5Reader(path) as reader:
+            for name in reader.tensors():
+                reader.read(name)
         assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 

@@ -501,7 +501,7 @@ def test_mutated_entries_resealed_only_raise_typed_errors(tf_small: Path, tmp_pa
 
     pairs = [(key, bytearray(value)) for key, value in read_table(index_of(tf_small))]
     for _ in range(data.draw(st.integers(1, 3))):
-        key, value = pairs[data.draw(st.integers(0, len(pairs) - 1))]
+        _key, value = pairs[data.draw(st.integers(0, len(pairs) - 1))]
         if value:
             pos = data.draw(st.integers(0, len(value) - 1))
             value[pos] = data.draw(st.integers(0, 255))

@@ -191,8 +191,8 @@ def test_small_builds_are_deterministic_and_upstream_saver_is_trainable_only(
         tmp_path: Path) -> None:
     import tensorflow as tf
 
-    options = dict(embedding_size=16, num_classes=None, ema=False, optimizer=None,
-                   saved="trainable", step=7, seed=5)
+    options = {"embedding_size": 16, "num_classes": None, "ema": False, "optimizer": None,
+                   "saved": "trainable", "step": 7, "seed": 5}
     first = build_checkpoint(tmp_path / "a", state_file=True, **options)
     second = build_checkpoint(tmp_path / "b", **options)
     one, two = (tf.train.load_checkpoint(str(b.prefix)) for b in (first, second))

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import numpy as np
 
@@ -50,6 +51,7 @@ class SourceReader(abc.ABC):
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.closed = False
 
     @abc.abstractmethod
     def tensors(self) -> dict[str, TensorInfo]:
@@ -67,13 +69,14 @@ class SourceReader(abc.ABC):
         """Graph node names where the format has a graph (frozen .pb), else None."""
         return None
 
-    def close(self) -> None:  # noqa: B027 - optional hook, readers without handles skip it
-        """Release file handles and memory maps."""
+    def close(self) -> None:
+        """Release file handles and memory maps; readers that hold some extend this."""
+        self.closed = True
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.tensors())
 
-    def __enter__(self) -> SourceReader:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -44,7 +44,7 @@ from converter.protowire import (
 from converter.protowire import iter_field_spans as _fields
 from converter.sources.base import SourceReader, TensorInfo
 
-__all__ = ["GraphDefReader", "MAX_RANK", "expansion_cap"]
+__all__ = ["MAX_RANK", "GraphDefReader", "expansion_cap"]
 
 #: TensorFlow's own limit on tensor rank (TensorShape::MaxDimensions).
 MAX_RANK = 254

@@ -51,7 +51,7 @@ from converter.errors import (
 from converter.sources import has_hdf5_signature
 from converter.sources.base import SourceReader, TensorInfo
 
-__all__ = ["KerasH5Reader", "ALLOWED_FILTERS", "size_cap"]
+__all__ = ["ALLOWED_FILTERS", "KerasH5Reader", "size_cap"]
 
 #: HDF5 filters built into libhdf5 (deflate, shuffle, fletcher32, szip, nbit, scaleoffset)
 #: plus h5py's bundled LZF; any other id would make HDF5 search for and load a plugin.
@@ -240,7 +240,7 @@ class KerasH5Reader(SourceReader):
                                          "attribute", path=self.path)
             for weight in weights:
                 dataset = self._walk(group, weight, where)
-                stem = weight[:-2] if weight.endswith(":0") else weight
+                stem = weight.removesuffix(":0")
                 name = stem if stem.split("/", 1)[0] == layer else f"{layer}/{stem}"
                 self._add(name, dataset, f"{where}/{weight}", layer)
 

@@ -18,6 +18,7 @@ import io
 import os
 import pickle
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -58,7 +59,7 @@ class _GuardedArray(np.ndarray):
     allocate before failing. Both paths are checked here first.
     """
 
-    def __new__(cls, *args: object, **kwargs: object) -> _GuardedArray:
+    def __new__(cls, *args: object, **kwargs: object) -> Self:
         raise pickle.UnpicklingError("payload constructs an ndarray directly; numpy pickles "
                                      "never do")
 
@@ -148,7 +149,7 @@ def restricted_loads(data: bytes, path: Path) -> object:
         return _RestrictedUnpickler(data, path).load()
     except SourceError:
         raise
-    except Exception as error:  # any failure of the restricted load is damage
+    except Exception as error:  # noqa: BLE001 - any failure of the restricted load is damage
         detail = " ".join(str(error).split()) or type(error).__name__
         raise CorruptSourceError(f"pickle payload is damaged ({type(error).__name__}: "
                                  f"{detail})", path=path) from None

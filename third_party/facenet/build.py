@@ -445,27 +445,27 @@ def _freeze(up: Any, meta: Path, prefix: Path, output: Path) -> None:
     from third_party.facenet.compat import upstream_mode
 
     tf = up.tf
-    with upstream_mode(), tf.Graph().as_default() as graph_obj:
-        with tf.Session(graph=graph_obj) as sess:
-            saver = tf.train.import_meta_graph(str(meta), clear_devices=True)
-            sess.run(tf.global_variables_initializer())
-            sess.run(tf.local_variables_initializer())
-            saver.restore(sess, str(prefix))
-            graph_def = graph_obj.as_graph_def()
-            for node in graph_def.node:
-                if node.op == "RefSwitch":
-                    node.op = "Switch"
-                    for index, name in enumerate(node.input):
-                        if "moving_" in name:
-                            node.input[index] = name + "/read"
-                elif node.op in ("AssignSub", "AssignAdd"):
-                    node.op = "Sub" if node.op == "AssignSub" else "Add"
-                    if "use_locking" in node.attr:
-                        del node.attr["use_locking"]
-            whitelist = [node.name for node in graph_def.node
-                         if node.name.startswith(FREEZE_WHITELIST)]
-            frozen = tf.graph_util.convert_variables_to_constants(
-                sess, graph_def, ["embeddings"], variable_names_whitelist=whitelist)
+    with (upstream_mode(), tf.Graph().as_default() as graph_obj,
+          tf.Session(graph=graph_obj) as sess):
+        saver = tf.train.import_meta_graph(str(meta), clear_devices=True)
+        sess.run(tf.global_variables_initializer())
+        sess.run(tf.local_variables_initializer())
+        saver.restore(sess, str(prefix))
+        graph_def = graph_obj.as_graph_def()
+        for node in graph_def.node:
+            if node.op == "RefSwitch":
+                node.op = "Switch"
+                for index, name in enumerate(node.input):
+                    if "moving_" in name:
+                        node.input[index] = name + "/read"
+            elif node.op in ("AssignSub", "AssignAdd"):
+                node.op = "Sub" if node.op == "AssignSub" else "Add"
+                if "use_locking" in node.attr:
+                    del node.attr["use_locking"]
+        whitelist = [node.name for node in graph_def.node
+                     if node.name.startswith(FREEZE_WHITELIST)]
+        frozen = tf.graph_util.convert_variables_to_constants(
+            sess, graph_def, ["embeddings"], variable_names_whitelist=whitelist)
     output.write_bytes(frozen.SerializeToString())
 
 

@@ -23,7 +23,7 @@ import os
 import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -361,7 +361,7 @@ class UpstreamDetector:
     def close(self) -> None:
         self._session.close()
 
-    def __enter__(self) -> UpstreamDetector:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
