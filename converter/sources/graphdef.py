@@ -23,7 +23,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 
 from converter.errors import (
@@ -43,6 +42,7 @@ from converter.protowire import (
 )
 from converter.protowire import iter_field_spans as _fields
 from converter.sources.base import SourceReader, TensorInfo
+from converter.sources.tf_dtypes import NUMPY_DTYPES, dtype_label
 
 __all__ = ["MAX_RANK", "GraphDefReader", "expansion_cap"]
 
@@ -52,31 +52,27 @@ MAX_RANK = 254
 # DataType enum -> (numpy dtype, TensorProto *_val field, how that field is decoded).
 _F32, _F64, _I32, _I64, _U32, _U64, _BOOL, _HALF, _BYTES = (
     "f32", "f64", "i32", "i64", "u32", "u64", "bool", "half", "bytes")
-_DTYPES: dict[int, tuple[np.dtype, int, str]] = {
-    1: (np.dtype("<f4"), 5, _F32),             # DT_FLOAT: float_val
-    2: (np.dtype("<f8"), 6, _F64),             # DT_DOUBLE: double_val
-    3: (np.dtype("<i4"), 7, _I32),             # DT_INT32: int_val
-    4: (np.dtype("u1"), 7, _I32),              # DT_UINT8: int_val
-    5: (np.dtype("<i2"), 7, _I32),             # DT_INT16: int_val
-    6: (np.dtype("i1"), 7, _I32),              # DT_INT8: int_val
-    7: (np.dtype(object), 8, _BYTES),          # DT_STRING: string_val
-    8: (np.dtype("<c8"), 9, _F32),             # DT_COMPLEX64: scomplex_val (re, im pairs)
-    9: (np.dtype("<i8"), 10, _I64),            # DT_INT64: int64_val
-    10: (np.dtype("bool"), 11, _BOOL),         # DT_BOOL: bool_val
-    14: (np.dtype(ml_dtypes.bfloat16), 13, _HALF),  # DT_BFLOAT16: half_val (uint16 bits)
-    17: (np.dtype("<u2"), 7, _I32),            # DT_UINT16: int_val
-    18: (np.dtype("<c16"), 12, _F64),          # DT_COMPLEX128: dcomplex_val (re, im pairs)
-    19: (np.dtype("<f2"), 13, _HALF),          # DT_HALF: half_val (uint16 bits)
-    22: (np.dtype("<u4"), 16, _U32),           # DT_UINT32: uint32_val
-    23: (np.dtype("<u8"), 17, _U64),           # DT_UINT64: uint64_val
+# DataType -> (TensorProto *_val field, how that field is decoded).
+_VAL_FIELD_OF: dict[int, tuple[int, str]] = {
+    1: (5, _F32),      # DT_FLOAT: float_val
+    2: (6, _F64),      # DT_DOUBLE: double_val
+    3: (7, _I32),      # DT_INT32: int_val
+    4: (7, _I32),      # DT_UINT8: int_val
+    5: (7, _I32),      # DT_INT16: int_val
+    6: (7, _I32),      # DT_INT8: int_val
+    7: (8, _BYTES),    # DT_STRING: string_val
+    8: (9, _F32),      # DT_COMPLEX64: scomplex_val (re, im pairs)
+    9: (10, _I64),     # DT_INT64: int64_val
+    10: (11, _BOOL),   # DT_BOOL: bool_val
+    14: (13, _HALF),   # DT_BFLOAT16: half_val (uint16 bits)
+    17: (7, _I32),     # DT_UINT16: int_val
+    18: (12, _F64),    # DT_COMPLEX128: dcomplex_val (re, im pairs)
+    19: (13, _HALF),   # DT_HALF: half_val (uint16 bits)
+    22: (16, _U32),    # DT_UINT32: uint32_val
+    23: (17, _U64),    # DT_UINT64: uint64_val
 }
-_DTYPE_NAMES = {1: "FLOAT", 2: "DOUBLE", 3: "INT32", 4: "UINT8", 5: "INT16", 6: "INT8",
-                7: "STRING", 8: "COMPLEX64", 9: "INT64", 10: "BOOL", 14: "BFLOAT16",
-                17: "UINT16", 18: "COMPLEX128", 19: "HALF", 22: "UINT32", 23: "UINT64",
-                11: "QINT8", 12: "QUINT8", 13: "QINT32", 15: "QINT16", 16: "QUINT16",
-                20: "RESOURCE", 21: "VARIANT", 24: "FLOAT8_E5M2", 25: "FLOAT8_E4M3FN",
-                26: "FLOAT8_E4M3FNUZ", 27: "FLOAT8_E4M3B11FNUZ", 28: "FLOAT8_E5M2FNUZ",
-                29: "INT4", 30: "UINT4", 31: "INT2", 32: "UINT2", 33: "FLOAT4_E2M1FN", 0: "INVALID"}
+_DTYPES: dict[int, tuple[np.dtype, int, str]] = {
+    code: (NUMPY_DTYPES[code], field, kind) for code, (field, kind) in _VAL_FIELD_OF.items()}
 _VAL_FIELDS = {5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18}
 _VAL_FIELD_NAMES = {5: "float_val", 6: "double_val", 7: "int_val", 8: "string_val",
                     9: "scomplex_val", 10: "int64_val", 11: "bool_val", 12: "dcomplex_val",
@@ -225,8 +221,8 @@ class GraphDefReader(SourceReader):
         const = self._index_tensor(name, value_span, at, what)
         if dtype_attr is not None and dtype_attr != const.dtype_code:
             raise CorruptSourceError(
-                f"{what}: 'dtype' attr is {_dtype_label(dtype_attr)} but the value tensor is "
-                f"{_dtype_label(const.dtype_code)}")
+                f"{what}: 'dtype' attr is {dtype_label(dtype_attr)} but the value tensor is "
+                f"{dtype_label(const.dtype_code)}")
         self._consts[name] = const
 
     def _index_tensor(self, name: str, span: tuple[int, int], node_at: int,
@@ -250,7 +246,7 @@ class GraphDefReader(SourceReader):
                 vals.append((fnum, wire, value))
         if dtype_code not in _DTYPES:
             raise UnsupportedSourceError(
-                f"Const {name!r} (byte {node_at}) has dtype {_dtype_label(dtype_code)}, which "
+                f"Const {name!r} (byte {node_at}) has dtype {dtype_label(dtype_code)}, which "
                 "this reader does not decode; supported: float/double/half/bfloat16, "
                 "(u)int8-64, bool, complex, string", path=self.path, key=name)
         dtype, val_field, _ = _DTYPES[dtype_code]
@@ -276,7 +272,7 @@ class GraphDefReader(SourceReader):
             if fnum != val_field:
                 raise CorruptSourceError(
                     f"{what}: {_VAL_FIELD_NAMES[fnum]} does not belong to a "
-                    f"{_dtype_label(dtype_code)} tensor (expected {_VAL_FIELD_NAMES[val_field]})")
+                    f"{dtype_label(dtype_code)} tensor (expected {_VAL_FIELD_NAMES[val_field]})")
         itemsize = _POINTER_BYTES if dtype == np.dtype(object) else dtype.itemsize
         decoded = count * itemsize
         if decoded > expansion_cap(self._size):
@@ -451,6 +447,3 @@ class GraphDefReader(SourceReader):
                 pass  # arrays returned by read() still view it; it closes when they go
             self._map = None
 
-
-def _dtype_label(code: int) -> str:
-    return f"DT_{_DTYPE_NAMES.get(code, 'unknown')} ({code})"

@@ -15,7 +15,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 
 from converter.errors import (
@@ -37,6 +36,7 @@ from converter.protowire import (
 )
 from converter.sources.base import SourceReader, TensorInfo
 from converter.sources.sstable import crc32c_extend, read_table, unmask_crc
+from converter.sources.tf_dtypes import DT_STRING, NAMES, NUMPY_DTYPES
 
 # TensorFlow's tensor_bundle.cc: kTensorBundleMinProducer = 0, kTensorBundleMinConsumer = 0,
 # kTensorBundleVersion = 1 (the consumer version this reader stands for).
@@ -56,20 +56,8 @@ def _numpy_max_rank() -> int:
 NUMPY_MAX_RANK = _numpy_max_rank()
 _INT64_MAX = (1 << 63) - 1
 
-_NUMERIC_DTYPES: dict[int, np.dtype] = {
-    1: np.dtype(np.float32), 2: np.dtype(np.float64), 3: np.dtype(np.int32),
-    4: np.dtype(np.uint8), 5: np.dtype(np.int16), 6: np.dtype(np.int8),
-    8: np.dtype(np.complex64), 9: np.dtype(np.int64), 10: np.dtype(np.bool_),
-    14: np.dtype(ml_dtypes.bfloat16), 17: np.dtype(np.uint16), 18: np.dtype(np.complex128),
-    19: np.dtype(np.float16), 22: np.dtype(np.uint32), 23: np.dtype(np.uint64),
-}
-DT_STRING = 7
-_OBJECT = np.dtype(object)
-_UNSUPPORTED_NAMES = {
-    0: "DT_INVALID", 11: "DT_QINT8", 12: "DT_QUINT8", 13: "DT_QINT32", 15: "DT_QINT16",
-    16: "DT_QUINT16", 20: "DT_RESOURCE", 21: "DT_VARIANT", 24: "DT_FLOAT8_E5M2",
-    25: "DT_FLOAT8_E4M3FN",
-}
+_NUMERIC_DTYPES = {code: dtype for code, dtype in NUMPY_DTYPES.items() if code != DT_STRING}
+_OBJECT = NUMPY_DTYPES[DT_STRING]
 _DATA_RE = re.compile(r"^(?P<prefix>.+)\.data-(?P<shard>\d{5,})-of-(?P<count>\d{5,})$")
 # facenet.get_model_filenames: re.match(r'(^model-[\w\- ]+.ckpt-(\d+))', f)
 _UPSTREAM_RE = re.compile(r"^model-[\w\- ]+\.ckpt-(\d+)$")
@@ -388,7 +376,7 @@ class TFCheckpointReader(SourceReader):
         elif dtype_enum in _NUMERIC_DTYPES:
             dtype = _NUMERIC_DTYPES[dtype_enum]
         else:
-            label = _UNSUPPORTED_NAMES.get(dtype_enum, "an unknown dtype")
+            label = f"DT_{NAMES[dtype_enum]}" if dtype_enum in NAMES else "an unknown dtype"
             message = (f"dtype {dtype_enum} ({label}) is not a plain tensor this reader decodes; "
                        "expected a numeric, bool or string dtype; drop it from the checkpoint "
                        "or ignore the entry")
