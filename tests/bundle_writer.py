@@ -150,3 +150,12 @@ def write_bundle(prefix: Path, tensors: dict[str, np.ndarray] | None = None, *,
         Path(f"{prefix}.data-{shard:05d}-of-{max(num_shards, 1):05d}").write_bytes(
             bytes(payload) if shard == 0 else b"")
     return prefix
+
+
+def first_block_trailer(table: bytes) -> int:
+    """Offset of data block 0's type byte: the first position where the crc trailer checks."""
+    for end in range(4, len(table) - 48):
+        stored = struct.unpack_from("<I", table, end + 1)[0]
+        if mask_crc(crc32c_extend(0, table[:end + 1])) == stored:
+            return end
+    raise AssertionError("no block trailer found")

@@ -19,9 +19,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from bundle_writer import entry_proto, header_proto, sstable, write_bundle
+from bundle_writer import (
+    entry_proto,
+    first_block_trailer,
+    header_proto,
+    sstable,
+    with_trailer,
+    write_bundle,
+)
 
 from converter.sources.mtcnn_npy import MtcnnNpyReader
+from converter.sources.tf_bundle import TFCheckpointReader
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,6 +84,17 @@ def c02_flipped_data_byte(folder, det):
     return prefix, ("checksum",)
 
 
+def c03_flipped_string_length(folder, det):
+    arrays = {**pnet_arrays(det), "note": np.array([b"abc", b"de"], dtype=object)}
+    prefix = write_bundle(folder / "model.ckpt-1", arrays)
+    with TFCheckpointReader(prefix) as reader:
+        offset = reader.entry("note").offset
+    raw = bytearray(data_file(prefix).read_bytes())
+    raw[offset], raw[offset + 1] = 4, 1  # same total: only the length checksum catches it
+    data_file(prefix).write_bytes(bytes(raw))
+    return prefix, ("length checksum",)
+
+
 def c04_short_index(folder, det):
     prefix = pnet_bundle(folder, det)
     index_file(prefix).write_bytes(b"\0" * 20)
@@ -102,6 +121,16 @@ def c07_handle_past_eof(folder, det):
     raw[footer:footer + 40] = (b"\xff\xff\xff\x0f\x10" * 2).ljust(40, b"\0")
     index_file(prefix).write_bytes(bytes(raw))
     return prefix, ("handle",)
+
+
+def c08_bad_restart_count(folder, det):
+    prefix = pnet_bundle(folder, det)
+    good = index_file(prefix).read_bytes()
+    end = first_block_trailer(good)
+    contents = bytearray(good[:end])
+    contents[-4:] = (10**6).to_bytes(4, "little")
+    index_file(prefix).write_bytes(with_trailer(bytes(contents)) + good[end + 5:])
+    return prefix, ("restart points",)
 
 
 def c09_unsorted_keys(folder, det):
@@ -220,8 +249,9 @@ def c27_state_file_outside(folder, det):
 
 
 CASES: list[Case] = [
-    c01_truncated_shard, c02_flipped_data_byte, c04_short_index, c05_data_file_as_index,
-    c06_bad_block_crc, c07_handle_past_eof, c09_unsorted_keys, c10_missing_header,
+    c01_truncated_shard, c02_flipped_data_byte, c03_flipped_string_length, c04_short_index,
+    c05_data_file_as_index, c06_bad_block_crc, c07_handle_past_eof, c08_bad_restart_count,
+    c09_unsorted_keys, c10_missing_header,
     c11_version_bounds, c12_unknown_endianness, c13_missing_shard, c14_shard_out_of_range,
     c15_offset_past_end, c16_negative_dim, c17_huge_shape, c18_size_mismatch,
     c19_variant_dtype, c20_sliced_entry, c21_nan_weights_strict, c22_wrong_architecture,
@@ -259,8 +289,11 @@ def test_bad_source_through_cli(case: Case, tmp_path: Path, det_npy: dict[str, P
     before = _digest(inputs)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    done = run_cli("convert", str(source), "-o", str(out_dir / "model.pt"), "--strict",
-                   cwd=tmp_path)
+    # convert reads what the model needs; a string tensor (item 3) is dropped unread, so
+    # `inspect --verify`, which reads everything, is where a user meets that damage.
+    command = (["inspect", "--verify", str(source)] if case is c03_flipped_string_length
+               else ["convert", str(source), "-o", str(out_dir / "model.pt"), "--strict"])
+    done = run_cli(*command, cwd=tmp_path)
     line = assert_one_line_failure(done, *words)
     assert source.name in line
     assert list(out_dir.iterdir()) == []

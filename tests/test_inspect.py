@@ -76,3 +76,11 @@ def test_bad_source_is_one_line_error(tmp_path: Path) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and str(bad) in lines[0]
     assert "Traceback" not in done.stderr
+
+
+def test_verify_reads_every_tensor(det_npy: dict[str, Path]) -> None:
+    result = CliRunner().invoke(main, ["inspect", str(det_npy["det2"]), "--verify", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["verified"] is True
+    text = CliRunner().invoke(main, ["inspect", str(det_npy["det2"]), "--verify"]).output
+    assert "every tensor read and checked" in text

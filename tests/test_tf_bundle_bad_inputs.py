@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from bundle_writer import (
     entry_proto,
+    first_block_trailer,
     header_proto,
     sstable,
     varint,
@@ -142,7 +143,7 @@ def test_06_bad_block_crc_and_type(small: Path) -> None:
     index.write_bytes(bytes(raw))
     expect(CorruptSourceError, lambda: TFCheckpointReader(small), path=index,
            words=("data block 0", "checksum"))
-    position = _first_block_trailer(good)
+    position = first_block_trailer(good)
     for type_byte, error, word in ((1, UnsupportedSourceError, "snappy"),
                                    (7, CorruptSourceError, "block type 7")):
         raw = bytearray(good)
@@ -153,15 +154,6 @@ def test_06_bad_block_crc_and_type(small: Path) -> None:
         index.write_bytes(bytes(raw))
         expect(error, lambda: TFCheckpointReader(small), path=index,
                words=(word,))
-
-
-def _first_block_trailer(table: bytes) -> int:
-    """Offset of data block 0's type byte: the first position where the crc trailer checks."""
-    for end in range(4, len(table) - 48):
-        stored = struct.unpack_from("<I", table, end + 1)[0]
-        if mask_crc(crc32c_extend(0, table[:end + 1])) == stored:
-            return end
-    raise AssertionError("no block trailer found")
 
 
 def _rewrite_footer(index: Path, meta: tuple[int, int] | None = None,
@@ -194,7 +186,7 @@ def test_08_bad_restart_count_and_varints(tmp_path: Path) -> None:
     write_bundle(prefix, SMALL)
     index = index_of(prefix)
     good = index.read_bytes()
-    end = _first_block_trailer(good)
+    end = first_block_trailer(good)
     for count in (0, 10**6, 2**32 - 1):
         contents = bytearray(good[:end])
         contents[-4:] = struct.pack("<I", count)

@@ -14,13 +14,19 @@ def _dtype_name(dtype: np.dtype) -> str:
     return "string" if dtype == np.dtype(object) else str(dtype)
 
 
-def describe(source: str) -> dict[str, Any]:
-    """Format, tensors (name/dtype/shape), total bytes and the detected model variant."""
+def describe(source: str, *, verify: bool = False) -> dict[str, Any]:
+    """Format, tensors (name/dtype/shape), total bytes and the detected model variant.
+
+    ``verify`` also reads every tensor, so each checksum and length is checked (a conversion
+    reads only the tensors the model needs)."""
     from converter.detect import detect
     from converter.sources import open_source
 
     with open_source(source) as reader:
         infos = reader.tensors()
+        if verify:
+            for name in infos:
+                reader.read(name)
         detection = detect(infos, frozen=reader.format == "tf-graphdef")
         resolution = getattr(reader, "resolution", None)
         files = [str(path) for path in reader.files()]
@@ -32,6 +38,7 @@ def describe(source: str) -> dict[str, Any]:
         "format": fmt,
         "resolution": resolution,
         "files": files,
+        "verified": verify,
         "tensor_count": len(tensors),
         "total_bytes": sum(item["bytes"] for item in tensors),
         "detected": detection.to_dict(),
@@ -54,8 +61,9 @@ def render_text(info: dict[str, Any]) -> str:
     lines = [f"source:        {info['source']}", f"format:        {info['format']}"]
     if info["resolution"]:
         lines.append(f"resolved:      {info['resolution']}")
+    verified = ", every tensor read and checked" if info["verified"] else ""
     lines += [
-        f"tensors:       {info['tensor_count']} ({_human(info['total_bytes'])})",
+        f"tensors:       {info['tensor_count']} ({_human(info['total_bytes'])}{verified})",
         f"architecture:  {found['architecture'] or 'unknown'}"
         + (f" ({found['scheme']}, table {found['table']})" if found["scheme"] else ""),
     ]
@@ -80,9 +88,11 @@ def render_text(info: dict[str, Any]) -> str:
 @click.command("inspect")
 @click.argument("source", type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for scripts).")
-def inspect_command(source: str, as_json: bool) -> None:
+@click.option("--verify", is_flag=True,
+              help="Also read every tensor, checking each checksum and length.")
+def inspect_command(source: str, as_json: bool, verify: bool) -> None:
     """Show what SOURCE holds: format, tensors (name, dtype, shape), total bytes, and the
     detected architecture, naming scheme, embedding size, class count, EMA shadows and
-    optimizer slots. Reads no tensor data and needs no TensorFlow."""
-    info = describe(source)
+    optimizer slots. Reads no tensor data unless --verify, and needs no TensorFlow."""
+    info = describe(source, verify=verify)
     click.echo(json.dumps(info, indent=2) if as_json else render_text(info))
