@@ -6,21 +6,19 @@ import os
 import struct
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 import pytest
 from bundle_writer import field_bytes, varint
-from fuzzing import fuzz_settings
+from fuzzing import assert_only_typed_errors, fuzz_settings, mutate
 from hypothesis import given
 from hypothesis import strategies as st
 
 from converter.errors import (
     CorruptSourceError,
     MappingError,
-    SourceError,
     UnsupportedSourceError,
 )
 from converter.sources.graphdef import GraphDefReader, expansion_cap
@@ -381,19 +379,5 @@ def test_reader_imports_neither_tensorflow_nor_torch() -> None:
 @fuzz_settings(150)
 @given(data=st.data())
 def test_mutated_graph_raises_only_typed_errors(frozen_pb: Path, data: st.DataObject) -> None:
-    original = bytearray(frozen_pb.read_bytes())
-    flips = data.draw(st.lists(st.tuples(st.integers(0, len(original) - 1),
-                                         st.integers(1, 255)), max_size=8))
-    for offset, mask in flips:
-        original[offset] ^= mask
-    cut = data.draw(st.one_of(st.none(), st.integers(0, len(original))))
-    mutated = bytes(original if cut is None else original[:cut])
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "mutated.pb"
-        path.write_bytes(mutated)
-        try:
-            with GraphDefReader(path) as reader:
-                for name in reader.tensors():
-                    reader.read(name)
-        except SourceError as error:
-            assert "\n" not in str(error)
+    payload = mutate(data, frozen_pb.read_bytes(), max_flips=8)
+    assert_only_typed_errors(GraphDefReader, payload, "mutated.pb")

@@ -108,6 +108,12 @@ class KerasH5Reader(SourceReader):
                                      "truncated or damaged", path=self.path) from None
         try:
             self._index()
+        except _H5_ERRORS as error:
+            # Any HDF5 call the index makes can meet damaged metadata; the precise checks
+            # below name the place where they can, this catches the rest.
+            self.close()
+            raise CorruptSourceError(f"HDF5 metadata is damaged ({_one_line(error)}); the "
+                                     "file is truncated or corrupt", path=self.path) from None
         except BaseException:
             self.close()
             raise
