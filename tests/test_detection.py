@@ -155,15 +155,10 @@ def test_extract_crops_as_align_dataset_mtcnn(detector: MTCNN) -> None:
     found = detector.detect(photo)[0]
     crops = detector.extract(photo, found)
     assert crops.shape == (6, 3, 160, 160) and crops.dtype == torch.uint8
-    height, width = photo.shape[:2]
+    from third_party.facenet.reference import align_crop
+
     for crop, det in zip(crops, found.boxes.numpy(), strict=True):
-        bb = np.zeros(4, dtype=np.int32)                        # upstream's own arithmetic
-        bb[0] = np.maximum(det[0] - 32 / 2, 0)
-        bb[1] = np.maximum(det[1] - 32 / 2, 0)
-        bb[2] = np.minimum(det[2] + 32 / 2, width)
-        bb[3] = np.minimum(det[3] + 32 / 2, height)
-        cropped = photo[bb[1]:bb[3], bb[0]:bb[2], :]
-        scaled = np.asarray(Image.fromarray(cropped).resize((160, 160), Image.BILINEAR))
+        scaled = align_crop(photo, det)                          # upstream's own arithmetic
         np.testing.assert_array_equal(crop.numpy().transpose(1, 2, 0), scaled)
 
 

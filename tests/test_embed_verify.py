@@ -279,21 +279,14 @@ def test_embed_detect_equals_upstream_pipeline(photos_dir: Path, mtcnn_dir: Path
     """Upstream's whole chain: TF detect_face boxes, align_dataset_mtcnn crops, TF graph."""
     _, converted, tf_embed = upstream
     pytest.importorskip("cv2", reason="upstream detect_face resizes with OpenCV")
-    from third_party.facenet.reference import UpstreamDetector
+    from third_party.facenet.reference import UpstreamDetector, align_crop
 
     photo = np.asarray(Image.open(photos_dir / "t1.png").convert("RGB"))
     with UpstreamDetector() as detector:
         boxes, _ = detector.detect(photo)
     inputs = []
-    height, width = photo.shape[:2]
     for det in boxes:                                   # align_dataset_mtcnn.py, margin 32
-        bb = np.zeros(4, dtype=np.int32)
-        bb[0] = np.maximum(det[0] - 32 / 2, 0)
-        bb[1] = np.maximum(det[1] - 32 / 2, 0)
-        bb[2] = np.minimum(det[2] + 32 / 2, width)
-        bb[3] = np.minimum(det[3] + 32 / 2, height)
-        cropped = photo[bb[1]:bb[3], bb[0]:bb[2], :]
-        scaled = np.asarray(Image.fromarray(cropped).resize((160, 160), Image.BILINEAR))
+        scaled = align_crop(photo, det)
         inputs.append((scaled.astype(np.float32) - 127.5) / 128.0)
     want = tf_embed(np.stack(inputs))
 

@@ -366,3 +366,19 @@ class UpstreamDetector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def align_crop(photo: np.ndarray, box: np.ndarray, margin: int = 32,
+               size: int = 160) -> np.ndarray:
+    """align_dataset_mtcnn.py's crop of one detected face: its integer box arithmetic with
+    ``margin`` pixels, then a bilinear resize (what its ``misc.imresize`` did) to ``size``."""
+    from PIL import Image
+
+    height, width = photo.shape[:2]
+    bb = np.zeros(4, dtype=np.int32)
+    bb[0] = np.maximum(box[0] - margin / 2, 0)
+    bb[1] = np.maximum(box[1] - margin / 2, 0)
+    bb[2] = np.minimum(box[2] + margin / 2, width)
+    bb[3] = np.minimum(box[3] + margin / 2, height)
+    cropped = photo[bb[1]:bb[3], bb[0]:bb[2], :]
+    return np.asarray(Image.fromarray(cropped).resize((size, size), Image.BILINEAR))
