@@ -178,7 +178,7 @@ def test_07_block_handle_past_eof_or_huge(small: Path, handle: tuple[int, int]) 
     start = time.perf_counter()
     expect(CorruptSourceError, lambda: TFCheckpointReader(small), path=index_of(small),
            words=("handle", "past"))
-    assert time.perf_counter() - start < 1
+    assert time.perf_counter() - start < 10  # a hang guard (a huge read would take minutes)
 
 
 def test_08_bad_restart_count_and_varints(tmp_path: Path) -> None:
@@ -359,7 +359,7 @@ def test_17_huge_shape_fails_fast_without_allocating(tmp_path: Path, dtype: int)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert time.perf_counter() - start < 1
+    assert time.perf_counter() - start < 10  # a hang guard, not a speed test
     assert peak < 1 << 20
 
 
