@@ -194,19 +194,23 @@ def _expect_wire(field: int, wire: int, expected: int, what: str, path: str,
                                  f"{expected}; the .index file is damaged", path=path, key=key)
 
 
+# Wire type of each known field: BundleHeaderProto and BundleEntryProto (slices, 7, repeats).
+_HEADER_WIRES = {1: VARINT, 2: VARINT, 3: LENGTH_DELIMITED}
+_ENTRY_WIRES = {1: VARINT, 2: LENGTH_DELIMITED, 3: VARINT, 4: VARINT, 5: VARINT, 6: FIXED32}
+
+
 def _parse_header(value: bytes, path: str) -> tuple[int, int, int, int, list[int]]:
     """(num_shards, endianness, producer, min_consumer, bad_consumers) of BundleHeaderProto."""
     num_shards = endianness = producer = min_consumer = 0
     bad: list[int] = []
     for field, wire, val in _fields(value, "bundle header", path, None):
+        if field in _HEADER_WIRES:
+            _expect_wire(field, wire, _HEADER_WIRES[field], "bundle header", path, None)
         if field == 1:
-            _expect_wire(field, wire, VARINT, "bundle header", path, None)
             num_shards = as_signed32(val)
         elif field == 2:
-            _expect_wire(field, wire, VARINT, "bundle header", path, None)
             endianness = as_signed32(val)
         elif field == 3:
-            _expect_wire(field, wire, LENGTH_DELIMITED, "bundle header", path, None)
             for vfield, vwire, vval in _fields(val, "bundle header version", path, None):
                 if vfield in (1, 2) and vwire != VARINT:
                     _expect_wire(vfield, vwire, VARINT, "bundle header version", path, None)
@@ -262,23 +266,19 @@ def _parse_entry(name: str, value: bytes, path: str) -> tuple[int, tuple[int, ..
             raise CorruptSourceError(f"bundle entry field {field} appears twice; the .index file "
                                      "is damaged", path=path, key=name)
         seen.add(field)
+        if field in _ENTRY_WIRES:
+            _expect_wire(field, wire, _ENTRY_WIRES[field], "bundle entry", path, name)
         if field == 1:
-            _expect_wire(field, wire, VARINT, "bundle entry", path, name)
             dtype = as_signed32(val)
         elif field == 2:
-            _expect_wire(field, wire, LENGTH_DELIMITED, "bundle entry", path, name)
             shape = _parse_shape(val, path, name)
         elif field == 3:
-            _expect_wire(field, wire, VARINT, "bundle entry", path, name)
             shard = as_signed32(val)
         elif field == 4:
-            _expect_wire(field, wire, VARINT, "bundle entry", path, name)
             offset = as_signed64(val)
         elif field == 5:
-            _expect_wire(field, wire, VARINT, "bundle entry", path, name)
             size = as_signed64(val)
         elif field == 6:
-            _expect_wire(field, wire, FIXED32, "bundle entry", path, name)
             crc = unmask_crc(val)
         elif field == 7:
             sliced = True
