@@ -13,7 +13,6 @@ same data as torch tensors (zero-copy), ready for ``model.load_state_dict(..., s
 from __future__ import annotations
 
 import gc
-import hashlib
 import os
 import sys
 import threading
@@ -29,6 +28,7 @@ from converter import __version__
 from converter.atomic import check_output_path, staged_outputs
 from converter.detect import DEFAULT_TABLES, Detection, detect
 from converter.errors import MappingError, OutputError
+from converter.hashing import sha256_file
 from converter.layouts import ARCHITECTURES, layout_for
 from converter.mapping import Plan, materialize, plan
 from converter.sources.base import SourceReader
@@ -136,11 +136,7 @@ class _Hasher(threading.Thread):
     def run(self) -> None:
         try:
             for path in self.files:
-                digest = hashlib.sha256()
-                with open(path, "rb") as handle:
-                    for chunk in iter(lambda h=handle: h.read(1 << 22), b""):
-                        digest.update(chunk)
-                self.digests[path.name] = digest.hexdigest()
+                self.digests[path.name] = sha256_file(path)
         except OSError as error:
             self.error = error
 

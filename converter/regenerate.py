@@ -34,6 +34,7 @@ from typing import Any
 from converter import __version__
 from converter.atomic import staged_outputs
 from converter.errors import ConverterError, MappingError, ParityError, SourceError
+from converter.hashing import sha256_file
 from models.releases import (
     RELEASES,
     ChecksumMismatchError,
@@ -129,17 +130,11 @@ class RegenerateResult:
 # ------------------------------------------------------------------------------ discovery
 
 
-def _sha256(path: Path) -> str:
-    from third_party.wheels import sha256_file
-
-    return sha256_file(path)
-
-
 def _input(path: Path, role: str, expected_name: str | None,
            expected_sha256: str | None) -> InputFile:
     try:
         size = path.stat().st_size
-        digest = _sha256(path)
+        digest = sha256_file(path)
     except OSError as error:
         raise SourceError(f"cannot read input ({error.strerror or error})", path=path) from error
     return InputFile(path.name, role, path, digest, size, expected_name, expected_sha256)

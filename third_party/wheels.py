@@ -6,7 +6,6 @@ sha256, and members are extracted next to them. Nothing here is ever installed o
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from converter.errors import ConverterError
+from converter.hashing import sha256_file
 
 
 class FetchError(ConverterError):
@@ -49,15 +49,6 @@ def cache_dir() -> Path:
     root = os.environ.get("FACENET_CONVERT_CACHE")
     base = Path(root) if root else Path.home() / ".cache" / "facenet-convert"
     return base.expanduser()
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fetch_wheel(wheel: PinnedWheel) -> Path:
