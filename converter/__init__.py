@@ -1,17 +1,9 @@
-"""facenet-convert: move TensorFlow-trained FaceNet weights into PyTorch, proven identical.
+"""The conversion toolkit: readers, mapping tables, conversion, parity, regenerate, CLI.
 
-Importing this package never imports TensorFlow (nor torch: heavy pieces load lazily).
+Importing this package never imports TensorFlow, torch or numpy. The public API is
+re-exported by the root package: ``from facenet_convert import convert, open_source``.
 """
 
-__version__ = "0.1.0"
+from facenet_convert.converter.core.version import __version__
 
-__all__ = ["__version__", "convert"]
-
-
-def __getattr__(name: str) -> object:
-    # Lazy: ``converter.convert(...)`` without importing numpy/torch at package import.
-    if name == "convert":
-        from importlib import import_module
-
-        return import_module("converter.conversion").convert
-    raise AttributeError(f"module 'converter' has no attribute {name!r}")
+__all__ = ["__version__"]

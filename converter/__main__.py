@@ -1,5 +1,5 @@
 """``python -m converter``: the same command line as the ``facenet-convert`` script."""
 
-from converter.cli import main
+from facenet_convert.converter.cli import main
 
 main()

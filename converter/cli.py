@@ -11,14 +11,14 @@ from typing import Any
 
 import click
 
-from converter import __version__
-from converter.commands.convert import convert_command
-from converter.commands.embed import embed_command
-from converter.commands.inspect import inspect_command
-from converter.commands.parity import parity_command
-from converter.commands.regenerate import regenerate_command
-from converter.commands.verify import verify_command
-from converter.errors import ConverterError
+from facenet_convert.converter.commands.convert import convert_command
+from facenet_convert.converter.commands.embed import embed_command
+from facenet_convert.converter.commands.inspect import inspect_command
+from facenet_convert.converter.commands.parity import parity_command
+from facenet_convert.converter.commands.regenerate import regenerate_command
+from facenet_convert.converter.commands.verify import verify_command
+from facenet_convert.converter.core.errors import ConverterError
+from facenet_convert.converter.core.version import __version__
 
 
 class OneLineError(click.ClickException):

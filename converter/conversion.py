@@ -24,16 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from converter import __version__
-from converter.atomic import check_output_path, staged_outputs
-from converter.detect import DEFAULT_TABLES, Detection, detect
-from converter.errors import MappingError, OutputError
-from converter.hashing import sha256_file
-from converter.layouts import ARCHITECTURES, layout_for
-from converter.mapping import Plan, materialize, plan
-from converter.sources.base import SourceReader
-from converter.tables import get_table
-from converter.writers import (
+from facenet_convert.converter.core.atomic import check_output_path, staged_outputs
+from facenet_convert.converter.core.errors import MappingError, OutputError
+from facenet_convert.converter.core.hashing import sha256_file
+from facenet_convert.converter.core.version import __version__
+from facenet_convert.converter.detect import DEFAULT_TABLES, Detection, detect
+from facenet_convert.converter.layouts import ARCHITECTURES, layout_for
+from facenet_convert.converter.mapping import Plan, materialize, plan
+from facenet_convert.converter.sources.base import SourceReader
+from facenet_convert.converter.tables import get_table
+from facenet_convert.converter.writers import (
     HashingWriter,
     resolve_format,
     split_paths,
@@ -160,10 +160,10 @@ def _open(source: str | os.PathLike[str] | SourceReader | Mapping[str, np.ndarra
     if isinstance(source, SourceReader):
         return source, False
     if isinstance(source, Mapping):
-        from converter.sources.memory import ArraySource
+        from facenet_convert.converter.sources.memory import ArraySource
 
         return ArraySource(source), True
-    from converter.sources import open_source
+    from facenet_convert.converter.sources import open_source
 
     return open_source(source), True
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from converter.sources.base import TensorInfo
+from facenet_convert.converter.sources.base import TensorInfo
 
 _EMA = re.compile(r".+/ExponentialMovingAverage")
 _SLOT = re.compile(r".+/(?P<slot>Adam|RMSProp|Momentum|Adagrad|Adadelta|Ftrl)(?:_1)?")

@@ -8,8 +8,8 @@ to ``models``' ``state_dict()`` and to the layouts recorded from the real facene
 
 from __future__ import annotations
 
-from converter.errors import MappingError
-from converter.mapping import TargetEntry
+from facenet_convert.converter.core.errors import MappingError
+from facenet_convert.converter.mapping import TargetEntry
 
 #: The architectures :func:`layout_for` knows.
 ARCHITECTURES = ("inception_resnet_v1", "pnet", "rnet", "onet")

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from converter.errors import MappingError
-from converter.sources.base import SourceReader, TensorInfo
+from facenet_convert.converter.core.errors import MappingError
+from facenet_convert.converter.sources.base import SourceReader, TensorInfo
 
 #: How many names an error message lists before it says "and N more".
 _LIST_LIMIT = 8

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from converter.errors import ParityError
+from facenet_convert.converter.core.errors import ParityError
 
 DEFAULT_TOLERANCE = 1e-5
 DEFAULT_MAX_NOISE_RATIO = 2.0
@@ -350,7 +350,10 @@ def detect_model(state: Mapping[str, Any], path: str | os.PathLike[str]) -> str:
 
 def build_torch_model(model: str, state: Mapping[str, Any], path: Path) -> Any:
     """Our model for ``model`` with ``state`` loaded strictly, in eval mode."""
-    from models.inception_resnet_v1 import InceptionResNetV1, load_strict
+    from facenet_convert.models.inception_resnet_v1 import (
+        InceptionResNetV1,
+        load_strict,
+    )
 
     if model == "inception_resnet_v1":
         weight = state.get("last_linear.weight")
@@ -361,7 +364,7 @@ def build_torch_model(model: str, state: Mapping[str, Any], path: Path) -> Any:
         num_classes = int(logits.shape[0]) if logits is not None and logits.dim() == 2 else None
         net = InceptionResNetV1(embedding_size=int(weight.shape[0]), num_classes=num_classes)
     else:
-        from models.mtcnn import ONet, PNet, RNet
+        from facenet_convert.models.mtcnn import ONet, PNet, RNet
 
         net = {"pnet": PNet, "rnet": RNet, "onet": ONet}[model]()
     load_strict(net, state, path)
@@ -403,8 +406,8 @@ def run_parity(source: str | os.PathLike[str], weights: str | os.PathLike[str], 
     if tf_weights not in ("raw", "ema"):
         raise ParityError(f"unknown weights choice {tf_weights!r}; expected raw or ema")
 
-    from converter.parity_tf import quiet_tensorflow, resolve_tf_source
-    from models.inception_resnet_v1 import load_weights_file
+    from facenet_convert.converter.parity_tf import quiet_tensorflow, resolve_tf_source
+    from facenet_convert.models.inception_resnet_v1 import load_weights_file
 
     weights_path = Path(weights)
     if not weights_path.is_file():
@@ -461,7 +464,7 @@ def _versions() -> dict[str, str]:
     import tensorflow as tf
     import torch
 
-    from converter import __version__
+    from facenet_convert.converter.core.version import __version__
 
     return {"facenet-convert": __version__, "tensorflow": tf.__version__,
             "torch": torch.__version__, "numpy": np.__version__}
@@ -558,8 +561,11 @@ def _check_irn(report: ParityReport, src: Any, net: Any, batch_iter: Iterator[np
 
     import torch
 
-    from converter.parity_layers import INCEPTION_RESNET_V1, INCEPTION_RESNET_V1_LOGITS
-    from converter.parity_tf import (
+    from facenet_convert.converter.parity_layers import (
+        INCEPTION_RESNET_V1,
+        INCEPTION_RESNET_V1_LOGITS,
+    )
+    from facenet_convert.converter.parity_tf import (
         EMBEDDINGS,
         LOGITS,
         open_checkpoint_graph,
@@ -646,8 +652,8 @@ def _check_mtcnn(report: ParityReport, src: Any, net: Any, model: str,
 
     import torch
 
-    from converter.parity_layers import MTCNN_LAYERS
-    from converter.parity_tf import MTCNN_IO, open_mtcnn_graph
+    from facenet_convert.converter.parity_layers import MTCNN_LAYERS
+    from facenet_convert.converter.parity_tf import MTCNN_IO, open_mtcnn_graph
 
     _input, io = MTCNN_IO[model]
     names = [name for name, _tensor in io]

@@ -27,7 +27,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from converter.errors import ParityError
+from facenet_convert.converter.core.errors import ParityError
 
 IRN_INPUT = "input:0"
 PHASE_TRAIN = "phase_train:0"
@@ -121,7 +121,7 @@ def quiet_tensorflow() -> None:
 
 def resolve_tf_source(source: str | os.PathLike[str]) -> TFSource:
     """Decide how to build the reference graph for SOURCE (no TensorFlow needed)."""
-    from converter.sources import detect_format
+    from facenet_convert.converter.sources import detect_format
 
     path = Path(source)
     if path.suffix == ".meta" and path.is_file():
@@ -134,7 +134,7 @@ def resolve_tf_source(source: str | os.PathLike[str]) -> TFSource:
     if fmt == "tf-graphdef":
         return TFSource("frozen", path, pb=path)
     if fmt == "tf-checkpoint":
-        from converter.sources.tf_bundle import resolve_prefix
+        from facenet_convert.converter.sources.tf_bundle import resolve_prefix
 
         prefix, how = resolve_prefix(path)
         meta = _find_meta(prefix)
@@ -148,7 +148,7 @@ def resolve_tf_source(source: str | os.PathLike[str]) -> TFSource:
 def _meta_source(meta: Path) -> TFSource:
     """A ``.meta`` given as SOURCE: its checkpoint is ``X`` for ``X.meta``, else the folder's
     (upstream names them ``model-NAME.meta`` and ``model-NAME.ckpt-STEP``)."""
-    from converter.sources.tf_bundle import resolve_prefix
+    from facenet_convert.converter.sources.tf_bundle import resolve_prefix
 
     same = meta.with_suffix("")
     if Path(f"{same}.index").is_file():
@@ -160,7 +160,7 @@ def _meta_source(meta: Path) -> TFSource:
 
 def checkpoint_head_sizes(prefix: Path) -> tuple[int, int | None]:
     """Embedding size and logits classes a checkpoint holds (read without TensorFlow)."""
-    from converter.sources.tf_bundle import TFCheckpointReader
+    from facenet_convert.converter.sources.tf_bundle import TFCheckpointReader
 
     with TFCheckpointReader(prefix) as reader:
         tensors = reader.tensors()
@@ -266,7 +266,7 @@ def open_checkpoint_graph(src: TFSource, *, weights: str = "raw") -> TFGraph:
     """import_meta_graph + restore (or the rebuilt upstream graph + restore)."""
     import tensorflow as tf
 
-    from third_party.facenet.compat import upstream_mode
+    from facenet_convert.third_party.facenet.compat import upstream_mode
 
     v1 = tf.compat.v1
     prefix = _required(src.prefix, src)
@@ -280,8 +280,8 @@ def open_checkpoint_graph(src: TFSource, *, weights: str = "raw") -> TFGraph:
                 if saver is None:
                     raise ParityError("the meta graph has no variables to restore", path=src.meta)
             else:
-                from third_party.facenet.build import build_inference
-                from third_party.facenet.compat import load_upstream
+                from facenet_convert.third_party.facenet.compat import load_upstream
+                from facenet_convert.third_party.facenet.graphs import build_inference
 
                 embedding_size, num_classes = checkpoint_head_sizes(prefix)
                 up = load_upstream()
@@ -312,7 +312,7 @@ def open_frozen_graph(src: TFSource) -> TFGraph:
     """Import a frozen GraphDef into a fresh graph."""
     import tensorflow as tf
 
-    from third_party.facenet.compat import upstream_mode
+    from facenet_convert.third_party.facenet.compat import upstream_mode
 
     pb = _required(src.pb, src)
     v1 = tf.compat.v1
@@ -343,7 +343,7 @@ def _check_irn_graph(result: TFGraph, path: Path) -> None:
 
 def read_mtcnn_npy(path: Path) -> dict[str, dict[str, np.ndarray]]:
     """``{layer: {param: array}}`` from a det*.npy through our restricted reader."""
-    from converter.sources import open_source
+    from facenet_convert.converter.sources import open_source
 
     layers: dict[str, dict[str, np.ndarray]] = {}
     with open_source(path, format="mtcnn-npy") as reader:
@@ -360,7 +360,7 @@ def open_mtcnn_graph(src: TFSource, net: str) -> TFGraph:
     """Upstream detect_face's ``net`` with the weights of ``src.npy`` assigned to it."""
     import tensorflow as tf
 
-    from third_party.facenet.compat import load_upstream, upstream_mode
+    from facenet_convert.third_party.facenet.compat import load_upstream, upstream_mode
 
     npy = _required(src.npy, src)
     layers = read_mtcnn_npy(npy)

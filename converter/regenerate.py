@@ -4,7 +4,7 @@
 ``releases_dir`` (folders named like ``20180402-114759`` holding the checkpoint ``.index`` /
 ``.data-*``, the ``.meta`` graph and the frozen ``.pb``), checks every input file against the
 sha256 the release registry (:mod:`models.releases`) pins, converts each checkpoint with
-:func:`converter.convert`, runs the parity check against TensorFlow when it is
+:func:`facenet_convert.converter.convert`, runs the parity check against TensorFlow when it is
 importable, and writes facenet-pytorch's file set (``20180402-114759-vggface2.pt`` and its
 ``-features`` / ``-logits`` split, ..., ``pnet.pt``, ``rnet.pt``, ``onet.pt``) plus
 ``MANIFEST.json`` (sha256 and size of every output, sha256 of every input, converter version,
@@ -31,11 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from converter import __version__
-from converter.atomic import staged_outputs
-from converter.errors import ConverterError, MappingError, ParityError, SourceError
-from converter.hashing import sha256_file
-from models.releases import (
+from facenet_convert.converter.core.atomic import staged_outputs
+from facenet_convert.converter.core.errors import (
+    ConverterError,
+    MappingError,
+    ParityError,
+    SourceError,
+)
+from facenet_convert.converter.core.hashing import sha256_file
+from facenet_convert.converter.core.version import __version__
+from facenet_convert.models.releases import (
     RELEASES,
     ChecksumMismatchError,
     PublishedFile,
@@ -84,7 +89,7 @@ class Job:
 
     release: Release
     origin: str                     # "RELEASES_DIR/<folder>" or the pinned wheel
-    source: Path                    # what converter.convert reads
+    source: Path                    # what facenet_convert.converter.convert reads
     tf_source: Path                 # what parity runs on the TF side
     inputs: list[InputFile]
     notes: list[str] = field(default_factory=list)
@@ -159,7 +164,7 @@ def _release_folders(releases_dir: Path, notes: list[str]) -> list[tuple[Release
 
 def _checkpoint_job(release: Release, folder: Path, origin: str) -> Job:
     """The inputs of one release folder, matched to the registry's files by role."""
-    from converter.sources.tf_bundle import resolve_prefix
+    from facenet_convert.converter.sources.tf_bundle import resolve_prefix
 
     try:
         prefix, how = resolve_prefix(folder)
@@ -188,7 +193,7 @@ def _checkpoint_job(release: Release, folder: Path, origin: str) -> Job:
 
 def _mtcnn_jobs(releases_dir: Path) -> list[Job]:
     """det1/2/3.npy from ``releases_dir`` when there, else from the pinned facenet wheel."""
-    from third_party.wheels import FACENET, wheel_member
+    from facenet_convert.third_party.wheels import FACENET, wheel_member
 
     jobs = []
     for name in MTCNN_NETS:
@@ -306,8 +311,8 @@ def _parity_figures(report: Any, scrub: Iterable[str]) -> dict[str, Any]:
 
 def _run_parity(job: Job, arrays: Any, fmt: str, *, batches: int, batch_size: int,
                 scrub: list[str]) -> dict[str, Any]:
-    from converter.parity import run_parity
-    from converter.writers import write_state
+    from facenet_convert.converter.parity import run_parity
+    from facenet_convert.converter.writers import write_state
 
     with tempfile.TemporaryDirectory(prefix="facenet-convert-parity-") as tmp:
         weights = Path(tmp) / f"{job.release.name}.{fmt}"
@@ -337,8 +342,8 @@ def regenerate(releases_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
     ``parity``: None runs it when TensorFlow is importable (else a note says it was skipped),
     True requires it, False skips it. ``echo`` receives one progress line per step.
     """
-    from converter.conversion import convert
-    from converter.writers import (
+    from facenet_convert.converter.conversion import convert
+    from facenet_convert.converter.writers import (
         FORMATS,
         HashingWriter,
         split_state,

@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from converter.atomic import atomic_output
-from converter.errors import OutputError
-from converter.parity import Figures, ParityReport
+from facenet_convert.converter.core.atomic import atomic_output
+from facenet_convert.converter.core.errors import OutputError
+from facenet_convert.converter.parity import Figures, ParityReport
 
 
 def _num(value: float | None, digits: int = 3) -> str:

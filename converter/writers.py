@@ -1,7 +1,7 @@
 """Serialize converted state_dicts: ``.pt`` (torch, imported lazily) or ``.safetensors``.
 
 Both writers take numpy arrays in target order and write to an open binary handle (a staged
-temp file from ``converter.atomic``) through :class:`HashingWriter`, so the sha256 and size
+temp file from ``converter.core.atomic``) through :class:`HashingWriter`, so the sha256 and size
 of every output are known without reading it back. ``.safetensors`` never imports torch.
 Output bytes depend only on the arrays (and metadata): torch.save is deterministic for equal
 inputs and the safetensors writer orders its header itself; the tests check it run after run.
@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from converter.errors import OutputError
+from facenet_convert.converter.core.errors import OutputError
 
 FORMATS = ("pt", "safetensors")
 #: Output extensions that name a format.

@@ -10,13 +10,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from models.inception_resnet_v1 import InceptionResNetV1, InceptionResnetV1
-    from models.mtcnn import ONet, PNet, RNet
+    from facenet_convert.models.inception_resnet_v1 import InceptionResNetV1, InceptionResnetV1
+    from facenet_convert.models.mtcnn import ONet, PNet, RNet
 
 __all__ = ["InceptionResNetV1", "InceptionResnetV1", "ONet", "PNet", "RNet"]
 
-_HOMES = {"InceptionResNetV1": "models.inception_resnet_v1",
-          "InceptionResnetV1": "models.inception_resnet_v1",
+_HOMES = {"InceptionResNetV1": "facenet_convert.models.inception_resnet_v1",
+          "InceptionResnetV1": "facenet_convert.models.inception_resnet_v1",
           "PNet": "models.mtcnn", "RNet": "models.mtcnn", "ONet": "models.mtcnn"}
 
 

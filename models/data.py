@@ -10,7 +10,7 @@ directly in the folder, labelled -1; "auto" is "identities" when any sub-folder 
 Files are sorted by name so that runs are reproducible.
 
 The other end of the pipeline, standardized batches in and embeddings out, is
-:class:`models.inference.Embedder`.
+:class:`facenet_convert.models.inference.Embedder`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from converter.errors import ConverterError
-from models.preprocessing import IMAGE_SIZE, ImageReadError, Preprocess, load_image
+from facenet_convert.converter.core.errors import ConverterError
+from facenet_convert.models.preprocessing import IMAGE_SIZE, ImageReadError, Preprocess, load_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                     ".pgm")

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from models.mtcnn import ONet, PNet, RNet
-from models.preprocessing import ImageLike, resize_uint8, to_rgb_array
+from facenet_convert.models.mtcnn import ONet, PNet, RNet
+from facenet_convert.models.preprocessing import ImageLike, resize_uint8, to_rgb_array
 
 MIN_FACE_SIZE = 20
 THRESHOLDS = (0.6, 0.7, 0.7)

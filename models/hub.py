@@ -30,10 +30,10 @@ from typing import BinaryIO
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
-from converter import __version__
-from converter.atomic import atomic_output
-from converter.errors import ConverterError
-from models.releases import (
+from facenet_convert.converter.core.atomic import atomic_output
+from facenet_convert.converter.core.errors import ConverterError
+from facenet_convert.converter.core.version import __version__
+from facenet_convert.models.releases import (
     OFFLINE_ENV,
     WEIGHTS_MANIFEST_ENV,
     WEIGHTS_URL_ENV,

@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from converter.errors import MappingError, SourceError
-from models.releases import Release, resolve_pretrained
+from facenet_convert.converter.core.errors import MappingError, SourceError
+from facenet_convert.models.releases import Release, resolve_pretrained
 
 BN_EPS = 1e-3
 """BatchNorm epsilon of the upstream graph (slim ``batch_norm_params['epsilon']``)."""

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models.preprocessing import IMAGE_SIZE
+from facenet_convert.models.preprocessing import IMAGE_SIZE
 
 
 class _FusedConv(nn.Module):
@@ -137,7 +137,7 @@ class _FusedResidual(nn.Module):
 
 
 def _swap(module: nn.Module) -> None:
-    from models.inception_resnet_v1 import BasicConv2d, _Branches, _ResidualBlock
+    from facenet_convert.models.inception_resnet_v1 import BasicConv2d, _Branches, _ResidualBlock
 
     for name, child in list(module.named_children()):
         _swap(child)

@@ -16,15 +16,15 @@ import os
 
 from torch import Tensor, nn
 
-from models.hub import ensure_weights
-from models.inception_resnet_v1 import load_strict, load_weights_file
-from models.releases import get_release, resolve_pretrained
+from facenet_convert.models.hub import ensure_weights
+from facenet_convert.models.inception_resnet_v1 import load_strict, load_weights_file
+from facenet_convert.models.releases import get_release, resolve_pretrained
 
 
 def _load_pretrained(module: nn.Module, pretrained: bool | str | os.PathLike[str],
                      release_name: str) -> None:
     """True: the cached release file (downloaded and verified when absent, see
-    :mod:`models.hub`); a str/path: that file. Strict, ``weights_only``."""
+    :mod:`facenet_convert.models.hub`); a str/path: that file. Strict, ``weights_only``."""
     if pretrained is False or pretrained is None:
         return
     if pretrained is True:

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
-from converter.errors import ConverterError
-from models.releases import FIXED_STANDARDIZATION, PREWHITEN, Release, get_release
+from facenet_convert.converter.core.errors import ConverterError
+from facenet_convert.models.releases import FIXED_STANDARDIZATION, PREWHITEN, Release, get_release
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -7,7 +7,7 @@ provenance ``facenet-convert regenerate`` verifies and records: the original ups
 with their sha256 (:class:`SourceFile`), the PyTorch files to publish with facenet-pytorch's
 sha256 where known (:class:`PublishedFile`), LFW accuracy and distance metric. The registry
 is data so that the CLI, docs and tests can list releases without loading torch;
-:mod:`models.hub` downloads and verifies the files.
+:mod:`facenet_convert.models.hub` downloads and verifies the files.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from converter.errors import ConverterError
+from facenet_convert.converter.core.errors import ConverterError
 
 FIXED_STANDARDIZATION = "fixed_standardization"
 """``(x - 127.5) / 128`` per pixel; what the 2018 releases were trained with."""
@@ -311,14 +311,14 @@ def resolve_pretrained(pretrained: str | os.PathLike[str],
     """Turn a ``pretrained`` argument into the weights file to load (and its release, if any).
 
     A registered name or alias of ``architecture`` means the cached release file (downloaded
-    and verified when absent, see :mod:`models.hub`); any other
+    and verified when absent, see :mod:`facenet_convert.models.hub`); any other
     string or path-like is a file path. Raises :class:`WeightsNotFoundError` for a missing
     file and :class:`UnknownReleaseError` for a string that is neither.
     """
     if isinstance(pretrained, str) and not os.path.exists(pretrained):
         release = find_release(pretrained)
         if release is not None and release.architecture == architecture:
-            from models.hub import ensure_weights
+            from facenet_convert.models.hub import ensure_weights
 
             return ensure_weights(release), release
         looks_like_path = os.sep in pretrained or "/" in pretrained or Path(pretrained).suffix

@@ -10,7 +10,7 @@ runs=${BENCH_RUNS:-5}
 mkdir -p "$out"
 py=.venv/bin/python
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
-release=$($py -c 'from third_party.wheels import cache_dir; print(cache_dir() / "bench" / "release-512-8631")')
+release=$($py -c 'from facenet_convert.third_party.wheels import cache_dir; print(cache_dir() / "bench" / "release-512-8631")')
 $py scripts/bench_convert.py --runs "$runs" --checkpoint-dir "$release" \
   --json "$out/convert.json" --markdown "$out/convert.md"
 $py scripts/bench_readers.py --runs "$runs" --checkpoint "$release" --json "$out/readers.json"

@@ -1,11 +1,11 @@
 """Benchmark ``convert`` against the TF1-session approach and a floor, side by side.
 
 On a release-sized upstream-graph checkpoint (512-d, 8631 classes, EMA, Adam slots: about
-460 MB of data, built once with ``third_party.facenet.build`` and cached), each approach runs
+460 MB of data, built once with the test builder and cached), each approach runs
 ``--runs`` times in a fresh subprocess; we report the median wall time (interpreter start
 included) and the peak RSS (the child's own ``VmHWM`` at exit):
 
-- ``convert .pt``: ``converter.convert(prefix, output=x.pt)``
+- ``convert .pt``: ``facenet_convert.converter.convert(prefix, output=x.pt)``
 - ``convert .safetensors``: the same to ``.safetensors`` (must not import torch)
 - ``tf1 session``: ``import_meta_graph`` + ``restore`` + fetch the trainable variables +
   ``torch.save`` (how conversions were done before this tool)
@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 OURS = """
 import sys
-from converter.conversion import convert
+from facenet_convert.converter.conversion import convert
 result = convert(sys.argv[1], output=sys.argv[2], force=True)
 if sys.argv[2].endswith(".safetensors") and "torch" in sys.modules:
     raise SystemExit("torch was imported for a .safetensors conversion")
@@ -119,11 +119,11 @@ def run_once(code: str, args: list[str]) -> tuple[float, float]:
 
 def needed_bytes(prefix: Path) -> tuple[list[list[object]], Path, int]:
     """(name, offset, size, shape) of each tensor the target needs, read from the plan."""
-    from converter.detect import detect
-    from converter.layouts import layout_for
-    from converter.mapping import plan
-    from converter.sources.tf_bundle import TFCheckpointReader
-    from converter.tables import get_table
+    from facenet_convert.converter.detect import detect
+    from facenet_convert.converter.layouts import layout_for
+    from facenet_convert.converter.mapping import plan
+    from facenet_convert.converter.sources.tf_bundle import TFCheckpointReader
+    from facenet_convert.converter.tables import get_table
 
     with TFCheckpointReader(prefix) as reader:
         tensors = reader.tensors()
@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-tf", action="store_true", help="leave the TF1 approach out")
     args = parser.parse_args(argv)
 
-    from third_party.facenet.build import build_checkpoint
-    from third_party.wheels import cache_dir
+    from facenet_convert.third_party.facenet.testing.build import build_checkpoint
+    from facenet_convert.third_party.wheels import cache_dir
 
     directory = args.checkpoint_dir or cache_dir() / "bench" / "release-512-8631"
     print(f"building/reusing the release-sized checkpoint in {directory} ...", flush=True)

@@ -2,8 +2,8 @@
 """Embedding throughput on CPU: our PyTorch model vs the upstream TF graph, same images, one run.
 
 1. builds (or reuses, from the cache) an upstream-graph checkpoint with
-   ``third_party.facenet.build.build_checkpoint`` (512-d, as the 2018 releases);
-2. converts it with ``converter.convert`` and loads it into ``InceptionResNetV1``;
+   ``third_party.facenet.testing.build.build_checkpoint`` (512-d, as the 2018 releases);
+2. converts it with ``facenet_convert.converter.convert`` and loads it into ``InceptionResNetV1``;
 3. makes ``--images`` real 160x160 face-sized crops from scikit-image's sample photographs,
    standardized with fixed image standardization (as the 2018 releases);
 4. times batches of ``--batch-size`` through both, alternating TF and torch batch by batch
@@ -69,8 +69,8 @@ class TFEmbedder:
     """The upstream inference graph restored from a checkpoint prefix (NHWC float input)."""
 
     def __init__(self, prefix: Path, embedding_size: int, threads: int | None = None) -> None:
-        from third_party.facenet.build import build_inference
-        from third_party.facenet.compat import load_upstream, upstream_mode
+        from facenet_convert.third_party.facenet.compat import load_upstream, upstream_mode
+        from facenet_convert.third_party.facenet.graphs import build_inference
 
         self.up = load_upstream()
         tf = self.up.tf
@@ -88,7 +88,7 @@ class TFEmbedder:
         self.embeddings = net.embeddings
 
     def __call__(self, nhwc):
-        from third_party.facenet.compat import upstream_mode
+        from facenet_convert.third_party.facenet.compat import upstream_mode
 
         with upstream_mode():
             return self.session.run(self.embeddings, feed_dict={self.images: nhwc})
@@ -96,8 +96,8 @@ class TFEmbedder:
 
 def load_converted(prefix: Path):
     """Our model with the converted checkpoint (strict load)."""
-    from converter.conversion import convert
-    from models.inception_resnet_v1 import InceptionResNetV1, load_strict
+    from facenet_convert.converter.conversion import convert
+    from facenet_convert.models.inception_resnet_v1 import InceptionResNetV1, load_strict
 
     result = convert(str(prefix), "inception_resnet_v1")
     model = InceptionResNetV1(embedding_size=result.embedding_size,
@@ -138,10 +138,10 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import torch
 
-    from models.inference import Embedder
-    from models.preprocessing import fixed_image_standardization
-    from third_party.facenet.build import build_checkpoint
-    from third_party.wheels import cache_dir
+    from facenet_convert.models.inference import Embedder
+    from facenet_convert.models.preprocessing import fixed_image_standardization
+    from facenet_convert.third_party.facenet.testing.build import build_checkpoint
+    from facenet_convert.third_party.wheels import cache_dir
 
     directory = args.checkpoint_dir or cache_dir() / "bench-embed" / f"irv1-{EMBEDDING_SIZE}d"
     built = build_checkpoint(directory, embedding_size=EMBEDDING_SIZE, num_classes=None,

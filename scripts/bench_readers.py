@@ -33,7 +33,7 @@ def _child(approach: str, prefix: str, names_file: str) -> None:
     names = json.loads(Path(names_file).read_text())
     if approach == "ours":
         sys.path.insert(0, str(ROOT))
-        from converter.sources.tf_bundle import TFCheckpointReader
+        from facenet_convert.converter.sources.tf_bundle import TFCheckpointReader
 
         imported = time.perf_counter()
         reader = TFCheckpointReader(prefix)
@@ -68,10 +68,10 @@ def _run(approach: str, prefix: str, names_file: str) -> dict[str, float]:
 
 def _resolve(args: argparse.Namespace) -> Path:
     if args.checkpoint:
-        from converter.sources.tf_bundle import resolve_prefix
+        from facenet_convert.converter.sources.tf_bundle import resolve_prefix
 
         return resolve_prefix(args.checkpoint)[0]
-    from third_party.facenet.build import build_checkpoint
+    from facenet_convert.third_party.facenet.testing.build import build_checkpoint
 
     built = build_checkpoint(args.build, embedding_size=512, num_classes=8631, ema=True,
                              optimizer="ADAM")
@@ -85,7 +85,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="checkpoint prefix, .index or folder")
-    source.add_argument("--build", help="folder for third_party.facenet.build's release-sized "
+    source.add_argument("--build", help="folder for third_party.facenet.testing.build's "
+                        "release-sized "
                         "checkpoint (512-d, 8631 classes, EMA, ADAM); reused when present")
     parser.add_argument("--runs", type=int, default=5, help="measured runs per approach")
     parser.add_argument("--json", default=str(ROOT / "bench-out" / "bench_readers.json"),
@@ -93,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     prefix = _resolve(args)
-    from converter.sources.tf_bundle import TFCheckpointReader
+    from facenet_convert.converter.sources.tf_bundle import TFCheckpointReader
 
     with TFCheckpointReader(prefix) as reader:
         names = list(reader.tensors())

@@ -15,16 +15,16 @@ fc=.venv/bin/facenet-convert
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*" >&2; "$@"; }
 
-det_dir=$($py -c 'from third_party.wheels import FACENET, wheel_member
+det_dir=$($py -c 'from facenet_convert.third_party.wheels import FACENET, wheel_member
 print(wheel_member(FACENET, "facenet/src/align/det1.npy").parent)')
 for pair in det1:pnet det2:rnet det3:onet; do
   step "$fc" convert "$det_dir/${pair%%:*}.npy" -o "$out/${pair##*:}.pt" --force
 done
 
-cache=$($py -c 'from third_party.wheels import cache_dir; print(cache_dir())')
+cache=$($py -c 'from facenet_convert.third_party.wheels import cache_dir; print(cache_dir())')
 release="$cache/demo/20990101-000000"
 echo "building (or reusing) an upstream-graph checkpoint in $release ..." >&2
-$py -m third_party.facenet.build "$release" --embedding-size 512 --num-classes 16 \
+$py -m facenet_convert.third_party.facenet.testing.build "$release" --embedding-size 512 --num-classes 16 \
   --optimizer ADAM --centers >/dev/null
 step "$fc" inspect "$release" | head -12
 step "$fc" convert "$release" -o "$out/20990101-000000.pt" --split --force \

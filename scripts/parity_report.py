@@ -3,7 +3,7 @@
 
 1. builds (or reuses, from the cache) a 128-d upstream facenet checkpoint with a few logits
    classes (no EMA or optimizer slots: converting those is proven in the tests), via
-   ``third_party.facenet.build.build_checkpoint``;
+   ``facenet_convert.third_party.facenet.testing.build.build_checkpoint``;
 2. converts it and the real MTCNN det1/2/3.npy of the pinned upstream wheel;
 3. runs the parity check (with per-layer localisation) on each against the upstream TF graphs;
 4. prints the markdown report (and appends it to ``$GITHUB_STEP_SUMMARY`` when set).
@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from converter.errors import ConverterError
+from facenet_convert.converter.core.errors import ConverterError
 
 EMBEDDING_SIZE = 128
 NUM_CLASSES = 10
@@ -42,12 +42,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    from converter.conversion import convert
-    from converter.parity import run_parity
-    from converter.parity_tf import quiet_tensorflow
-    from converter.report import append_step_summary, to_markdown, write_text
-    from third_party.facenet.build import build_checkpoint
-    from third_party.wheels import FACENET, cache_dir, wheel_member
+    from facenet_convert.converter.conversion import convert
+    from facenet_convert.converter.parity import run_parity
+    from facenet_convert.converter.parity_tf import quiet_tensorflow
+    from facenet_convert.converter.report import append_step_summary, to_markdown, write_text
+    from facenet_convert.third_party.facenet.testing.build import build_checkpoint
+    from facenet_convert.third_party.wheels import FACENET, cache_dir, wheel_member
 
     quiet_tensorflow()
     started = time.perf_counter()

@@ -23,7 +23,12 @@ import types
 from pathlib import Path
 from typing import Any
 
-from third_party.wheels import FACENET_PYTORCH, fetch_wheel, sha256_file, wheel_member
+from facenet_convert.third_party.wheels import (
+    FACENET_PYTORCH,
+    fetch_wheel,
+    sha256_file,
+    wheel_member,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "tests" / "data" / "facenet_pytorch_layouts.json"
@@ -145,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--force", action="store_true", help="replace an existing file")
     args = parser.parse_args(argv)
-    from converter.atomic import atomic_output
-    from converter.errors import ConverterError
+    from facenet_convert.converter.core.atomic import atomic_output
+    from facenet_convert.converter.core.errors import ConverterError
 
     try:
         text = dumps(record())

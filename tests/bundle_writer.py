@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converter.sources.sstable import MAGIC, crc32c_extend, mask_crc
+from facenet_convert.converter.sources.sstable import MAGIC, crc32c_extend, mask_crc
 
 
 def varint(value: int) -> bytes:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from third_party.wheels import FACENET, FACENET_PYTORCH, wheel_member
+from facenet_convert.third_party.wheels import FACENET, FACENET_PYTORCH, wheel_member
 
 # TF-built reference checkpoints (session fixtures, cached across runs).
 pytest_plugins = ["tf_fixtures"]

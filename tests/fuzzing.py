@@ -15,8 +15,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from converter.errors import SourceError
-from converter.sources.base import SourceReader
+from facenet_convert.converter.core.errors import SourceError
+from facenet_convert.converter.sources.base import SourceReader
 
 SCALE = max(1, int(os.environ.get("FACENET_CONVERT_FUZZ_SCALE", "1")))
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from converter.atomic import atomic_output, staged_outputs
-from converter.errors import OutputError
+from facenet_convert.converter.core.atomic import atomic_output, staged_outputs
+from facenet_convert.converter.core.errors import OutputError
 
 
 def _leftovers(directory: Path) -> list[str]:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from converter import __version__
-from converter.cli import main
+from facenet_convert.converter.cli import main
+from facenet_convert.converter.core.version import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,8 +78,8 @@ def test_console_script() -> None:
 def test_plain_imports_do_not_import_tensorflow() -> None:
     code = (
         "import sys\n"
-        "import converter, converter.cli, models, models.releases\n"
-        "from models import InceptionResNetV1, ONet, PNet, RNet\n"
+        "import facenet_convert.converter.cli, facenet_convert.models.releases\n"
+        "from facenet_convert import MTCNN, InceptionResNetV1, ONet, PNet, RNet, convert\n"
         "heavy = sorted(m for m in sys.modules\n"
         "               if m.split('.')[0] in {'tensorflow', 'tf_keras', 'keras', 'tf_slim'})\n"
         "print(','.join(heavy) or 'none')\n"
@@ -93,7 +93,7 @@ def test_help_does_not_import_torch_or_tensorflow() -> None:
     code = (
         "import sys\n"
         "from click.testing import CliRunner\n"
-        "from converter.cli import main\n"
+        "from facenet_convert.converter.cli import main\n"
         "assert CliRunner().invoke(main, ['--help']).exit_code == 0\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'tensorflow'}))\n"
     )

@@ -15,10 +15,10 @@ import torch
 from click.testing import CliRunner
 from safetensors.numpy import load_file, safe_open
 
-from converter import layouts
-from converter.cli import main
-from converter.conversion import convert
-from converter.errors import MappingError, OutputError
+from facenet_convert.converter import layouts
+from facenet_convert.converter.cli import main
+from facenet_convert.converter.conversion import convert
+from facenet_convert.converter.core.errors import MappingError, OutputError
 from tests.test_tables import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def save_mtcnn_npy(path: Path, layers: dict[str, dict[str, np.ndarray]]) -> None
 
 
 def load_det(path: Path) -> dict[str, dict[str, np.ndarray]]:
-    from converter.sources import open_source
+    from facenet_convert.converter.sources import open_source
 
     with open_source(path) as reader:
         layers: dict[str, dict[str, np.ndarray]] = {}
@@ -228,7 +228,7 @@ def test_format_and_extension_must_agree(tmp_path, det_npy):
 
 _CONVERT_SCRIPT = """
 import sys
-from converter.conversion import convert
+from facenet_convert.converter.conversion import convert
 convert(sys.argv[1], output=sys.argv[2])
 bad = [m for m in ("torch", "tensorflow") if m in sys.modules]
 print("imported:", bad)
@@ -259,11 +259,10 @@ def test_deterministic_bytes_in_process_with_logits(tmp_path):
         assert a.read_bytes() == b.read_bytes()
 
 
-def test_package_import_stays_light_and_exports_convert(det_npy):
-    code = ("import sys, converter; assert 'numpy' not in sys.modules; "
-            "import converter.conversion; "
-            "r = converter.convert(sys.argv[1]); print(r.architecture)")
-    proc = subprocess.run([sys.executable, "-c", code, str(det_npy["det1"])], cwd=ROOT,
+def test_package_import_stays_light_and_exports_convert(det_npy, tmp_path):
+    code = ("import sys, facenet_convert; assert 'numpy' not in sys.modules; "
+            "r = facenet_convert.convert(sys.argv[1]); print(r.architecture)")
+    proc = subprocess.run([sys.executable, "-c", code, str(det_npy["det1"])], cwd=tmp_path,
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["pnet"]
@@ -309,7 +308,7 @@ def test_progress_only_on_a_tty_stderr(tmp_path, det_npy):
 
 
 def test_safetensors_metadata_names_the_source_hash(tmp_path, det_npy):
-    from third_party.wheels import sha256_file
+    from facenet_convert.third_party.wheels import sha256_file
 
     out = tmp_path / "onet.safetensors"
     result = convert(det_npy["det3"], output=out, weights="raw")

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from converter.conversion import convert
-from converter.errors import MappingError
-from third_party.facenet.reference import (
+from facenet_convert.converter.conversion import convert
+from facenet_convert.converter.core.errors import MappingError
+from facenet_convert.third_party.facenet.testing.reference import (
     reference_images,
     run_checkpoint,
     run_frozen,

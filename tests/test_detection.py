@@ -23,8 +23,8 @@ import pytest
 import torch
 from PIL import Image
 
-from models.detection import MTCNN, area_resize, batched_nms
-from third_party.wheels import (
+from facenet_convert.models.detection import MTCNN, area_resize, batched_nms
+from facenet_convert.third_party.wheels import (
     FACENET,
     PinnedWheel,
     cache_dir,
@@ -155,7 +155,7 @@ def test_extract_crops_as_align_dataset_mtcnn(detector: MTCNN) -> None:
     found = detector.detect(photo)[0]
     crops = detector.extract(photo, found)
     assert crops.shape == (6, 3, 160, 160) and crops.dtype == torch.uint8
-    from third_party.facenet.reference import align_crop
+    from facenet_convert.third_party.facenet.testing.reference import align_crop
 
     for crop, det in zip(crops, found.boxes.numpy(), strict=True):
         scaled = align_crop(photo, det)                          # upstream's own arithmetic
@@ -174,7 +174,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 def upstream_detect() -> Iterator[Any]:
     """davidsandberg's detect_face with det1/2/3.npy on TF, as align_dataset_mtcnn sets it up."""
     pytest.importorskip("cv2", reason="upstream detect_face resizes with OpenCV")
-    from third_party.facenet.reference import UpstreamDetector
+    from facenet_convert.third_party.facenet.testing.reference import UpstreamDetector
 
     with UpstreamDetector() as detector:
         if not detector.uses_real_cv2:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from converter.cli import main
+from facenet_convert.converter.cli import main
 from tests.test_detection import PHOTOS, insightface_image
 from tests.test_preprocessing import _realistic_model, upstream_functions
 
@@ -60,8 +60,8 @@ def _images(folder: Path) -> list[Path]:
 
 
 def _expected(weights: Path, paths: list[Path], preprocessing: str) -> np.ndarray:
-    from models.inception_resnet_v1 import InceptionResNetV1
-    from models.preprocessing import Preprocess, load_image
+    from facenet_convert.models.inception_resnet_v1 import InceptionResNetV1
+    from facenet_convert.models.preprocessing import Preprocess, load_image
 
     model = InceptionResNetV1(pretrained=str(weights)).eval()
     batch = torch.stack([Preprocess(preprocessing)(load_image(p)) for p in paths])
@@ -167,8 +167,8 @@ def photos_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_embed_detect_names_boxes_and_no_face(photos_dir: Path, mtcnn_dir: Path,
                                               weights: Path, tmp_path: Path) -> None:
-    from models.detection import MTCNN
-    from models.preprocessing import load_image
+    from facenet_convert.models.detection import MTCNN
+    from facenet_convert.models.preprocessing import load_image
 
     out = tmp_path / "faces.npz"
     result = _run("embed", photos_dir, "--detect", "--mtcnn", mtcnn_dir, "--weights", weights,
@@ -214,8 +214,8 @@ def test_verify_detect_no_face(photos_dir: Path, mtcnn_dir: Path, weights: Path)
 
 def _tf_embedder(ckpt: Any) -> tuple[Any, Any]:
     """Upstream inference graph restored from ``ckpt``: (NHWC float -> embeddings, session)."""
-    from third_party.facenet.build import build_inference
-    from third_party.facenet.compat import load_upstream, upstream_mode
+    from facenet_convert.third_party.facenet.compat import load_upstream, upstream_mode
+    from facenet_convert.third_party.facenet.graphs import build_inference
 
     up = load_upstream()
     tf = up.tf
@@ -279,7 +279,7 @@ def test_embed_detect_equals_upstream_pipeline(photos_dir: Path, mtcnn_dir: Path
     """Upstream's whole chain: TF detect_face boxes, align_dataset_mtcnn crops, TF graph."""
     _, converted, tf_embed = upstream
     pytest.importorskip("cv2", reason="upstream detect_face resizes with OpenCV")
-    from third_party.facenet.reference import UpstreamDetector, align_crop
+    from facenet_convert.third_party.facenet.testing.reference import UpstreamDetector, align_crop
 
     photo = np.asarray(Image.open(photos_dir / "t1.png").convert("RGB"))
     with UpstreamDetector() as detector:

@@ -16,12 +16,12 @@ from fuzzing import assert_only_typed_errors, fuzz_settings, mutate
 from hypothesis import given
 from hypothesis import strategies as st
 
-from converter.errors import (
+from facenet_convert.converter.core.errors import (
     CorruptSourceError,
     MappingError,
     UnsupportedSourceError,
 )
-from converter.sources.graphdef import GraphDefReader, expansion_cap
+from facenet_convert.converter.sources.graphdef import GraphDefReader, expansion_cap
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -365,8 +365,9 @@ def test_unknown_name_is_a_typed_error(tmp_path: Path) -> None:
 
 
 def test_reader_imports_neither_tensorflow_nor_torch() -> None:
-    code = ("import sys, converter.sources.graphdef, converter.sources.keras_h5, "
-            "converter.sources.mtcnn_npy; "
+    code = ("import sys, facenet_convert.converter.sources.graphdef, "
+            "facenet_convert.converter.sources.keras_h5, "
+            "facenet_convert.converter.sources.mtcnn_npy; "
             "bad = [m for m in ('tensorflow', 'torch', 'keras') if m in sys.modules]; "
             "sys.exit(f'imported {bad}' if bad else 0)")
     subprocess.run([sys.executable, "-c", code], check=True,

@@ -28,8 +28,8 @@ from bundle_writer import (
     write_bundle,
 )
 
-from converter.sources.mtcnn_npy import MtcnnNpyReader
-from converter.sources.tf_bundle import TFCheckpointReader
+from facenet_convert.converter.sources.mtcnn_npy import MtcnnNpyReader
+from facenet_convert.converter.sources.tf_bundle import TFCheckpointReader
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -368,6 +368,6 @@ def test_30_outputs_round_trip_safely(tmp_path: Path, det_npy, suffix: str) -> N
     assert run_cli("convert", str(det_npy["det3"]), "-o", str(out), cwd=tmp_path).returncode == 0
     state = (torch.load(out, map_location="cpu", weights_only=True) if suffix == ".pt"
              else load_file(out))
-    from models import ONet
+    from facenet_convert.models import ONet
 
     ONet().load_state_dict(state, strict=True)

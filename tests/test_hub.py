@@ -21,16 +21,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from converter.errors import ConverterError
-from models import InceptionResNetV1, PNet
-from models.hub import (
+from facenet_convert.converter.core.errors import ConverterError
+from facenet_convert.models import InceptionResNetV1, PNet
+from facenet_convert.models.hub import (
     ManifestError,
     download_file,
     ensure_weights,
     load_manifest,
     trusted_sha256,
 )
-from models.releases import (
+from facenet_convert.models.releases import (
     OFFLINE_ENV,
     WEIGHTS_MANIFEST_ENV,
     WEIGHTS_URL_ENV,

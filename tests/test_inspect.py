@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from converter.cli import main
+from facenet_convert.converter.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,8 @@ def test_frozen_graph_variant(upstream_ckpt_128) -> None:
 def test_works_with_tensorflow_unimportable(det_npy: dict[str, Path]) -> None:
     # sys.modules[name] = None makes every `import tensorflow` raise ImportError.
     code = ("import sys; sys.modules['tensorflow'] = None; "
-            "from converter.cli import main; main(['inspect', sys.argv[1], '--json'])")
+            "from facenet_convert.converter.cli import main; "
+            "main(['inspect', sys.argv[1], '--json'])")
     done = subprocess.run([sys.executable, "-c", code, str(det_npy["det1"])],
                           capture_output=True, text=True, cwd=REPO, check=False)
     assert done.returncode == 0, done.stderr

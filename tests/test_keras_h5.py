@@ -12,14 +12,14 @@ from fuzzing import assert_only_typed_errors, fuzz_settings, mutate
 from hypothesis import given
 from hypothesis import strategies as st
 
-from converter.errors import (
+from facenet_convert.converter.core.errors import (
     CorruptSourceError,
     MappingError,
     UnknownFormatError,
     UnsafeSourceError,
     UnsupportedSourceError,
 )
-from converter.sources.keras_h5 import KerasH5Reader, size_cap
+from facenet_convert.converter.sources.keras_h5 import KerasH5Reader, size_cap
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

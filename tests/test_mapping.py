@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from converter.errors import MappingError
-from converter.mapping import (
+from facenet_convert.converter.core.errors import MappingError
+from facenet_convert.converter.mapping import (
     TRANSFORMS,
     Fill,
     Rule,
@@ -18,7 +18,7 @@ from converter.mapping import (
     plan,
     render,
 )
-from converter.sources.memory import ArraySource
+from facenet_convert.converter.sources.memory import ArraySource
 
 TABLE = Table(
     name="toy", architecture="toy", scheme="toy",
@@ -192,7 +192,7 @@ def test_tables_are_validated():
 
 
 def test_first_rule_in_table_order_wins():
-    from converter.mapping import first_match
+    from facenet_convert.converter.mapping import first_match
 
     table = Table("order", "toy", "toy", rules=(
         Rule(r"a", "x"),                        # a prefix of the name: must not win

@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from converter.errors import ConverterError, MappingError, SourceError
-from models import InceptionResNetV1, InceptionResnetV1, ONet, PNet, RNet
-from models.inception_resnet_v1 import BN_EPS, Block8, l2_normalize
-from models.releases import (
+from facenet_convert.converter.core.errors import ConverterError, MappingError, SourceError
+from facenet_convert.models import InceptionResNetV1, InceptionResnetV1, ONet, PNet, RNet
+from facenet_convert.models.inception_resnet_v1 import BN_EPS, Block8, l2_normalize
+from facenet_convert.models.releases import (
     RELEASES,
     UnknownReleaseError,
     WeightsNotFoundError,
@@ -172,7 +172,7 @@ def test_classify_without_classes_is_a_clear_value_error() -> None:
 
 
 def test_layout_json_was_recorded_from_the_pinned_wheel() -> None:
-    from third_party.wheels import FACENET_PYTORCH
+    from facenet_convert.third_party.wheels import FACENET_PYTORCH
 
     assert LAYOUTS["source"]["version"] == FACENET_PYTORCH.version
     assert LAYOUTS["source"]["sha256"] == FACENET_PYTORCH.sha256
@@ -349,7 +349,7 @@ def test_release_without_cached_file_names_the_expected_path(
 
 def test_torch_home_defaults_like_torch_hub(monkeypatch: pytest.MonkeyPatch,
                                             tmp_path: Path) -> None:
-    from models.releases import checkpoint_dir
+    from facenet_convert.models.releases import checkpoint_dir
 
     monkeypatch.delenv("TORCH_HOME", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -397,7 +397,7 @@ def test_release_registry_records() -> None:
 
 
 def test_releases_module_does_not_import_torch() -> None:
-    code = "import sys, models.releases; print('torch' in sys.modules)"
+    code = "import sys, facenet_convert.models.releases; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, check=True)
     assert result.stdout.strip() == "False"

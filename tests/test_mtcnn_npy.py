@@ -12,14 +12,14 @@ from fuzzing import assert_only_typed_errors, fuzz_settings, mutate
 from hypothesis import given
 from hypothesis import strategies as st
 
-from converter.errors import (
+from facenet_convert.converter.core.errors import (
     CorruptSourceError,
     MappingError,
     UnknownFormatError,
     UnsafeSourceError,
     UnsupportedSourceError,
 )
-from converter.sources.mtcnn_npy import MAX_HEADER_BYTES, MtcnnNpyReader
+from facenet_convert.converter.sources.mtcnn_npy import MAX_HEADER_BYTES, MtcnnNpyReader
 
 
 def _trusted_load(path: Path) -> dict[str, dict[str, np.ndarray]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from converter.parity import Figures, Gate, locate_divergence
+from facenet_convert.converter.parity import Figures, Gate, locate_divergence
 
 pytestmark = []
 
@@ -66,14 +66,14 @@ def test_missing_layers_are_skipped() -> None:
 
 
 def _convert(source: Path, out: Path) -> Path:
-    from converter.conversion import convert
+    from facenet_convert.converter.conversion import convert
 
     convert(source, output=out)
     return out
 
 
 def _cli(*args: str, env: dict[str, str] | None = None):
-    from converter.cli import main
+    from facenet_convert.converter.cli import main
 
     return CliRunner().invoke(main, ["parity", *map(str, args)], env=env)
 
@@ -98,7 +98,7 @@ def _assert_clean_pass(report, *, logits: bool) -> None:
 
 @pytest.mark.tf
 def test_512d_with_logits_meta_graph_passes(upstream_ckpt_512, tmp_path: Path) -> None:
-    from converter.parity import run_parity
+    from facenet_convert.converter.parity import run_parity
 
     weights = _convert(upstream_ckpt_512.directory, tmp_path / "irv1.pt")
     report = run_parity(upstream_ckpt_512.directory, weights, **SMALL)
@@ -111,7 +111,7 @@ def test_512d_with_logits_meta_graph_passes(upstream_ckpt_512, tmp_path: Path) -
 
 @pytest.mark.tf
 def test_128d_without_logits_passes_safetensors(upstream_ckpt_128, tmp_path: Path) -> None:
-    from converter.parity import run_parity
+    from facenet_convert.converter.parity import run_parity
 
     weights = _convert(upstream_ckpt_128.prefix, tmp_path / "irv1.safetensors")
     report = run_parity(upstream_ckpt_128.prefix, weights, **SMALL)
@@ -124,7 +124,7 @@ def test_128d_without_logits_passes_safetensors(upstream_ckpt_128, tmp_path: Pat
 
 @pytest.mark.tf
 def test_frozen_pb_passes(upstream_ckpt_128, tmp_path: Path) -> None:
-    from converter.parity import run_parity
+    from facenet_convert.converter.parity import run_parity
 
     pb = upstream_ckpt_128.frozen_pb
     weights = _convert(pb, tmp_path / "frozen.pt")
@@ -135,7 +135,7 @@ def test_frozen_pb_passes(upstream_ckpt_128, tmp_path: Path) -> None:
 
 @pytest.mark.tf
 def test_checkpoint_without_meta_is_rebuilt(upstream_ckpt_512, tmp_path: Path) -> None:
-    from converter.parity import run_parity
+    from facenet_convert.converter.parity import run_parity
 
     folder = tmp_path / "nometa"
     folder.mkdir()
@@ -150,8 +150,8 @@ def test_checkpoint_without_meta_is_rebuilt(upstream_ckpt_512, tmp_path: Path) -
 
 @pytest.mark.tf
 def test_ema_weights_compare_against_restored_shadows(upstream_ckpt_512, tmp_path: Path) -> None:
-    from converter.conversion import convert
-    from converter.parity import run_parity, weights_choice
+    from facenet_convert.converter.conversion import convert
+    from facenet_convert.converter.parity import run_parity, weights_choice
 
     weights = tmp_path / "ema.safetensors"
     convert(upstream_ckpt_512.directory, output=weights, weights="ema")
@@ -249,7 +249,7 @@ def test_errors_are_one_line_exit_2(upstream_ckpt_128, det_npy, tmp_path: Path) 
 ])
 def test_mtcnn_parity_on_real_npy(det_npy, tmp_path: Path, det: str, model: str,
                                   outputs: list[str], batch_size: int) -> None:
-    from converter.parity import run_parity
+    from facenet_convert.converter.parity import run_parity
 
     weights = _convert(det_npy[det], tmp_path / f"{model}.pt")
     # RNet/ONet give 2-10 values per input: 32 inputs keep the noise ratio a steady statistic
@@ -268,7 +268,7 @@ def test_mtcnn_parity_on_real_npy(det_npy, tmp_path: Path, det: str, model: str,
 
 @pytest.mark.tf
 def test_mtcnn_published_weights_match_upstream(det_npy, published_mtcnn) -> None:
-    from converter.parity import run_parity
+    from facenet_convert.converter.parity import run_parity
 
     report = run_parity(det_npy["det2"], published_mtcnn["rnet"], **SMALL)
     assert report.passed
@@ -279,7 +279,7 @@ def test_images_folder_is_used(det_npy, tmp_path: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    from converter.parity import run_parity
+    from facenet_convert.converter.parity import run_parity
 
     folder = tmp_path / "faces"
     folder.mkdir()

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.preprocessing import (
+from facenet_convert.models.preprocessing import (
     ImageReadError,
     Preprocess,
     fixed_image_standardization,
@@ -25,13 +25,13 @@ from models.preprocessing import (
     prewhiten,
     to_rgb_array,
 )
-from models.releases import (
+from facenet_convert.models.releases import (
     FIXED_STANDARDIZATION,
     PREWHITEN,
     RELEASES,
     UnknownReleaseError,
 )
-from third_party.wheels import FACENET, wheel_member
+from facenet_convert.third_party.wheels import FACENET, wheel_member
 
 torch = pytest.importorskip("torch")
 Image = pytest.importorskip("PIL.Image")
@@ -174,7 +174,7 @@ def _folder(tmp_path: Path, photo: np.ndarray) -> Path:
 
 
 def test_face_folder_identities(tmp_path: Path, photo: np.ndarray) -> None:
-    from models.data import FaceFolder, face_loader
+    from facenet_convert.models.data import FaceFolder, face_loader
 
     dataset = FaceFolder(_folder(tmp_path, photo))
     assert dataset.classes == ["alice", "bob"]
@@ -192,7 +192,7 @@ def test_face_folder_identities(tmp_path: Path, photo: np.ndarray) -> None:
 
 
 def test_face_folder_flat_and_workers(tmp_path: Path, photo: np.ndarray) -> None:
-    from models.data import DatasetError, FaceFolder, face_loader
+    from facenet_convert.models.data import DatasetError, FaceFolder, face_loader
 
     root = _folder(tmp_path, photo) / "alice"
     dataset = FaceFolder(root, Preprocess(PREWHITEN))
@@ -212,7 +212,7 @@ def test_face_folder_flat_and_workers(tmp_path: Path, photo: np.ndarray) -> None
 # --------------------------------------------------------------------------- fused embedder
 
 def _realistic_model(embedding_size: int = 512) -> Any:
-    from models.inception_resnet_v1 import InceptionResNetV1
+    from facenet_convert.models.inception_resnet_v1 import InceptionResNetV1
 
     generator = torch.Generator().manual_seed(1)
     model = InceptionResNetV1(embedding_size=embedding_size).eval()
@@ -228,7 +228,7 @@ def _realistic_model(embedding_size: int = 512) -> Any:
 
 
 def test_fused_embedder_equals_plain_model(photo: np.ndarray) -> None:
-    from models.inference import Embedder, fusion_available
+    from facenet_convert.models.inference import Embedder, fusion_available
 
     if not fusion_available():
         pytest.skip("this torch build has no oneDNN fused convolution")

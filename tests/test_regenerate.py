@@ -19,11 +19,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from converter.errors import ConverterError, MappingError, OutputError
-from converter.regenerate import MANIFEST, Job, _check_sizes, regenerate
-from models import InceptionResNetV1, ONet, PNet, RNet
-from models.releases import ChecksumMismatchError, get_release
-from third_party.wheels import cache_dir
+from facenet_convert.converter.core.errors import ConverterError, MappingError, OutputError
+from facenet_convert.converter.regenerate import MANIFEST, Job, _check_sizes, regenerate
+from facenet_convert.models import InceptionResNetV1, ONet, PNet, RNet
+from facenet_convert.models.releases import ChecksumMismatchError, get_release
+from facenet_convert.third_party.wheels import cache_dir
 
 MTCNN_FILES = ["MANIFEST.json", "onet.pt", "pnet.pt", "rnet.pt"]
 VGG_FILES = ["20180402-114759-vggface2-features.pt", "20180402-114759-vggface2-logits.pt",
@@ -44,7 +44,7 @@ def _sha256(path: Path) -> str:
 
 
 def _cli(*args: str):
-    from converter.cli import main
+    from facenet_convert.converter.cli import main
 
     return CliRunner().invoke(main, ["regenerate", *map(str, args)])
 
@@ -183,7 +183,7 @@ def test_mtcnn_parity_figures_go_into_the_manifest(tmp_path: Path) -> None:
 def releases_dir() -> Path:
     """RELEASES_DIR with one upstream-graph folder named (and laid out) like 20180402-114759."""
     pytest.importorskip("tensorflow")
-    from third_party.facenet.build import build_checkpoint
+    from facenet_convert.third_party.facenet.testing.build import build_checkpoint
 
     root = cache_dir() / "test-releases" / "regenerate"
     build_checkpoint(root / "20180402-114759", name="20180402-114759", step=275,

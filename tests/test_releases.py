@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from models.releases import (
+from facenet_convert.models.releases import (
     COSINE,
     EUCLIDEAN,
     FACENET_PYTORCH_RELEASE_URL,
@@ -22,7 +22,7 @@ from models.releases import (
     get_release,
     weights_base_url,
 )
-from third_party.wheels import sha256_file
+from facenet_convert.third_party.wheels import sha256_file
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 IRV1 = [r for r in RELEASES if r.architecture == "inception_resnet_v1"]

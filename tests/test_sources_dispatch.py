@@ -9,8 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from converter.errors import SourceError, UnknownFormatError
-from converter.sources import detect_format
+from facenet_convert.converter.core.errors import SourceError, UnknownFormatError
+from facenet_convert.converter.sources import detect_format
 
 
 def test_mtcnn_npy_found_by_magic_even_renamed(det_npy: dict[str, Path], tmp_path: Path) -> None:

@@ -13,19 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converter import layouts
-from converter.detect import detect
-from converter.errors import MappingError
-from converter.mapping import (
+from facenet_convert.converter import layouts
+from facenet_convert.converter.core.errors import MappingError
+from facenet_convert.converter.detect import detect
+from facenet_convert.converter.mapping import (
     TRANSFORMS,
     compile_table,
     expected_source_name,
     materialize,
     plan,
 )
-from converter.sources.memory import ArraySource
-from converter.tables import all_tables, get_table
-from converter.tables import inception_resnet_v1_slim as slim
+from facenet_convert.converter.sources.memory import ArraySource
+from facenet_convert.converter.tables import all_tables, get_table
+from facenet_convert.converter.tables import inception_resnet_v1_slim as slim
 
 DATA = Path(__file__).parent / "data"
 

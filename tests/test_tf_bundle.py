@@ -9,8 +9,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from converter.errors import UnsupportedSourceError
-from converter.sources.tf_bundle import TFCheckpointReader
+from facenet_convert.converter.core.errors import UnsupportedSourceError
+from facenet_convert.converter.sources.tf_bundle import TFCheckpointReader
 
 pytestmark = pytest.mark.tf
 

@@ -28,14 +28,14 @@ from fuzzing import fuzz_settings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from converter.errors import (
+from facenet_convert.converter.core.errors import (
     CorruptSourceError,
     SourceError,
     UnknownFormatError,
     UnsupportedSourceError,
 )
-from converter.sources.sstable import crc32c_extend, mask_crc
-from converter.sources.tf_bundle import TFCheckpointReader
+from facenet_convert.converter.sources.sstable import crc32c_extend, mask_crc
+from facenet_convert.converter.sources.tf_bundle import TFCheckpointReader
 
 SMALL = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1, 2], np.int64),
          "c": np.array(1.5), "d": np.array([b"xy", b""], dtype=object)}
@@ -158,7 +158,7 @@ def test_06_bad_block_crc_and_type(small: Path) -> None:
 
 def _rewrite_footer(index: Path, meta: tuple[int, int] | None = None,
                     idx: tuple[int, int] | None = None) -> None:
-    from converter.protowire import read_varint
+    from facenet_convert.converter.core.protowire import read_varint
 
     raw = index.read_bytes()
     footer = raw[-48:]
@@ -437,7 +437,7 @@ def test_folder_with_several_non_upstream_prefixes(tmp_path: Path) -> None:
 
 
 def test_unknown_name_is_a_typed_error(small: Path) -> None:
-    from converter.errors import MappingError
+    from facenet_convert.converter.core.errors import MappingError
 
     with TFCheckpointReader(small) as reader:
         expect(MappingError, lambda: reader.read("nope"), path=index_of(small), key="nope")
@@ -489,7 +489,7 @@ def test_mutated_index_only_raises_typed_errors(tf_small: Path, tmp_path: Path,
 def test_mutated_entries_resealed_only_raise_typed_errors(tf_small: Path, tmp_path: Path,
                                                           data: st.DataObject) -> None:
     """Block crcs hide most flips from the entry parser: mutate the entries, re-seal the table."""
-    from converter.sources.sstable import read_table
+    from facenet_convert.converter.sources.sstable import read_table
 
     pairs = [(key, bytearray(value)) for key, value in read_table(index_of(tf_small))]
     for _ in range(data.draw(st.integers(1, 3))):

@@ -8,9 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converter.errors import UnsafeSourceError
-from third_party.facenet.build import BuildError, UpstreamCheckpoint, build_checkpoint
-from third_party.facenet.reference import load_det_npy, reference_images
+from facenet_convert.converter.core.errors import UnsafeSourceError
+from facenet_convert.third_party.facenet.testing.build import (
+    BuildError,
+    UpstreamCheckpoint,
+    build_checkpoint,
+)
+from facenet_convert.third_party.facenet.testing.reference import load_det_npy, reference_images
 
 # Trainable variables of the upstream 512-d graph (BN moving stats included, as upstream puts
 # them in TRAINABLE_VARIABLES): 490 for the network + Bottleneck, 2 for a Logits layer.
@@ -19,7 +23,7 @@ NETWORK_TRAINABLES = 490
 
 def _graph_variables(meta: Path) -> tuple[dict[str, list[int]], list[str]]:
     """Global variables (name -> shape) and trainable names of an imported metagraph."""
-    from third_party.facenet.compat import load_upstream, upstream_mode
+    from facenet_convert.third_party.facenet.compat import load_upstream, upstream_mode
 
     tf = load_upstream().tf
     with upstream_mode(), tf.Graph().as_default():
@@ -90,7 +94,7 @@ def test_det_npy_loader_reads_the_real_weights(det_npy: dict[str, Path]) -> None
 def test_compat_is_idempotent_and_leaves_tf2_settings_alone() -> None:
     import tensorflow as tf
 
-    from third_party.facenet.compat import load_upstream, upstream_mode
+    from facenet_convert.third_party.facenet.compat import load_upstream, upstream_mode
 
     first = load_upstream()
     assert load_upstream() is first
@@ -210,7 +214,11 @@ def test_small_builds_are_deterministic_and_upstream_saver_is_trainable_only(
 
 @pytest.mark.tf
 def test_reference_runners_agree(upstream_ckpt_512: UpstreamCheckpoint) -> None:
-    from third_party.facenet.reference import run_checkpoint, run_frozen, run_rebuilt
+    from facenet_convert.third_party.facenet.testing.reference import (
+        run_checkpoint,
+        run_frozen,
+        run_rebuilt,
+    )
 
     built = upstream_ckpt_512
     images = reference_images(0, 3)
@@ -241,7 +249,7 @@ def test_reference_runners_agree(upstream_ckpt_512: UpstreamCheckpoint) -> None:
 
 @pytest.mark.tf
 def test_ema_selection_changes_embeddings(upstream_ckpt_512_plain: UpstreamCheckpoint) -> None:
-    from third_party.facenet.reference import run_checkpoint
+    from facenet_convert.third_party.facenet.testing.reference import run_checkpoint
 
     built = upstream_ckpt_512_plain
     images = reference_images(1, 2)
@@ -254,7 +262,7 @@ def test_ema_selection_changes_embeddings(upstream_ckpt_512_plain: UpstreamCheck
 
 @pytest.mark.tf
 def test_frozen_128_matches_its_checkpoint(upstream_ckpt_128: UpstreamCheckpoint) -> None:
-    from third_party.facenet.reference import run_checkpoint, run_frozen
+    from facenet_convert.third_party.facenet.testing.reference import run_checkpoint, run_frozen
 
     images = reference_images(2, 2)
     ckpt = run_checkpoint(upstream_ckpt_128.prefix, upstream_ckpt_128.meta, images)
@@ -265,7 +273,7 @@ def test_frozen_128_matches_its_checkpoint(upstream_ckpt_128: UpstreamCheckpoint
 
 @pytest.mark.tf
 def test_mtcnn_runners_on_the_real_weights(det_npy: dict[str, Path]) -> None:
-    from third_party.facenet.reference import run_mtcnn
+    from facenet_convert.third_party.facenet.testing.reference import run_mtcnn
 
     rng = np.random.default_rng(0)
     pnet = run_mtcnn(det_npy, "pnet", rng.uniform(-1, 1, (1, 30, 20, 3)))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from third_party.wheels import cache_dir
+from facenet_convert.third_party.wheels import cache_dir
 
 __all__ = ["fixtures_dir", "upstream_ckpt_128", "upstream_ckpt_512", "upstream_ckpt_512_plain"]
 
@@ -25,7 +25,7 @@ def fixtures_dir() -> Path:
 @pytest.fixture(scope="session")
 def upstream_ckpt_512(fixtures_dir: Path):
     """512-d, 16-class Logits, EMA, ADAM slots, centers, frozen .pb."""
-    from third_party.facenet.build import build_checkpoint
+    from facenet_convert.third_party.facenet.testing.build import build_checkpoint
 
     return build_checkpoint(fixtures_dir / "upstream_512", embedding_size=512, num_classes=16,
                             ema=True, optimizer="ADAM", centers=True, freeze=True)
@@ -34,7 +34,7 @@ def upstream_ckpt_512(fixtures_dir: Path):
 @pytest.fixture(scope="session")
 def upstream_ckpt_128(fixtures_dir: Path):
     """128-d, no Logits, no EMA, RMSPROP slots, frozen .pb."""
-    from third_party.facenet.build import build_checkpoint
+    from facenet_convert.third_party.facenet.testing.build import build_checkpoint
 
     return build_checkpoint(fixtures_dir / "upstream_128", embedding_size=128, num_classes=None,
                             ema=False, optimizer="RMSPROP", centers=False, freeze=True)
@@ -43,7 +43,7 @@ def upstream_ckpt_128(fixtures_dir: Path):
 @pytest.fixture(scope="session")
 def upstream_ckpt_512_plain(fixtures_dir: Path):
     """512-d, 16-class Logits, EMA, MOM slots, no centers, no .pb."""
-    from third_party.facenet.build import build_checkpoint
+    from facenet_convert.third_party.facenet.testing.build import build_checkpoint
 
     return build_checkpoint(fixtures_dir / "upstream_512_plain", embedding_size=512,
                             num_classes=16, ema=True, optimizer="MOM", centers=False,

@@ -15,8 +15,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from converter.errors import ConverterError
-from converter.hashing import sha256_file
+from facenet_convert.converter.core.errors import ConverterError
+from facenet_convert.converter.core.hashing import sha256_file
 
 
 class FetchError(ConverterError):

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from converter.layouts import ARCHITECTURES
+from facenet_convert.converter.layouts import ARCHITECTURES
 
 
 @click.command("convert")
@@ -30,7 +30,7 @@ def convert_command(source: str, output: str, model: str, weights: str, format_:
                     split: bool, strict: bool, force: bool, report: str | None) -> None:
     """Convert SOURCE (checkpoint dir/prefix/.index, frozen .pb, Keras .h5, MTCNN det*.npy)
     into a PyTorch state_dict that accounts for every tensor."""
-    from converter.conversion import convert
+    from facenet_convert.converter.conversion import convert
 
     bar: Any = None
     progress = None

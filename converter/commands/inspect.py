@@ -19,8 +19,8 @@ def describe(source: str, *, verify: bool = False) -> dict[str, Any]:
 
     ``verify`` also reads every tensor, so each checksum and length is checked (a conversion
     reads only the tensors the model needs)."""
-    from converter.detect import detect
-    from converter.sources import open_source
+    from facenet_convert.converter.detect import detect
+    from facenet_convert.converter.sources import open_source
 
     with open_source(source) as reader:
         infos = reader.tensors()

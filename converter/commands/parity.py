@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import click
 
-from converter.parity import DEFAULT_MAX_NOISE_RATIO, DEFAULT_TOLERANCE, MODELS
+from facenet_convert.converter.parity import (
+    DEFAULT_MAX_NOISE_RATIO,
+    DEFAULT_TOLERANCE,
+    MODELS,
+)
 
 
 @click.command("parity")
@@ -58,8 +62,8 @@ def parity_command(ctx: click.Context, source: str, weights: str, model: str, ba
     Warning: this imports and runs the SOURCE graph with TensorFlow. A graph is code: only
     run parity on checkpoints and .pb files you trust.
     """
-    from converter.parity import run_parity, weights_choice
-    from converter.report import summary_line, write_reports
+    from facenet_convert.converter.parity import run_parity, weights_choice
+    from facenet_convert.converter.report import summary_line, write_reports
 
     report = run_parity(source, weights, model=model, batches=batches, batch_size=batch_size,
                         seed=seed, tolerance=tolerance, max_noise_ratio=max_noise_ratio,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from converter.regenerate import PARITY_BATCH_SIZE, PARITY_BATCHES
+from facenet_convert.converter.regenerate import PARITY_BATCH_SIZE, PARITY_BATCHES
 
 
 @click.command("regenerate")
@@ -40,7 +40,7 @@ def regenerate_command(releases_dir: str, out_dir: str, allow_unverified: bool, 
     pnet.pt, rnet.pt, onet.pt) plus MANIFEST.json, written all or nothing, byte-identical run
     after run.
     """
-    from converter.regenerate import regenerate
+    from facenet_convert.converter.regenerate import regenerate
 
     result = regenerate(releases_dir, out_dir, allow_unverified=allow_unverified, format=fmt,
                         force=force, parity=parity, parity_batches=parity_batches,

@@ -14,40 +14,17 @@ from pathlib import Path
 
 import click
 
-from converter.commands.embed import (
-    EmbedError,
-    LoadedModel,
-    detect_faces,
+from facenet_convert.converter.commands.options import (
     detect_options,
-    embed_batch,
+    model_options,
+    warn,
+)
+from facenet_convert.converter.embedding import (
+    DEFAULT_THRESHOLD,
     load_detector,
     load_embedding_model,
-    model_options,
+    verify_pair,
 )
-
-DEFAULT_THRESHOLD = 1.1
-
-
-def euclidean_distance(a: object, b: object) -> float:
-    """Euclidean distance of two embedding vectors (upstream distance_metric 0)."""
-    import numpy as np
-
-    return float(np.sqrt(np.sum(np.square(np.subtract(a, b, dtype=np.float64)))))
-
-
-def _face(loaded: LoadedModel, path: Path, detector: object, fit: str) -> object:
-    """Standardized (1, 3, 160, 160) input of one image (its best face with a detector)."""
-    import torch
-
-    from models.preprocessing import Preprocess, load_image
-
-    if detector is not None:
-        faces = detect_faces(detector, path, loaded.preprocessing)  # type: ignore[arg-type]
-        if not faces.names:
-            raise EmbedError("no face found; try a smaller --min-face-size or omit --detect "
-                             "for an already aligned face crop", path=path)
-        return faces.crops[:1]
-    return torch.stack([Preprocess(loaded.preprocessing, fit=fit)(load_image(path))])
 
 
 @click.command("verify")
@@ -66,16 +43,11 @@ def verify_command(image1: Path, image2: Path, weights: str | None, pretrained: 
                    margin: float, min_face_size: float, threshold: float, fit: str) -> None:
     """Print the embedding distance of IMAGE1 and IMAGE2 and whether they are the same
     person."""
-    import torch
-
     loaded = load_embedding_model(weights, pretrained, preprocessing, device, fuse=False)
     if loaded.note:
-        click.echo(f"facenet-convert: warning: {loaded.note}", err=True)
+        warn(loaded.note)
     detector = load_detector(mtcnn_dir, margin, min_face_size, device) if detect else None
-    batch = torch.cat([_face(loaded, image1, detector, fit),  # type: ignore[list-item]
-                       _face(loaded, image2, detector, fit)])
-    vectors = embed_batch(loaded.embedder, batch).numpy()
-    distance = euclidean_distance(vectors[0], vectors[1])
+    distance = verify_pair(loaded, image1, image2, detector=detector, fit=fit)
     verdict = "same person" if distance < threshold else "different people"
     click.echo(f"distance {distance:.4f} (euclidean, L2-normalized; threshold {threshold:g}): "
                f"{verdict}")

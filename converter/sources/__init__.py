@@ -11,17 +11,17 @@ import re
 from pathlib import Path
 from typing import BinaryIO
 
-from converter.errors import SourceError, UnknownFormatError
-from converter.sources.base import SourceReader, TensorInfo
+from facenet_convert.converter.core.errors import SourceError, UnknownFormatError
+from facenet_convert.converter.sources.base import SourceReader, TensorInfo
 
 __all__ = ["FORMATS", "SourceReader", "TensorInfo", "detect_format", "open_source"]
 
 #: format name -> (module, class): imported only when that format is opened.
 FORMATS: dict[str, tuple[str, str]] = {
-    "tf-checkpoint": ("converter.sources.tf_bundle", "TFCheckpointReader"),
-    "tf-graphdef": ("converter.sources.graphdef", "GraphDefReader"),
-    "keras-h5": ("converter.sources.keras_h5", "KerasH5Reader"),
-    "mtcnn-npy": ("converter.sources.mtcnn_npy", "MtcnnNpyReader"),
+    "tf-checkpoint": ("facenet_convert.converter.sources.tf_bundle", "TFCheckpointReader"),
+    "tf-graphdef": ("facenet_convert.converter.sources.graphdef", "GraphDefReader"),
+    "keras-h5": ("facenet_convert.converter.sources.keras_h5", "KerasH5Reader"),
+    "mtcnn-npy": ("facenet_convert.converter.sources.mtcnn_npy", "MtcnnNpyReader"),
 }
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"

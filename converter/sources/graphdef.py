@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from converter.errors import (
+from facenet_convert.converter.core.errors import (
     CorruptSourceError,
     MappingError,
     SourceError,
     UnsupportedSourceError,
 )
-from converter.protowire import (
+from facenet_convert.converter.core.protowire import (
     FIXED32,
     FIXED64,
     LENGTH_DELIMITED,
@@ -40,9 +40,9 @@ from converter.protowire import (
     as_signed64,
     iter_packed_varints,
 )
-from converter.protowire import iter_field_spans as _fields
-from converter.sources.base import SourceReader, TensorInfo
-from converter.sources.tf_dtypes import NUMPY_DTYPES, dtype_label
+from facenet_convert.converter.core.protowire import iter_field_spans as _fields
+from facenet_convert.converter.sources.base import SourceReader, TensorInfo
+from facenet_convert.converter.sources.tf_dtypes import NUMPY_DTYPES, dtype_label
 
 __all__ = ["MAX_RANK", "GraphDefReader", "expansion_cap"]
 

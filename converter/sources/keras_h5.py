@@ -40,7 +40,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from converter.errors import (
+from facenet_convert.converter.core.errors import (
     CorruptSourceError,
     MappingError,
     SourceError,
@@ -48,8 +48,8 @@ from converter.errors import (
     UnsafeSourceError,
     UnsupportedSourceError,
 )
-from converter.sources import has_hdf5_signature
-from converter.sources.base import SourceReader, TensorInfo
+from facenet_convert.converter.sources import has_hdf5_signature
+from facenet_convert.converter.sources.base import SourceReader, TensorInfo
 
 __all__ = ["ALLOWED_FILTERS", "KerasH5Reader", "size_cap"]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from converter.errors import SourceError
-from converter.sources.base import SourceReader, TensorInfo
+from facenet_convert.converter.core.errors import SourceError
+from facenet_convert.converter.sources.base import SourceReader, TensorInfo
 
 
 class ArraySource(SourceReader):

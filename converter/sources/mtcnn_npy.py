@@ -22,7 +22,7 @@ from typing import Self
 
 import numpy as np
 
-from converter.errors import (
+from facenet_convert.converter.core.errors import (
     CorruptSourceError,
     MappingError,
     SourceError,
@@ -30,7 +30,7 @@ from converter.errors import (
     UnsafeSourceError,
     UnsupportedSourceError,
 )
-from converter.sources.base import SourceReader, TensorInfo
+from facenet_convert.converter.sources.base import SourceReader, TensorInfo
 
 __all__ = ["MAX_FILE_BYTES", "MAX_HEADER_BYTES", "MtcnnNpyReader", "parse_npy_header",
            "restricted_loads"]

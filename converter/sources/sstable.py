@@ -13,8 +13,12 @@ from pathlib import Path
 import crc32c
 import numpy as np
 
-from converter.errors import CorruptSourceError, SourceError, UnsupportedSourceError
-from converter.protowire import read_varint
+from facenet_convert.converter.core.errors import (
+    CorruptSourceError,
+    SourceError,
+    UnsupportedSourceError,
+)
+from facenet_convert.converter.core.protowire import read_varint
 
 MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48

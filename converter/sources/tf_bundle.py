@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from converter.errors import (
+from facenet_convert.converter.core.errors import (
     CorruptSourceError,
     MappingError,
     SourceError,
     UnknownFormatError,
     UnsupportedSourceError,
 )
-from converter.protowire import (
+from facenet_convert.converter.core.protowire import (
     FIXED32,
     LENGTH_DELIMITED,
     VARINT,
@@ -34,9 +34,13 @@ from converter.protowire import (
     iter_packed_varints,
     read_varint,
 )
-from converter.sources.base import SourceReader, TensorInfo
-from converter.sources.sstable import crc32c_extend, read_table, unmask_crc
-from converter.sources.tf_dtypes import DT_STRING, NAMES, NUMPY_DTYPES
+from facenet_convert.converter.sources.base import SourceReader, TensorInfo
+from facenet_convert.converter.sources.sstable import (
+    crc32c_extend,
+    read_table,
+    unmask_crc,
+)
+from facenet_convert.converter.sources.tf_dtypes import DT_STRING, NAMES, NUMPY_DTYPES
 
 # TensorFlow's tensor_bundle.cc: kTensorBundleMinProducer = 0, kTensorBundleMinConsumer = 0,
 # kTensorBundleVersion = 1 (the consumer version this reader stands for).

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from converter.errors import MappingError
-from converter.mapping import Fill, Rule, Table
+from facenet_convert.converter.core.errors import MappingError
+from facenet_convert.converter.mapping import Fill, Rule, Table
 
 #: (source suffix appended to the layer pattern, target suffix appended to the module
 #: template, transform name).
@@ -56,9 +56,9 @@ BN_FILLS: tuple[Fill, ...] = (
 
 def all_tables() -> dict[str, Table]:
     """Every known table by name."""
-    from converter.tables import inception_resnet_v1_keras as keras
-    from converter.tables import inception_resnet_v1_slim as slim
-    from converter.tables import mtcnn
+    from facenet_convert.converter.tables import inception_resnet_v1_keras as keras
+    from facenet_convert.converter.tables import inception_resnet_v1_slim as slim
+    from facenet_convert.converter.tables import mtcnn
 
     tables = (slim.CHECKPOINT, slim.FROZEN, keras.TABLE, mtcnn.PNET, mtcnn.RNET, mtcnn.ONET)
     return {table.name: table for table in tables}

@@ -11,8 +11,8 @@ conv ``kernel`` ``[kh, kw, in, out] -> [out, in, kh, kw]``; the residual up-proj
 
 from __future__ import annotations
 
-from converter.mapping import Rule, Table
-from converter.tables import BN_FILLS, Param, expand
+from facenet_convert.converter.mapping import Rule, Table
+from facenet_convert.converter.tables import BN_FILLS, Param, expand
 
 CONV_BN: tuple[Param, ...] = (
     ("/kernel", ".conv.weight", "conv_hwio_to_oihw"),

@@ -13,8 +13,14 @@ became Const nodes of the same name and every other Const is an op's constant).
 
 from __future__ import annotations
 
-from converter.mapping import Rule, Table
-from converter.tables import BN_FILLS, EMA_PATTERN, TF_TRAINING_DROPS, Param, expand
+from facenet_convert.converter.mapping import Rule, Table
+from facenet_convert.converter.tables import (
+    BN_FILLS,
+    EMA_PATTERN,
+    TF_TRAINING_DROPS,
+    Param,
+    expand,
+)
 
 #: Conv + BatchNorm (slim.conv2d with normalizer_fn=batch_norm: no conv bias).
 CONV_BN: tuple[Param, ...] = (

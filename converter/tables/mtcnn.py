@@ -9,7 +9,7 @@ exactly this, bit for bit); dense ``weights`` ``[in, out] -> [out, in]``; ``bias
 
 from __future__ import annotations
 
-from converter.mapping import Rule, Table
+from facenet_convert.converter.mapping import Rule, Table
 
 _PRELU = r"(?:PReLU|prelu)"
 

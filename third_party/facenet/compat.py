@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from third_party.wheels import FACENET, wheel_member
+from facenet_convert.third_party.wheels import FACENET, wheel_member
 
 MODEL_MEMBER = "facenet/src/models/inception_resnet_v1.py"
 DETECT_MEMBER = "facenet/src/align/detect_face.py"

@@ -27,7 +27,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from converter.errors import ParityError, UnsafeSourceError
+from facenet_convert.converter.core.errors import ParityError, UnsafeSourceError
 
 Fetch = Sequence[str] | str
 
@@ -119,8 +119,8 @@ def run_checkpoint(prefix: str | os.PathLike[str], meta: str | os.PathLike[str] 
     inference graph is rebuilt for ``embedding_size`` (read from the checkpoint when None) and
     ``num_classes`` (None: no Logits layer) and only model variables are restored.
     """
-    from third_party.facenet.build import build_inference
-    from third_party.facenet.compat import load_upstream, upstream_mode
+    from facenet_convert.third_party.facenet.compat import load_upstream, upstream_mode
+    from facenet_convert.third_party.facenet.graphs import build_inference
 
     if images_nhwc is None:
         raise ParityError("run_checkpoint needs images_nhwc", path=prefix)
@@ -154,8 +154,8 @@ def run_rebuilt(prefix: str | os.PathLike[str], images: Any, embedding_size: int
     ``fetch_endpoints``, plus ``prelogits`` (Bottleneck output), ``embeddings``, ``logits`` (with
     ``num_classes``), plus any tensor names in ``fetch`` under their own names.
     """
-    from third_party.facenet.build import build_inference
-    from third_party.facenet.compat import load_upstream, upstream_mode
+    from facenet_convert.third_party.facenet.compat import load_upstream, upstream_mode
+    from facenet_convert.third_party.facenet.graphs import build_inference
 
     array = _images(images, prefix)
     up = load_upstream()
@@ -182,7 +182,7 @@ def run_rebuilt(prefix: str | os.PathLike[str], images: Any, embedding_size: int
 def run_frozen(pb_path: str | os.PathLike[str], images: Any,
                fetch: Fetch = ("embeddings:0",)) -> dict[str, np.ndarray]:
     """Run a frozen GraphDef. A graph is code: this executes the user's graph as TF would."""
-    from third_party.facenet.compat import load_upstream, upstream_mode
+    from facenet_convert.third_party.facenet.compat import load_upstream, upstream_mode
 
     array = _images(images, pb_path)
     up = load_upstream()
@@ -260,7 +260,7 @@ def run_mtcnn(det: str | os.PathLike[str] | Mapping[str, Any], which: str, image
     ``conv5-2``, ``prob1`` for rnet; ``conv6-2``, ``conv6-3``, ``prob1`` for onet), every
     layer output with ``all_layers``.
     """
-    from third_party.facenet.compat import load_upstream, upstream_mode
+    from facenet_convert.third_party.facenet.compat import load_upstream, upstream_mode
 
     if which not in MTCNN_NETS:
         raise ParityError(f"unknown MTCNN net {which!r}; expected one of "
@@ -327,12 +327,12 @@ class UpstreamDetector:
     """
 
     def __init__(self) -> None:
-        from third_party.facenet.compat import (
+        from facenet_convert.third_party.facenet.compat import (
             MTCNN_MEMBERS,
             load_upstream,
             upstream_mode,
         )
-        from third_party.wheels import FACENET, wheel_member
+        from facenet_convert.third_party.wheels import FACENET, wheel_member
 
         self._up = load_upstream()
         self._mode = upstream_mode

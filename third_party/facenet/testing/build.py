@@ -10,7 +10,7 @@ differ from the raw weights so the choice between them is testable.
 Builds are cached: ``build.json`` records the parameters; an equal complete build is reused
 without touching TensorFlow, and builds happen in a sibling temp folder renamed into place.
 
-``python -m third_party.facenet.build DIR [options]`` builds one from the command line.
+``python -m third_party.facenet.testing.build DIR [options]`` builds one from the command line.
 """
 
 from __future__ import annotations
@@ -30,14 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from converter.errors import ConverterError
+from facenet_convert.converter.core.errors import ConverterError
+from facenet_convert.third_party.facenet.graphs import (
+    IMAGE_SIZE,
+    InferenceGraph,
+    build_inference,
+)
 
 BUILDER_VERSION = 3
 OPTIMIZERS = ("ADAGRAD", "ADADELTA", "ADAM", "RMSPROP", "MOM")
 SAVED_CHOICES = ("all", "trainable")
-IMAGE_SIZE = 160
-KEEP_PROBABILITY = 0.8
-WEIGHT_DECAY = 5e-4
 MOVING_AVERAGE_DECAY = 0.9999
 CENTER_LOSS_ALFA = 0.95
 BUILD_JSON = "build.json"
@@ -77,47 +79,6 @@ class UpstreamCheckpoint:
     @property
     def index_file(self) -> Path:
         return self.prefix.with_name(self.prefix.name + ".index")
-
-
-# ---------------------------------------------------------------------------- graph
-
-
-@dataclass
-class InferenceGraph:
-    """Handles of the inference part of the upstream graph."""
-
-    images: Any
-    phase_train: Any
-    prelogits: Any
-    end_points: dict[str, Any]
-    logits: Any | None
-    embeddings: Any
-
-
-def build_inference(up: Any, *, embedding_size: int, num_classes: int | None,
-                    phase_train: bool | None = None) -> InferenceGraph:
-    """The upstream inference graph in the current default graph (call inside upstream_mode).
-
-    ``phase_train=None`` gives the ``phase_train`` placeholder (default False) as in released
-    graphs; a Python bool builds one branch only, so every internal tensor can be fetched.
-    """
-    tf, slim = up.tf, up.slim
-    images = tf.placeholder(tf.float32, [None, IMAGE_SIZE, IMAGE_SIZE, 3], name="input")
-    if phase_train is None:
-        phase = tf.placeholder_with_default(False, shape=(), name="phase_train")
-    else:
-        phase = bool(phase_train)
-    prelogits, end_points = up.inception_resnet_v1.inference(
-        images, KEEP_PROBABILITY, phase_train=phase, bottleneck_layer_size=embedding_size,
-        weight_decay=WEIGHT_DECAY)
-    logits = None
-    if num_classes:
-        logits = slim.fully_connected(
-            prelogits, num_classes, activation_fn=None,
-            weights_initializer=slim.initializers.xavier_initializer(),
-            weights_regularizer=slim.l2_regularizer(WEIGHT_DECAY), scope="Logits", reuse=False)
-    embeddings = tf.nn.l2_normalize(prelogits, 1, 1e-10, name="embeddings")
-    return InferenceGraph(images, phase, prelogits, dict(end_points), logits, embeddings)
 
 
 def _make_optimizer(tf: Any, name: str, learning_rate: Any) -> Any:
@@ -296,7 +257,7 @@ def _calibrate_batch_norm(raw: dict[str, np.ndarray], params: dict[str, Any]
     ops also output. Values are rounded to float16 precision so that thread-order differences
     in TF's reductions do not change the checkpoint.
     """
-    from third_party.facenet.compat import load_upstream, upstream_mode
+    from facenet_convert.third_party.facenet.compat import load_upstream, upstream_mode
 
     up = load_upstream()
     tf, seed = up.tf, params["seed"]
@@ -415,7 +376,7 @@ def _complete(directory: Path, params: dict[str, Any]) -> bool:
 
 def _write_build(tmp: Path, final: Path, params: dict[str, Any]) -> None:
     """Build, save and (optionally) freeze into ``tmp``; ``final`` is where it will live."""
-    from third_party.facenet.compat import load_upstream, upstream_mode
+    from facenet_convert.third_party.facenet.compat import load_upstream, upstream_mode
 
     up = load_upstream()
     tf = up.tf
@@ -442,7 +403,7 @@ def _write_build(tmp: Path, final: Path, params: dict[str, Any]) -> None:
 
 def _freeze(up: Any, meta: Path, prefix: Path, output: Path) -> None:
     """upstream freeze_graph.py: import the metagraph, restore, fix BN ref ops, freeze."""
-    from third_party.facenet.compat import upstream_mode
+    from facenet_convert.third_party.facenet.compat import upstream_mode
 
     tf = up.tf
     with (upstream_mode(), tf.Graph().as_default() as graph_obj,
@@ -557,7 +518,7 @@ def _move_into_place(tmp: Path, final: Path, params: dict[str, Any]) -> None:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m third_party.facenet.build",
+        prog="python -m facenet_convert.third_party.facenet.testing.build",
         description="Build a release-like folder with the upstream facenet graph (cached).")
     parser.add_argument("directory", type=Path)
     parser.add_argument("--name", default="20990101-000000")

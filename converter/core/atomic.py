@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from converter.errors import OutputError
+from facenet_convert.converter.core.errors import OutputError
 
 
 def check_output_path(out: str | os.PathLike[str], *, force: bool = False,

@@ -1,0 +1,47 @@
+"""Options shared by the commands that embed faces (embed, verify, and the ones after them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from facenet_convert.models.releases import release_names
+
+
+def model_options(func: Any) -> Any:
+    """--weights / --pretrained / --preprocessing / --device, shared with ``verify``."""
+    names = release_names("inception_resnet_v1")
+    func = click.option("--device", default="cpu", show_default=True,
+                        help="torch device to run on.")(func)
+    func = click.option("--preprocessing", type=click.Choice(["fixed_standardization",
+                                                              "prewhiten"]),
+                        default=None, help="Input standardization (default: the release's; "
+                        "for an unknown file, by embedding size).")(func)
+    func = click.option("--pretrained", default=None, metavar="NAME",
+                        help=f"A cached release ({', '.join(names)}) or alias.")(func)
+    func = click.option("--weights", type=click.Path(path_type=str), default=None,
+                        help="Converted Inception-ResNet-V1 weights (.pt/.safetensors).")(func)
+    return func
+
+
+def detect_options(func: Any) -> Any:
+    """--detect and the MTCNN settings, shared with ``verify``."""
+    func = click.option("--min-face-size", type=click.FloatRange(min=1), default=20.0,
+                        show_default=True, help="Smallest face MTCNN looks for (pixels).")(func)
+    func = click.option("--margin", type=click.FloatRange(min=0), default=32.0,
+                        show_default=True,
+                        help="Pixels added around each box before cropping.")(func)
+    func = click.option("--mtcnn", "mtcnn_dir", type=click.Path(path_type=str, file_okay=False),
+                        default=None, help="Folder with pnet/rnet/onet weights (default: the "
+                        "cached pnet, rnet, onet releases).")(func)
+    func = click.option("--detect", is_flag=True,
+                        help="Find faces with MTCNN and embed each (default: every image is "
+                        "an aligned face crop).")(func)
+    return func
+
+
+def warn(message: str) -> None:
+    click.echo(f"facenet-convert: warning: {message}", err=True)
+
+
