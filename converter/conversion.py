@@ -28,11 +28,10 @@ from facenet_convert.converter.core.atomic import check_output_path, staged_outp
 from facenet_convert.converter.core.errors import MappingError, OutputError
 from facenet_convert.converter.core.hashing import sha256_file
 from facenet_convert.converter.core.version import __version__
-from facenet_convert.converter.detect import DEFAULT_TABLES, Detection, detect
-from facenet_convert.converter.layouts import ARCHITECTURES, layout_for
-from facenet_convert.converter.mapping import Plan, materialize, plan
+from facenet_convert.converter.detect import Detection, detect
+from facenet_convert.converter.mapping import Plan, Table, materialize, plan
+from facenet_convert.converter.registry import get_architecture, get_table, names
 from facenet_convert.converter.sources.base import SourceReader
-from facenet_convert.converter.tables import get_table
 from facenet_convert.converter.writers import (
     HashingWriter,
     resolve_format,
@@ -42,7 +41,6 @@ from facenet_convert.converter.writers import (
     write_state,
 )
 
-MODELS = ("auto", *ARCHITECTURES)
 WEIGHTS = ("raw", "ema")
 Progress = Callable[[int, int, str], None]
 
@@ -83,15 +81,17 @@ class ConversionResult:
 
         return {key: torch.from_numpy(value) for key, value in self.arrays.items()}
 
-    @property
-    def embedding_size(self) -> int | None:
-        value = self.arrays.get("last_linear.weight")
+    def _head(self, key: str | None) -> int | None:
+        value = None if key is None else self.arrays.get(key)
         return None if value is None else int(value.shape[0])
 
     @property
+    def embedding_size(self) -> int | None:
+        return self._head(get_architecture(self.architecture).embedding_key)
+
+    @property
     def num_classes(self) -> int | None:
-        value = self.arrays.get("logits.weight")
-        return None if value is None else int(value.shape[0])
+        return self._head(get_architecture(self.architecture).classes_key)
 
     @property
     def report(self) -> dict[str, Any]:
@@ -168,20 +168,18 @@ def _open(source: str | os.PathLike[str] | SourceReader | Mapping[str, np.ndarra
     return open_source(source), True
 
 
-def _choose_table(model: str, found: Detection, frozen: bool) -> str:
+def _choose_table(model: str, found: Detection, frozen: bool) -> Table:
     if model == "auto":
         if found.table is None:
             raise MappingError("cannot tell which model this source holds ("
                                + "; ".join(found.notes) + "); pass --model")
-        return found.table
+        return get_table(found.table)
     if found.architecture == model and found.table is not None:
-        return found.table
+        return get_table(found.table)
     if found.architecture is not None:
         raise MappingError(f"the source holds {found.architecture} weights ({found.scheme} "
                            f"names), not {model}; pass --model auto or {found.architecture}")
-    if model == "inception_resnet_v1" and frozen:
-        return "inception_resnet_v1.tf_slim_frozen"
-    return DEFAULT_TABLES[model]
+    return get_architecture(model).default_scheme(graph=frozen).table
 
 
 @contextmanager
@@ -224,8 +222,9 @@ def _convert(source: str | os.PathLike[str] | SourceReader | Mapping[str, np.nda
              format: str | None, split: bool, force: bool,
              report: str | os.PathLike[str] | None,
              progress: Progress | None) -> ConversionResult:
-    if model not in MODELS:
-        raise MappingError(f"unknown model {model!r}; expected one of {list(MODELS)}")
+    if model != "auto" and model not in names():
+        raise MappingError(f"unknown model {model!r}; expected auto or one of "
+                           f"{', '.join(names())}")
     if weights not in WEIGHTS:
         raise MappingError(f"unknown weights {weights!r}; expected one of {list(WEIGHTS)}")
     if output is None and (split or report is not None or format is not None):
@@ -259,10 +258,10 @@ def _convert(source: str | os.PathLike[str] | SourceReader | Mapping[str, np.nda
         frozen = reader.node_names() is not None
         found = detect(tensors, frozen=frozen)
         try:
-            table = get_table(_choose_table(model, found, frozen))
-            layout = layout_for(table.architecture, embedding_size=found.embedding_size,
-                                num_classes=found.num_classes)
-            if split and not any(entry.key == "logits.weight" for entry in layout):
+            table = _choose_table(model, found, frozen)
+            record = get_architecture(table.architecture)
+            layout = record.layout(found.embedding_size, found.num_classes)
+            if split and not any(entry.key == record.classes_key for entry in layout):
                 raise OutputError("split needs a model with a logits layer (this source has "
                                   "no Logits); drop --split", path=output)
             the_plan = plan(table, tensors, layout, weights=weights)

@@ -1,7 +1,8 @@
 """Tell what a source holds from its tensor names and shapes alone (no data is read).
 
 Used by ``convert --model auto`` to pick a table and a target layout, and by ``inspect``.
-Every test is a whole-name match against the naming schemes the tables know.
+Every architecture record names, per naming scheme, the whole tensor name that marks it and
+the tensors whose shapes give the embedding size and class count.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from facenet_convert.converter.registry import architectures
 from facenet_convert.converter.sources.base import TensorInfo
 
 _EMA = re.compile(r".+/ExponentialMovingAverage")
@@ -19,17 +21,13 @@ _SLOT = re.compile(r".+/(?P<slot>Adam|RMSProp|Momentum|Adagrad|Adadelta|Ftrl)(?:
 OPTIMIZERS = {"Adam": "ADAM", "RMSProp": "RMSPROP", "Momentum": "MOM", "Adagrad": "ADAGRAD",
               "Adadelta": "ADADELTA", "Ftrl": "FTRL"}
 
-SLIM_BOTTLENECK = "InceptionResnetV1/Bottleneck/weights"
-SLIM_LOGITS = "Logits/weights"
-KERAS_BOTTLENECK = "Bottleneck/kernel"
-
 
 @dataclass(frozen=True)
 class Detection:
     """What a source looks like: architecture, naming scheme, head sizes, training extras."""
 
-    architecture: str | None      # inception_resnet_v1 | pnet | rnet | onet | None
-    scheme: str | None            # tf-slim | tf-slim-frozen | keras-facenet | mtcnn-det1/2/3
+    architecture: str | None      # a registry name (inception_resnet_v1, pnet, ...) or None
+    scheme: str | None            # tf-slim | tf-slim-frozen | keras-facenet | mtcnn-det1/2/3...
     table: str | None             # name of the mapping table that fits
     embedding_size: int | None = None
     num_classes: int | None = None
@@ -59,32 +57,19 @@ def detect(tensors: Mapping[str, TensorInfo], *, frozen: bool = False) -> Detect
     notes = []
     if len(families) > 1:
         notes.append(f"slots of several optimizers: {', '.join(families)}")
-    extras = {"ema": ema, "optimizer": optimizer, "optimizer_slots": slots,
-              "centers": "centers" in names}
-
-    if SLIM_BOTTLENECK in names:
-        scheme, table = (("tf-slim-frozen", "inception_resnet_v1.tf_slim_frozen") if frozen
-                         else ("tf-slim", "inception_resnet_v1.tf_slim"))
-        return Detection("inception_resnet_v1", scheme, table,
-                         embedding_size=_second_dim(tensors[SLIM_BOTTLENECK]),
-                         num_classes=_second_dim(tensors.get(SLIM_LOGITS)), notes=notes,
-                         **extras)
-    if KERAS_BOTTLENECK in names:
-        return Detection("inception_resnet_v1", "keras-facenet",
-                         "inception_resnet_v1.keras_facenet",
-                         embedding_size=_second_dim(tensors[KERAS_BOTTLENECK]), notes=notes,
-                         **extras)
-    if "conv6-3/weights" in names:
-        return Detection("onet", "mtcnn-det3", "onet.mtcnn_npy", notes=notes, **extras)
-    if "conv5-1/weights" in names:
-        return Detection("rnet", "mtcnn-det2", "rnet.mtcnn_npy", notes=notes, **extras)
-    if "conv4-1/weights" in names and len(tensors["conv4-1/weights"].shape) == 4:
-        return Detection("pnet", "mtcnn-det1", "pnet.mtcnn_npy", notes=notes, **extras)
-    notes.append("no known marker tensor (InceptionResnetV1/Bottleneck/weights, "
-                 "Bottleneck/kernel, conv4-1/weights, conv5-1/weights, conv6-3/weights)")
-    return Detection(None, None, None, notes=notes, **extras)
-
-
-#: Default table per architecture when the user names a model the detection did not find.
-DEFAULT_TABLES = {"inception_resnet_v1": "inception_resnet_v1.tf_slim",
-                  "pnet": "pnet.mtcnn_npy", "rnet": "rnet.mtcnn_npy", "onet": "onet.mtcnn_npy"}
+    extras: dict[str, Any] = {"ema": ema, "optimizer": optimizer, "optimizer_slots": slots,
+                              "centers": "centers" in names, "notes": notes}
+    markers = []
+    for record in architectures():
+        for scheme in record.schemes:
+            markers.append(scheme.marker)
+            if not scheme.fits(names, graph=frozen):
+                continue
+            embedding = (None if scheme.embedding_tensor is None
+                         else _second_dim(tensors.get(scheme.embedding_tensor)))
+            classes = (None if scheme.classes_tensor is None
+                       else _second_dim(tensors.get(scheme.classes_tensor)))
+            return Detection(record.name, scheme.name, scheme.table.name,
+                             embedding_size=embedding, num_classes=classes, **extras)
+    notes.append(f"no known marker tensor ({', '.join(dict.fromkeys(markers))})")
+    return Detection(None, None, None, **extras)

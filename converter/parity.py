@@ -14,10 +14,10 @@ noise ratio <= 2; logits (unnormalised) max abs relative to their scale <= 10 x 
 MTCNN: every output's max abs <= 1e-5 and the noise ratio of all outputs pooled <= 2.
 
 Per-layer localisation (``per_layer=True``) fetches the upstream end points and block outputs
-listed in :mod:`converter.parity_layers` and compares them with our modules' outputs (forward
-hooks), in network order. The first divergent layer is the first one whose noise ratio jumps:
-at least ``JUMP_FACTOR`` (100) times the largest ratio of the layers before it (floored at 1).
-Float32 noise keeps every layer of a correct conversion within a few units, and an error
+listed in each architecture record (``end_points``) and compares them with our modules' outputs
+(forward hooks), in network order. The first divergent layer is the first one whose noise ratio
+jumps: at least ``JUMP_FACTOR`` (100) times the largest ratio of the layers before it (floored
+at 1). Float32 noise keeps every layer of a correct conversion within a few units, and an error
 introduced by one layer shows there first, then propagates (so later layers never jump again
 relative to it). If no layer jumps but the check failed, the layer with the largest increase is
 named instead, and the report says so.
@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from facenet_convert.converter.core.errors import ParityError
+from facenet_convert.converter.registry import get_architecture, head_sizes, match_state, names
 
 DEFAULT_TOLERANCE = 1e-5
 DEFAULT_MAX_NOISE_RATIO = 2.0
@@ -46,12 +47,16 @@ JUMP_FACTOR = 100.0
 FALLBACK_JUMP = 10.0
 LOGITS_REL_FACTOR = 10.0
 FEW_INPUTS = 16
-MODELS = ("auto", "inception_resnet_v1", "pnet", "rnet", "onet")
-MTCNN_MODELS = ("pnet", "rnet", "onet")
+MODELS = ("auto", *names())
+MTCNN_MODELS = names("detection")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-# (height, width) of the inputs each model gets.
-INPUT_SIZES = {"inception_resnet_v1": (160, 160), "pnet": (160, 160), "rnet": (24, 24),
-               "onet": (48, 48)}
+#: (height, width) of the random inputs of a model that takes any size (PNet).
+ANY_SIZE_INPUT = (160, 160)
+
+
+def input_size(model: str) -> tuple[int, int]:
+    """(height, width) of the inputs ``model`` gets."""
+    return get_architecture(model).input_size or ANY_SIZE_INPUT
 
 
 # ------------------------------------------------------------------------------- figures
@@ -298,7 +303,7 @@ def image_batches(files: Sequence[Path], model: str, *, batch_size: int) -> Iter
         from PIL import Image
     except ImportError as error:
         raise ParityError("--images needs Pillow to read images: pip install pillow") from error
-    height, width = INPUT_SIZES[model]
+    height, width = input_size(model)
     for start in range(0, len(files), batch_size):
         arrays = []
         for file in files[start:start + batch_size]:
@@ -336,37 +341,27 @@ def weights_choice(choice: str, weights: str | os.PathLike[str]) -> str:
 
 
 def detect_model(state: Mapping[str, Any], path: str | os.PathLike[str]) -> str:
-    """Which model a converted state dict is for, from its keys."""
-    if "last_linear.weight" in state:
-        return "inception_resnet_v1"
-    for model, key in (("onet", "dense6_3.weight"), ("rnet", "dense5_2.weight"),
-                       ("pnet", "conv4_2.weight")):
-        if key in state:
-            return model
-    raise ParityError("cannot tell which model these weights are for (no last_linear.weight, "
-                      "conv4_2.weight, dense5_2.weight or dense6_3.weight); pass --model",
-                      path=path)
+    """Which model a converted state dict is for: the record whose layout has its keys."""
+    record = match_state({key: tuple(value.shape) for key, value in state.items()})
+    if record is None:
+        raise ParityError("these weights fit no known model's layout (expected the keys of "
+                          f"one of {', '.join(names())}); pass --model", path=path)
+    return record.name
 
 
 def build_torch_model(model: str, state: Mapping[str, Any], path: Path) -> Any:
     """Our model for ``model`` with ``state`` loaded strictly, in eval mode."""
-    from facenet_convert.models.inception_resnet_v1 import (
-        InceptionResNetV1,
-        load_strict,
-    )
+    from facenet_convert.models.inception_resnet_v1 import load_strict
 
-    if model == "inception_resnet_v1":
-        weight = state.get("last_linear.weight")
-        if weight is None or weight.dim() != 2:
-            raise ParityError("expected an Inception-ResNet-V1 state dict with a 2-d "
-                              "last_linear.weight", path=path, key="last_linear.weight")
-        logits = state.get("logits.weight")
-        num_classes = int(logits.shape[0]) if logits is not None and logits.dim() == 2 else None
-        net = InceptionResNetV1(embedding_size=int(weight.shape[0]), num_classes=num_classes)
+    record = get_architecture(model)
+    if record.task == "embedding":
+        embedding, classes = head_sizes(record, {k: tuple(v.shape) for k, v in state.items()})
+        if embedding is None:
+            raise ParityError(f"expected a {model} state dict with a 2-d "
+                              f"{record.embedding_key}", path=path, key=record.embedding_key)
+        net = record.model_class()(embedding_size=embedding, num_classes=classes)
     else:
-        from facenet_convert.models.mtcnn import ONet, PNet, RNet
-
-        net = {"pnet": PNet, "rnet": RNet, "onet": ONet}[model]()
+        net = record.model_class()()
     load_strict(net, state, path)
     return net.eval()
 
@@ -434,13 +429,13 @@ def run_parity(source: str | os.PathLike[str], weights: str | os.PathLike[str], 
         batch_iter = image_batches(files, chosen, batch_size=batch_size)
         inputs = {"kind": "images", "folder": str(images), "count": len(files),
                   "batch_size": batch_size,
-                  "shape_nchw": [3, *INPUT_SIZES[chosen]]}
+                  "shape_nchw": [3, *input_size(chosen)]}
     else:
-        batch_iter = random_batches(INPUT_SIZES[chosen], batches=batches,
+        batch_iter = random_batches(input_size(chosen), batches=batches,
                                     batch_size=batch_size, seed=seed)
         inputs = {"kind": "random-normal", "seed": seed, "batches": batches,
                   "batch_size": batch_size, "count": batches * batch_size,
-                  "shape_nchw": [3, *INPUT_SIZES[chosen]]}
+                  "shape_nchw": [3, *input_size(chosen)]}
 
     report = ParityReport(model=chosen, source=str(source), source_kind=src.kind,
                           source_description=src.description, weights=str(weights_path),
@@ -561,10 +556,6 @@ def _check_irn(report: ParityReport, src: Any, net: Any, batch_iter: Iterator[np
 
     import torch
 
-    from facenet_convert.converter.parity_layers import (
-        INCEPTION_RESNET_V1,
-        INCEPTION_RESNET_V1_LOGITS,
-    )
     from facenet_convert.converter.parity_tf import (
         EMBEDDINGS,
         LOGITS,
@@ -599,9 +590,10 @@ def _check_irn(report: ParityReport, src: Any, net: Any, batch_iter: Iterator[np
         layers: list[Figures] | None = None
         compares: list[_Compare] = []
         if per_layer:
-            table = list(INCEPTION_RESNET_V1)
-            if with_logits:
-                table.append(INCEPTION_RESNET_V1_LOGITS)
+            record = get_architecture(report.model)
+            table = list(record.end_points)
+            if with_logits and record.logits_end_point is not None:
+                table.append(record.logits_end_point)
             layers, compares = _compare_rows(graph, table, report)
         every = outputs + compares
         fetch = [compare.tf_tensor for compare in every]
@@ -652,7 +644,6 @@ def _check_mtcnn(report: ParityReport, src: Any, net: Any, model: str,
 
     import torch
 
-    from facenet_convert.converter.parity_layers import MTCNN_LAYERS
     from facenet_convert.converter.parity_tf import MTCNN_IO, open_mtcnn_graph
 
     _input, io = MTCNN_IO[model]
@@ -667,7 +658,7 @@ def _check_mtcnn(report: ParityReport, src: Any, net: Any, model: str,
         layers: list[Figures] | None = None
         compares: list[_Compare] = []
         if per_layer:
-            layers, compares = _compare_rows(graph, MTCNN_LAYERS[model], report)
+            layers, compares = _compare_rows(graph, get_architecture(model).end_points, report)
         every = outputs + compares
         fetch = [compare.tf_tensor for compare in every]
         modules = [compare.ours for compare in compares]

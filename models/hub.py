@@ -43,6 +43,9 @@ from facenet_convert.models.releases import (
     checkpoint_dir,
     download_url,
     find_published,
+    find_release,
+    release_names,
+    unknown_release,
 )
 
 CHUNK = 1 << 20
@@ -253,3 +256,27 @@ class _Progress:
         self.update(done, force=True)
         sys.stderr.write("\n")
         sys.stderr.flush()
+
+
+def resolve_pretrained(pretrained: str | os.PathLike[str],
+                       architecture: str) -> tuple[Path, Release | None]:
+    """Turn a ``pretrained`` argument into the weights file to load (and its release, if any).
+
+    A registered name or alias of ``architecture`` means the cached release file (downloaded
+    and verified when absent, see :func:`ensure_weights`); any other
+    string or path-like is a file path. Raises :class:`WeightsNotFoundError` for a missing
+    file and :class:`UnknownReleaseError` for a string that is neither.
+    """
+    if isinstance(pretrained, str) and not os.path.exists(pretrained):
+        release = find_release(pretrained)
+        if release is not None and release.architecture == architecture:
+            return ensure_weights(release), release
+        looks_like_path = os.sep in pretrained or "/" in pretrained or Path(pretrained).suffix
+        if not looks_like_path:
+            raise unknown_release(pretrained, architecture)
+    path = Path(os.fspath(pretrained)).expanduser()
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            "no such weights file; pass an existing .pt/.safetensors file or one of the "
+            f"releases {', '.join(release_names(architecture))}", path=path)
+    return path, None

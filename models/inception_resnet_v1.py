@@ -33,7 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from facenet_convert.converter.core.errors import MappingError, SourceError
-from facenet_convert.models.releases import Release, resolve_pretrained
+from facenet_convert.models.hub import resolve_pretrained
+from facenet_convert.models.releases import Release
 
 BN_EPS = 1e-3
 """BatchNorm epsilon of the upstream graph (slim ``batch_norm_params['epsilon']``)."""

@@ -16,9 +16,9 @@ import os
 
 from torch import Tensor, nn
 
-from facenet_convert.models.hub import ensure_weights
+from facenet_convert.models.hub import ensure_weights, resolve_pretrained
 from facenet_convert.models.inception_resnet_v1 import load_strict, load_weights_file
-from facenet_convert.models.releases import get_release, resolve_pretrained
+from facenet_convert.models.releases import get_release
 
 
 def _load_pretrained(module: nn.Module, pretrained: bool | str | os.PathLike[str],

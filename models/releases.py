@@ -248,11 +248,11 @@ def get_release(name: str, architecture: str | None = None) -> Release:
     """The release called ``name``; raises :class:`UnknownReleaseError` naming the choices."""
     release = find_release(name)
     if release is None or (architecture is not None and release.architecture != architecture):
-        raise _unknown_release(name, architecture)
+        raise unknown_release(name, architecture)
     return release
 
 
-def _unknown_release(name: str, architecture: str | None) -> UnknownReleaseError:
+def unknown_release(name: str, architecture: str | None) -> UnknownReleaseError:
     choices = ", ".join(n for r in RELEASES
                         if architecture is None or r.architecture == architecture
                         for n in r.names)
@@ -304,29 +304,3 @@ def cached_weights_path(release: Release) -> Path:
             f"in {path.parent}); run `facenet-convert regenerate` or place the file there",
             path=path)
     return path
-
-
-def resolve_pretrained(pretrained: str | os.PathLike[str],
-                       architecture: str) -> tuple[Path, Release | None]:
-    """Turn a ``pretrained`` argument into the weights file to load (and its release, if any).
-
-    A registered name or alias of ``architecture`` means the cached release file (downloaded
-    and verified when absent, see :mod:`facenet_convert.models.hub`); any other
-    string or path-like is a file path. Raises :class:`WeightsNotFoundError` for a missing
-    file and :class:`UnknownReleaseError` for a string that is neither.
-    """
-    if isinstance(pretrained, str) and not os.path.exists(pretrained):
-        release = find_release(pretrained)
-        if release is not None and release.architecture == architecture:
-            from facenet_convert.models.hub import ensure_weights
-
-            return ensure_weights(release), release
-        looks_like_path = os.sep in pretrained or "/" in pretrained or Path(pretrained).suffix
-        if not looks_like_path:
-            raise _unknown_release(pretrained, architecture)
-    path = Path(os.fspath(pretrained)).expanduser()
-    if not path.is_file():
-        raise WeightsNotFoundError(
-            "no such weights file; pass an existing .pt/.safetensors file or one of the "
-            f"releases {', '.join(release_names(architecture))}", path=path)
-    return path, None

@@ -120,17 +120,16 @@ def run_once(code: str, args: list[str]) -> tuple[float, float]:
 def needed_bytes(prefix: Path) -> tuple[list[list[object]], Path, int]:
     """(name, offset, size, shape) of each tensor the target needs, read from the plan."""
     from facenet_convert.converter.detect import detect
-    from facenet_convert.converter.layouts import layout_for
     from facenet_convert.converter.mapping import plan
+    from facenet_convert.converter.registry import get_architecture, get_table
     from facenet_convert.converter.sources.tf_bundle import TFCheckpointReader
-    from facenet_convert.converter.tables import get_table
 
     with TFCheckpointReader(prefix) as reader:
         tensors = reader.tensors()
         found = detect(tensors)
         table = get_table(found.table or "")
-        layout = layout_for(table.architecture, embedding_size=found.embedding_size,
-                            num_classes=found.num_classes)
+        layout = get_architecture(table.architecture).layout(found.embedding_size,
+                                                             found.num_classes)
         the_plan = plan(table, tensors, layout)
         spec = []
         for assignment in the_plan.mapped:

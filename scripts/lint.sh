@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run ruff with the settings kept in setup.cfg's [tool:ruff] section (ruff cannot read setup.cfg).
+# Run ruff with the settings kept in setup.cfg's [tool:ruff] section (ruff cannot read setup.cfg),
+# then import-linter's layer contract (also in setup.cfg).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 args=()
@@ -13,4 +14,10 @@ for key, value in cfg["tool:ruff"].items():
     print(f"{key} = {value}")
 PY
 )
-exec .venv/bin/ruff check "${args[@]}" "$@" .
+.venv/bin/ruff check "${args[@]}" "$@" .
+# Layer contracts (setup.cfg [importlinter]): an upward import or a new cycle fails CI.
+if ! contracts=$(.venv/bin/lint-imports --no-cache setup.cfg 2>&1); then
+  printf '%s\n' "$contracts" >&2
+  exit 1
+fi
+printf '%s\n' "$contracts" | tail -n 1

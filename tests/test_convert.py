@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.numpy import load_file, safe_open
 
-from facenet_convert.converter import layouts
+from facenet_convert.converter.architectures import inception_resnet_v1 as irv1
 from facenet_convert.converter.cli import main
 from facenet_convert.converter.conversion import convert
 from facenet_convert.converter.core.errors import MappingError, OutputError
@@ -69,8 +69,8 @@ def test_mtcnn_equals_published_bit_for_bit(tmp_path, det_npy, published_mtcnn, 
 
 
 def test_result_state_dict_loads_strict_into_models():
-    models = pytest.importorskip("models")
-    entries = layouts.inception_resnet_v1(128, 7)
+    models = pytest.importorskip("facenet_convert.models")
+    entries = irv1.layout(128, 7)
     result = convert(synthetic("inception_resnet_v1.tf_slim", entries))
     net = models.InceptionResNetV1(embedding_size=128, num_classes=7)
     net.load_state_dict(result.state_dict, strict=True)
@@ -193,7 +193,7 @@ def test_shape_mismatch(tmp_path, det_npy):
 
 @pytest.mark.parametrize("fmt", ["pt", "safetensors"])
 def test_split_and_metadata(tmp_path, fmt):
-    entries = layouts.inception_resnet_v1(64, 5)
+    entries = irv1.layout(64, 5)
     arrays = synthetic("inception_resnet_v1.tf_slim", entries)
     out = tmp_path / f"model.{fmt}"
     result = convert(arrays, output=out, split=True)
@@ -251,7 +251,7 @@ def test_deterministic_bytes_across_processes(tmp_path, det_npy, fmt):
 
 
 def test_deterministic_bytes_in_process_with_logits(tmp_path):
-    arrays = synthetic("inception_resnet_v1.tf_slim", layouts.inception_resnet_v1(32, 3))
+    arrays = synthetic("inception_resnet_v1.tf_slim", irv1.layout(32, 3))
     for fmt in ("pt", "safetensors"):
         a, b = tmp_path / f"a.{fmt}", tmp_path / f"b.{fmt}"
         convert(arrays, output=a)

@@ -24,7 +24,7 @@ from facenet_convert.third_party.facenet.testing.reference import (
 pytestmark = pytest.mark.tf
 
 torch = pytest.importorskip("torch")
-models = pytest.importorskip("models")
+models = pytest.importorskip("facenet_convert.models")
 
 EMBEDDING_TOL = 1e-5
 

@@ -13,24 +13,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facenet_convert.converter import layouts
+from facenet_convert.converter.architectures import inception_resnet_v1 as irv1
 from facenet_convert.converter.core.errors import MappingError
 from facenet_convert.converter.detect import detect
 from facenet_convert.converter.mapping import (
     TRANSFORMS,
+    TargetEntry,
     compile_table,
     expected_source_name,
     materialize,
     plan,
 )
+from facenet_convert.converter.registry import all_tables, get_architecture, get_table, names
 from facenet_convert.converter.sources.memory import ArraySource
-from facenet_convert.converter.tables import all_tables, get_table
 from facenet_convert.converter.tables import inception_resnet_v1_slim as slim
 
 DATA = Path(__file__).parent / "data"
 
 
-def synthetic(table_name: str, entries: list[layouts.TargetEntry], *,
+def synthetic(table_name: str, entries: list[TargetEntry], *,
               extras: dict[str, np.ndarray] | None = None, seed: int = 0
               ) -> dict[str, np.ndarray]:
     """A source holding exactly what ``table_name`` expects for ``entries``."""
@@ -50,7 +51,7 @@ def synthetic(table_name: str, entries: list[layouts.TargetEntry], *,
 
 
 def convert_arrays(table_name: str, arrays: dict[str, np.ndarray],
-                   entries: list[layouts.TargetEntry], **kwargs):
+                   entries: list[TargetEntry], **kwargs):
     reader = ArraySource(arrays)
     the_plan = plan(get_table(table_name), reader.tensors(), entries, **kwargs)
     return the_plan, materialize(the_plan, reader)
@@ -60,14 +61,14 @@ def convert_arrays(table_name: str, arrays: dict[str, np.ndarray],
 def test_tables_compile_and_name_their_architecture(name):
     table = get_table(name)
     compile_table(table)
-    assert table.architecture in layouts.ARCHITECTURES
+    assert table.architecture in names()
     for rule in table.rules:
         assert rule.target is not None or rule.reason
 
 
 @pytest.mark.parametrize("embedding, classes", [(512, None), (128, None), (512, 8631), (64, 3)])
 def test_slim_checkpoint_with_training_extras(embedding, classes):
-    entries = layouts.inception_resnet_v1(embedding, classes)
+    entries = irv1.layout(embedding, classes)
     arrays = synthetic(slim.CHECKPOINT.name, entries)
     variables = list(arrays)
     extras = {"global_step": np.array(1, np.int64), "beta1_power": np.array(0.9, np.float32),
@@ -92,7 +93,7 @@ def test_slim_checkpoint_with_training_extras(embedding, classes):
 @pytest.mark.parametrize("suffixes", [("RMSProp", "RMSProp_1"), ("Momentum",), ("Adagrad",),
                                       ("Adadelta", "Adadelta_1"), ("Ftrl", "Ftrl_1")])
 def test_every_optimizer_slot_is_dropped(suffixes):
-    entries = layouts.inception_resnet_v1(128)
+    entries = irv1.layout(128)
     arrays = synthetic(slim.CHECKPOINT.name, entries)
     arrays.update({f"{k}/{s}": v for k, v in list(arrays.items()) for s in suffixes})
     the_plan, _ = convert_arrays(slim.CHECKPOINT.name, arrays, entries)
@@ -100,7 +101,7 @@ def test_every_optimizer_slot_is_dropped(suffixes):
 
 
 def test_frozen_table_drops_op_constants_but_not_unknown_variables():
-    entries = layouts.inception_resnet_v1(512)
+    entries = irv1.layout(512)
     arrays = synthetic(slim.FROZEN.name, entries)
     junk = {"InceptionResnetV1/Conv2d_1a_3x3/BatchNorm/Const": np.ones(32, np.float32),
             "InceptionResnetV1/Repeat/block35_1/mul/x": np.array(0.17, np.float32),
@@ -116,7 +117,7 @@ def test_frozen_table_drops_op_constants_but_not_unknown_variables():
 
 def test_slim_index_arithmetic_is_complete():
     names = {expected_source_name(slim.CHECKPOINT, e.key)
-             for e in layouts.inception_resnet_v1(512)}
+             for e in irv1.layout(512)}
     for block, count in (("Repeat/block35", 5), ("Repeat_1/block17", 10),
                          ("Repeat_2/block8", 5)):
         found = {int(m.group(1)) for n in names if n
@@ -126,7 +127,7 @@ def test_slim_index_arithmetic_is_complete():
 
 
 def test_keras_table_full_coverage():
-    entries = layouts.inception_resnet_v1(128)
+    entries = irv1.layout(128)
     arrays = synthetic("inception_resnet_v1.keras_facenet", entries)
     assert "Block35_1_Branch_0_Conv2d_1x1/kernel" in arrays
     assert "Block8_6_Conv2d_1x1/bias" in arrays
@@ -143,7 +144,7 @@ def test_keras_table_full_coverage():
                                                  ("rnet", "rnet.mtcnn_npy", "mtcnn-det2"),
                                                  ("onet", "onet.mtcnn_npy", "mtcnn-det3")])
 def test_mtcnn_tables_and_detection(arch, table, scheme):
-    entries = layouts.layout_for(arch)
+    entries = get_architecture(arch).layout(None, None)
     arrays = synthetic(table, entries)
     _, done = convert_arrays(table, arrays, entries)
     assert list(done.arrays) == [e.key for e in entries]
@@ -157,22 +158,8 @@ def test_unknown_architecture_detects_nothing():
 
 def test_layouts_equal_recorded_facenet_pytorch():
     recorded = json.loads((DATA / "facenet_pytorch_layouts.json").read_text())["layouts"]
-    ours = {"inception_resnet_v1": layouts.inception_resnet_v1(512, 8631),
-            "pnet": layouts.pnet(), "rnet": layouts.rnet(), "onet": layouts.onet()}
+    ours = {"inception_resnet_v1": irv1.layout(512, 8631),
+            **{arch: get_architecture(arch).layout(None, None) for arch in names("detection")}}
     for arch, entries in ours.items():
         want = [(k, tuple(shape)) for k, shape in recorded[arch]["state_dict"]]
         assert [(e.key, e.shape) for e in entries] == want, arch
-
-
-@pytest.mark.parametrize("embedding, classes", [(512, None), (128, None), (512, 16)])
-def test_layouts_equal_models_state_dict(embedding, classes):
-    models = pytest.importorskip("models")
-    net = models.InceptionResNetV1(embedding_size=embedding, num_classes=classes)
-    got = [(k, tuple(v.shape), str(v.dtype).removeprefix("torch."))
-           for k, v in net.state_dict().items()]
-    assert got == [(e.key, e.shape, e.dtype)
-                   for e in layouts.inception_resnet_v1(embedding, classes)]
-    for arch, cls in (("pnet", models.PNet), ("rnet", models.RNet), ("onet", models.ONet)):
-        got = [(k, tuple(v.shape), str(v.dtype).removeprefix("torch."))
-               for k, v in cls().state_dict().items()]
-        assert got == [(e.key, e.shape, e.dtype) for e in layouts.layout_for(arch)]

@@ -7,14 +7,14 @@ from typing import Any
 
 import click
 
-from facenet_convert.converter.layouts import ARCHITECTURES
+from facenet_convert.converter.registry import names
 
 
 @click.command("convert")
 @click.argument("source", type=click.Path(path_type=str))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str),
               help="Output file (.pt or .safetensors).")
-@click.option("--model", type=click.Choice(["auto", *ARCHITECTURES]), default="auto",
+@click.option("--model", type=click.Choice(["auto", *names()]), default="auto",
               show_default=True, help="Target model; auto detects it from the source.")
 @click.option("--weights", type=click.Choice(["raw", "ema"]), default="raw", show_default=True,
               help="raw variables (what upstream inference restores) or their EMA shadows.")

@@ -1,5 +1,8 @@
 """Mapping tables: data, one module per naming scheme, applied by ``converter.mapping``.
 
+Each architecture record (``converter/architectures/``) names its tables; the registry
+looks them up by name.
+
 A table module lists layers as ``(source layer pattern, target module template, param
 set)`` and, where a rule does not fit that shape, whole :class:`Rule` records. ``expand``
 crosses layers with their param set into plain ordered rules, so the final table is a flat,
@@ -10,8 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from facenet_convert.converter.core.errors import MappingError
-from facenet_convert.converter.mapping import Fill, Rule, Table
+from facenet_convert.converter.mapping import Fill, Rule
 
 #: (source suffix appended to the layer pattern, target suffix appended to the module
 #: template, transform name).
@@ -52,21 +54,3 @@ BN_FILLS: tuple[Fill, ...] = (
     Fill(r"(?:.+\.)?(?:bn|last_bn)\.num_batches_tracked", "zeros",
          "torch-only BatchNorm counter (int64 scalar); TF keeps no such count"),
 )
-
-
-def all_tables() -> dict[str, Table]:
-    """Every known table by name."""
-    from facenet_convert.converter.tables import inception_resnet_v1_keras as keras
-    from facenet_convert.converter.tables import inception_resnet_v1_slim as slim
-    from facenet_convert.converter.tables import mtcnn
-
-    tables = (slim.CHECKPOINT, slim.FROZEN, keras.TABLE, mtcnn.PNET, mtcnn.RNET, mtcnn.ONET)
-    return {table.name: table for table in tables}
-
-
-def get_table(name: str) -> Table:
-    """The table called ``name``; a clear error lists the known ones."""
-    tables = all_tables()
-    if name not in tables:
-        raise MappingError(f"unknown mapping table {name!r}; known: {sorted(tables)}")
-    return tables[name]
