@@ -40,6 +40,7 @@ from facenet_convert.converter.core.errors import (
 )
 from facenet_convert.converter.core.hashing import sha256_file
 from facenet_convert.converter.core.version import __version__
+from facenet_convert.converter.registry import names
 from facenet_convert.models.releases import (
     RELEASES,
     ChecksumMismatchError,
@@ -50,7 +51,6 @@ from facenet_convert.models.releases import (
 
 MANIFEST = "MANIFEST.json"
 RELEASE_FOLDER = re.compile(r"\d{8}-\d{6}")
-MTCNN_NETS = ("pnet", "rnet", "onet")
 _DATA_SHARD = re.compile(r"\.data-\d{5}-of-\d{5}$")
 #: Parity inputs: few and small so that regenerating stays quick; the gates are the defaults.
 PARITY_BATCHES = 1
@@ -153,8 +153,8 @@ def _release_folders(releases_dir: Path, notes: list[str]) -> list[tuple[Release
     found = []
     for folder in candidates:
         release = find_release(folder.name)
-        if release is None or release.architecture != "inception_resnet_v1":
-            known = ", ".join(r.name for r in RELEASES if r.architecture == "inception_resnet_v1")
+        if release is None or release.architecture not in names("embedding"):
+            known = ", ".join(r.name for r in RELEASES if r.architecture in names("embedding"))
             notes.append(f"skipped folder {folder.name}: not a registered release "
                          f"(known: {known})")
             continue
@@ -196,7 +196,7 @@ def _mtcnn_jobs(releases_dir: Path) -> list[Job]:
     from facenet_convert.third_party.wheels import FACENET, wheel_member
 
     jobs = []
-    for name in MTCNN_NETS:
+    for name in names("detection"):
         release = find_release(name)
         if release is None or not release.source_files:
             raise MappingError(f"the release registry has no {name} record with its source "
@@ -258,7 +258,7 @@ def _tensorflow_available() -> bool:
 def _check_sizes(job: Job, embedding: int | None, classes: int | None,
                  allow_unverified: bool) -> None:
     release = job.release
-    if release.architecture != "inception_resnet_v1":
+    if release.architecture not in names("embedding"):
         return
     if embedding != release.embedding_size:
         text = (f"release {release.name} has {release.embedding_size}-d embeddings but its "

@@ -35,8 +35,9 @@ def _registry() -> dict[str, Architecture]:
 
 
 def architectures(task: str | None = None) -> tuple[Architecture, ...]:
-    """Every record (of one task: "embedding" or "detection"), embedding models first."""
-    records = sorted(_registry().values(), key=lambda r: (TASKS.index(r.task), r.name))
+    """Every record (of one task), embedding models first, then in the order their modules
+    (sorted by name) define them: MTCNN's nets come as pnet, rnet, onet."""
+    records = sorted(_registry().values(), key=lambda r: TASKS.index(r.task))
     return tuple(r for r in records if task is None or r.task == task)
 
 
@@ -83,12 +84,33 @@ def head_sizes(record: Architecture, shapes: Mapping[str, tuple[int, ...]]
 
 
 def match_state(shapes: Mapping[str, tuple[int, ...]]) -> Architecture | None:
-    """The record whose layout has exactly these keys (a converted state dict), else None."""
+    """The record whose layout has exactly these keys and shapes (a converted state dict).
+
+    Checks every shape against the architecture before anything is built or allocated, so an
+    untrusted weights file cannot make a model of absurd size.
+    """
     keys = set(shapes)
     for record in architectures():
         embedding, classes = head_sizes(record, shapes)
         if record.task == "embedding" and embedding is None:
             continue
-        if keys == {entry.key for entry in record.layout(embedding, classes)}:
+        layout = record.layout(embedding, classes)
+        if keys == {entry.key for entry in layout} and all(
+                tuple(shapes[entry.key]) == entry.shape for entry in layout):
             return record
     return None
+
+
+def mismatch(record: Architecture, shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+    """Why ``shapes`` is not a state dict of ``record`` (first differences), or None if it is."""
+    embedding, classes = head_sizes(record, shapes)
+    layout = {e.key: e.shape for e in record.layout(embedding, classes)}
+    problems = [f"missing {key}" for key in layout if key not in shapes]
+    problems += [f"unexpected {key}" for key in shapes if key not in layout]
+    problems += [f"{key}: expected shape {list(shape)}, found {list(shapes[key])}"
+                 for key, shape in layout.items()
+                 if key in shapes and tuple(shapes[key]) != shape]
+    if not problems:
+        return None
+    more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+    return "; ".join(problems[:3]) + more

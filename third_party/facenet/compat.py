@@ -20,12 +20,12 @@ import sys
 import threading
 import types
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from facenet_convert.third_party.wheels import FACENET, wheel_member
 
-MODEL_MEMBER = "facenet/src/models/inception_resnet_v1.py"
+MODEL_MEMBER = "facenet/src/models/{model_def}.py"
 DETECT_MEMBER = "facenet/src/align/detect_face.py"
 MTCNN_MEMBERS = {name: f"facenet/src/align/{name}.npy" for name in ("det1", "det2", "det3")}
 
@@ -41,6 +41,21 @@ class Upstream:
     slim: Any                 # tf_slim, what the upstream code calls ``slim``
     inception_resnet_v1: types.ModuleType
     detect_face: types.ModuleType
+    _models: dict[str, types.ModuleType] = field(default_factory=dict, compare=False)
+
+    def model(self, model_def: str) -> types.ModuleType:
+        """Upstream's ``models/<model_def>.py`` (train_*.py's ``--model_def``), loaded once."""
+        with _LOCK:
+            if model_def == "inception_resnet_v1":
+                return self.inception_resnet_v1
+            if model_def not in self._models:
+                if not model_def.isidentifier():
+                    raise ImportError(f"not an upstream model_def: {model_def!r}")
+                member = MODEL_MEMBER.format(model_def=model_def)
+                with upstream_mode():
+                    self._models[model_def] = _import_upstream(
+                        model_def, str(wheel_member(FACENET, member)), self.tf, None)
+            return self._models[model_def]
 
 
 def _tf_slim_aliases() -> None:
@@ -119,8 +134,9 @@ def load_upstream() -> Upstream:
             cv2_stub = _cv2_stub()
         tf_v1 = tf.compat.v1
         with upstream_mode():
-            model = _import_upstream("inception_resnet_v1",
-                                     str(wheel_member(FACENET, MODEL_MEMBER)), tf_v1, None)
+            member = MODEL_MEMBER.format(model_def="inception_resnet_v1")
+            model = _import_upstream("inception_resnet_v1", str(wheel_member(FACENET, member)),
+                                     tf_v1, None)
             detect = _import_upstream("detect_face",
                                       str(wheel_member(FACENET, DETECT_MEMBER)), tf_v1, cv2_stub)
         _LOADED = Upstream(tf=tf_v1, slim=tf_slim, inception_resnet_v1=model, detect_face=detect)
