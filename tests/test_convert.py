@@ -319,3 +319,12 @@ def test_safetensors_metadata_names_the_source_hash(tmp_path, det_npy):
                                                                      "onet")
     assert meta["converter_version"] == result.report["converter_version"]
     assert result.outputs[0].sha256 == sha256_file(out)
+
+
+def test_outputs_are_byte_for_byte_those_of_the_previous_release(det_npy, tmp_path):
+    # sha256 of det3.npy -> onet.safetensors as written by facenet-convert 0.1.0 before the
+    # package became facenet_convert (our own safetensors writer: no torch version involved).
+    out = tmp_path / "onet.safetensors"
+    result = convert(det_npy["det3"], output=out)
+    assert result.outputs[0].sha256 == (
+        "20a3f0c60779ee0a9de801b5d8a7ece48e257eb0f00c68dae755a1c2141e46e9")
