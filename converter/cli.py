@@ -7,17 +7,26 @@ Command modules import heavy libraries (torch, TensorFlow) inside their function
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from typing import Any
 
 import click
 
+from facenet_convert.converter.commands.align import align_command
+from facenet_convert.converter.commands.compare import compare_command
 from facenet_convert.converter.commands.convert import convert_command
 from facenet_convert.converter.commands.embed import embed_command
+from facenet_convert.converter.commands.evaluate import evaluate_command
+from facenet_convert.converter.commands.export import export_command
 from facenet_convert.converter.commands.inspect import inspect_command
 from facenet_convert.converter.commands.parity import parity_command
 from facenet_convert.converter.commands.regenerate import regenerate_command
 from facenet_convert.converter.commands.verify import verify_command
-from facenet_convert.converter.core.errors import ConverterError
+from facenet_convert.converter.core.atomic import INTERRUPTED_LINE, install_interrupt_handlers
+from facenet_convert.converter.core.errors import ConverterError, Interrupted, one_line
+from facenet_convert.converter.core.inputs import describe_os_error
 from facenet_convert.converter.core.version import __version__
 
 
@@ -35,11 +44,40 @@ class OneLineError(click.ClickException):
 class ConverterGroup(click.Group):
     """Turns library errors raised by any subcommand into :class:`OneLineError`."""
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        install_interrupt_handlers()
+        # A corrupt HDF5 file can make libhdf5 spin: bound it (see sources/keras_h5.py).
+        os.environ.setdefault("FACENET_CONVERT_H5_TIMEOUT", "120")
+        try:
+            return super().main(*args, **kwargs)
+        except SystemExit:
+            # Done (outputs complete, or an error printed): a signal from now on, while Python
+            # shuts down, must not turn the exit status into "killed".
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            raise
+        except Interrupted as error:
+            # Outputs are committed all or nothing and a signal during the commit rolls it
+            # back, so this line is always true. Exit like a shell reports a fatal signal.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            click.echo(INTERRUPTED_LINE, err=True)
+            sys.stderr.flush()
+            sys.exit(128 + error.signum)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ConverterError as error:
             raise OneLineError(str(error), error.exit_code) from error
+        except OSError as error:  # a path the library did not expect to fail (ENAMETOOLONG...)
+            where = f"{error.filename}: " if error.filename is not None else ""
+            raise OneLineError(one_line(f"{where}{describe_os_error(error)}"), 1) from None
+        except MemoryError:
+            raise OneLineError("out of memory; the input asks for more than this machine "
+                               "allows", 1) from None
+        except KeyboardInterrupt:  # raised by code that installs its own SIGINT handling
+            raise Interrupted(signal.SIGINT) from None
 
 
 @click.group(cls=ConverterGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,8 +88,12 @@ def main() -> None:
 
 
 main.add_command(inspect_command)
+main.add_command(align_command)
 main.add_command(convert_command)
 main.add_command(parity_command)
 main.add_command(embed_command)
 main.add_command(verify_command)
+main.add_command(evaluate_command)
+main.add_command(compare_command)
 main.add_command(regenerate_command)
+main.add_command(export_command)

@@ -234,6 +234,7 @@ def _convert(source: str | os.PathLike[str] | SourceReader | Mapping[str, np.nda
     reader, owned = _open(source)
     try:
         inputs = reader.files()
+        guarded = reader.guarded_files()  # + files only consulted (a checkpoint state file)
         outs: list[tuple[Path, str]] = []
         if output is not None:
             outs.append((Path(output), "model"))
@@ -243,7 +244,7 @@ def _convert(source: str | os.PathLike[str] | SourceReader | Mapping[str, np.nda
             if report is not None:
                 outs.append((Path(report), "report"))
             for path, _ in outs:  # fail before the expensive part; staging re-checks
-                check_output_path(path, force=force, inputs=inputs)
+                check_output_path(path, force=force, inputs=guarded)
         torch_loader = None
         if output is not None and fmt == "pt" and "torch" not in sys.modules:
             # torch's import is most of a .pt conversion's time; overlap it with reading.
@@ -283,7 +284,7 @@ def _convert(source: str | os.PathLike[str] | SourceReader | Mapping[str, np.nda
             owned = False
         if torch_loader is not None:
             torch_loader.join()
-        _write(result, outs, fmt or "pt", force=force, inputs=inputs)
+        _write(result, outs, fmt or "pt", force=force, inputs=guarded)
         return result
     finally:
         if owned:

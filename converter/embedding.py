@@ -25,15 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from facenet_convert.converter.core.errors import ConverterError, OutputError
+from facenet_convert.converter.core.errors import EmbedError, OutputError
+from facenet_convert.converter.registry import get_architecture, head_sizes, match_state, names
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from facenet_convert.converter.engines import Engine
     from facenet_convert.models.detection import MTCNN
     from facenet_convert.models.inception_resnet_v1 import InceptionResNetV1
-    from facenet_convert.models.inference import Embedder
 
 OUTPUT_SUFFIXES = (".npz", ".npy", ".csv")
 NAMES_SIDECAR = ".names.txt"
@@ -41,10 +42,6 @@ NAMES_SIDECAR = ".names.txt"
 
 #: verify's default: a value commonly used with the 2018 releases (see the verify command).
 DEFAULT_THRESHOLD = 1.1
-
-
-class EmbedError(ConverterError):
-    """Embedding cannot proceed (bad options, no usable image)."""
 
 
 @dataclass
@@ -55,16 +52,22 @@ class LoadedModel:
     preprocessing: str
     source: str
     note: str | None = None
-    fuse: bool = True
-    _embedder: Embedder | None = None
+    fuse: bool = True            # False: the plain model unless a backend/precision is asked
+    backend: str = "auto"
+    precision: str = "fp32"
+    _embedder: Engine | None = None
 
     @property
-    def embedder(self) -> Embedder:
-        """The model wrapped for inference (fused on CPU unless ``fuse`` is False)."""
+    def embedder(self) -> Engine:
+        """The model on its checked inference engine (``converter/engines.py``); the plain
+        model when ``fuse`` is False and neither ``backend`` nor ``precision`` was chosen."""
         if self._embedder is None:
-            from facenet_convert.models.inference import Embedder
+            from facenet_convert.converter.engines import make_engine, plain_engine
 
-            self._embedder = Embedder(self.model, fuse=self.fuse)
+            if self.fuse or self.backend != "auto" or self.precision != "fp32":
+                self._embedder = make_engine(self.model, self.backend, self.precision)
+            else:
+                self._embedder = plain_engine(self.model)
         return self._embedder
 
     @property
@@ -74,14 +77,15 @@ class LoadedModel:
 
 def load_embedding_model(weights: str | os.PathLike[str] | None = None,
                          pretrained: str | None = None, preprocessing: str | None = None,
-                         device: str = "cpu", fuse: bool = True) -> LoadedModel:
+                         device: str = "cpu", fuse: bool = True, backend: str = "auto",
+                         precision: str = "fp32") -> LoadedModel:
     """Build the model from a weights file or a release name and pick its preprocessing.
 
     A release name gives the registry's preprocessing; a file takes the release whose file name
     it has, else the embedding size decides (128-d releases prewhiten, 512-d ones use fixed
     standardization) and ``note`` says so. ``preprocessing`` overrides either.
     """
-    from facenet_convert.models.inception_resnet_v1 import InceptionResNetV1
+    from facenet_convert.models.inception_resnet_v1 import load_strict, load_weights_file
     from facenet_convert.models.preprocessing import (
         guess_preprocessing,
         preprocessing_for,
@@ -98,8 +102,13 @@ def load_embedding_model(weights: str | os.PathLike[str] | None = None,
             raise EmbedError(str(error)) from None
     note = None
     if pretrained is not None:
-        release = get_release(pretrained, "inception_resnet_v1")
-        model = InceptionResNetV1(pretrained=release.name)
+        release = get_release(pretrained)
+        record = get_architecture(release.architecture)
+        if record.task != "embedding":
+            raise EmbedError(f"release {release.name} is a {record.name} ({record.task}) "
+                             f"model, not an embedding model; embedding architectures: "
+                             f"{', '.join(names('embedding'))}")
+        model = record.model_class()(pretrained=release.name)
         chosen = preprocessing or preprocessing_for(release)
         source = release.name
     else:
@@ -107,28 +116,40 @@ def load_embedding_model(weights: str | os.PathLike[str] | None = None,
         if not path.is_file():
             raise EmbedError("no such weights file; give a .pt or .safetensors state dict "
                              "written by `facenet-convert convert`", path=path)
-        model = InceptionResNetV1(pretrained=str(path))
+        state = load_weights_file(path)
+        shapes = {key: tuple(value.shape) for key, value in state.items()}
+        record = match_state(shapes)
+        if record is None or record.task != "embedding":
+            what = "detection" if record is not None else "no known"
+            raise EmbedError(f"these weights fit {what} architecture, not an embedding model "
+                             f"({', '.join(names('embedding'))}); give weights converted "
+                             "from a FaceNet checkpoint", path=path)
+        embedding, classes = head_sizes(record, shapes)
+        model = record.model_class()(embedding_size=embedding, num_classes=classes)
+        load_strict(model, state, path)
         source = str(path)
         chosen = preprocessing
         if chosen is None:
-            named = next((r for r in RELEASES if r.architecture == "inception_resnet_v1"
+            named = next((r for r in RELEASES if r.architecture == record.name
                           and r.filename == path.name), None)
             if named is not None:
                 chosen = preprocessing_for(named)
-            else:
+            elif record.name == "inception_resnet_v1":
                 chosen = guess_preprocessing(int(model.embedding_size))
                 note = (f"{path.name}: unknown release, assuming {chosen} for "
                         f"{model.embedding_size}-d embeddings; pass --preprocessing to choose")
+            else:
+                chosen = record.preprocessing or guess_preprocessing(int(model.embedding_size))
     model.eval()
     model.to(device)
-    return LoadedModel(model, chosen, source, note, fuse)
+    return LoadedModel(model, chosen, source, note, fuse, backend, precision)
 
 
-def embed_batch(model: InceptionResNetV1 | Embedder, images: torch.Tensor) -> torch.Tensor:
+def embed_batch(model: InceptionResNetV1 | Engine, images: torch.Tensor) -> torch.Tensor:
     """L2-normalized embeddings of a standardized float ``(N, 3, 160, 160)`` batch (on CPU)."""
-    from facenet_convert.models.inference import Embedder
+    from facenet_convert.converter.engines import Engine, plain_engine
 
-    runner = model if isinstance(model, Embedder) else Embedder(model, fuse=False)
+    runner = model if isinstance(model, Engine) else plain_engine(model)
     return runner(images)
 
 
@@ -203,7 +224,7 @@ def detect_faces(detector: MTCNN, path: Path, preprocessing: str) -> DetectedFac
     from facenet_convert.models.preprocessing import load_image, standardization
 
     image = load_image(path)
-    found = detector.detect(image)[0]
+    found = detector.detect_faces(image)[0]
     crops = detector.extract(image, found)
     return DetectedFaces(names=[f"{path}#{k}" for k in range(len(found))],
                          crops=standardization(preprocessing)(crops),
@@ -228,8 +249,8 @@ def load_detector(mtcnn_dir: str | None, margin: float, min_face_size: float,
                 raise EmbedError(f"no {name}.pt or {name}.safetensors in the --mtcnn folder; "
                                  "convert det1/2/3.npy with `facenet-convert convert`",
                                  path=folder)
-    return MTCNN(nets["pnet"], nets["rnet"], nets["onet"], margin=margin,
-                 min_face_size=min_face_size, device=device)
+    return MTCNN(margin=margin, min_face_size=min_face_size, device=device,
+                 pnet=nets["pnet"], rnet=nets["rnet"], onet=nets["onet"])
 
 
 def embed_detected(loaded: LoadedModel, detector: MTCNN, paths: Sequence[Path], *,
@@ -238,7 +259,7 @@ def embed_detected(loaded: LoadedModel, detector: MTCNN, paths: Sequence[Path], 
     import numpy as np
     import torch
 
-    from facenet_convert.models.preprocessing import ImageReadError
+    from facenet_convert.converter.core.errors import ImageReadError
 
     out = Embeddings()
     pending: list[DetectedFaces] = []
@@ -350,9 +371,10 @@ def embed_images(loaded: LoadedModel, paths: Sequence[Path], *,
         result.skipped[:0] = skipped
         return result
     result = Embeddings(skipped=list(skipped))
-    for names, vectors, failures in embed_files(loaded, paths, batch_size=batch_size,
-                                                workers=workers, fit=fit, on_done=on_done):
-        result.names.extend(names)
+    for batch_names, vectors, failures in embed_files(loaded, paths, batch_size=batch_size,
+                                                      workers=workers, fit=fit,
+                                                      on_done=on_done):
+        result.names.extend(batch_names)
         result.rows.append(vectors)
         result.skipped.extend(failures)
     return result
@@ -390,3 +412,96 @@ def verify_pair(loaded: LoadedModel, image1: Path, image2: Path, *,
                        face_input(loaded, image2, detector, fit)])
     vectors = embed_batch(loaded.embedder, batch).numpy()
     return euclidean_distance(vectors[0], vectors[1])
+
+
+@dataclass
+class PathEmbeddings:
+    """One row per embedded image (its best face with a detector), in the order of ``paths``.
+
+    ``flipped`` holds the mirror images' embeddings (``--use-flipped-images``); ``reference``
+    and ``reference_flipped`` what a second runner (e.g. the TF graph) gave on the very same
+    standardized inputs.
+    """
+
+    paths: list[Path]
+    embeddings: np.ndarray
+    flipped: np.ndarray | None = None
+    reference: np.ndarray | None = None
+    reference_flipped: np.ndarray | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _input_batches(loaded: LoadedModel, paths: Sequence[Path], detector: MTCNN | None,
+                   batch_size: int, workers: int, fit: str
+                   ) -> Iterator[tuple[list[Path], torch.Tensor | None, list[tuple[str, str]]]]:
+    """Standardized inputs per batch: (paths embedded, inputs, (path, why) skipped)."""
+    import torch
+
+    from facenet_convert.converter.core.errors import ImageReadError
+    from facenet_convert.models.data import FaceImages, face_loader
+    from facenet_convert.models.preprocessing import Preprocess
+
+    if detector is None:
+        dataset = FaceImages(paths, preprocess=Preprocess(loaded.preprocessing, fit=fit))
+        for batch in face_loader(dataset, batch_size=batch_size, num_workers=workers):
+            yield ([paths[i] for i in batch.indices], batch.images if len(batch) else None,
+                   batch.failures)
+        return
+    done: list[Path] = []
+    crops: list[torch.Tensor] = []
+    failed: list[tuple[str, str]] = []
+    for path in paths:
+        try:
+            crops.append(face_input(loaded, path, detector))
+            done.append(path)
+        except (ImageReadError, EmbedError) as error:
+            failed.append((str(path), str(error)))
+        if len(done) + len(failed) >= batch_size:
+            yield done, torch.cat(crops) if crops else None, failed
+            done, crops, failed = [], [], []
+    if done or failed:
+        yield done, torch.cat(crops) if crops else None, failed
+
+
+def embed_paths(loaded: LoadedModel, paths: Sequence[Path], *, detector: MTCNN | None = None,
+                flip: bool = False, batch_size: int = 32, workers: int = 0,
+                fit: str = "resize", reference: Callable[[np.ndarray], np.ndarray] | None = None,
+                on_done: Callable[[int], Any] | None = None) -> PathEmbeddings:
+    """Embed each image once (and its left-right mirror with ``flip``, mirrored after
+    standardization as upstream's ``FLIP`` control does); ``reference(nchw)`` runs on the same
+    inputs. Unreadable images, or ones without a face, are skipped and listed."""
+    import numpy as np
+
+    size = loaded.embedding_size
+    embedded: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    parts: dict[str, list[np.ndarray]] = {"ours": [], "ref": []}
+    for done, images, failed in _input_batches(loaded, paths, detector, batch_size, workers,
+                                               fit):
+        skipped.extend(failed)
+        if images is not None:
+            import torch
+
+            inputs = torch.cat([images, images.flip(-1)]) if flip else images
+            parts["ours"].append(embed_batch(loaded.embedder, inputs).numpy())
+            if reference is not None:
+                parts["ref"].append(np.asarray(reference(inputs.numpy()), dtype=np.float32))
+            embedded.extend(done)
+        if on_done is not None:
+            on_done(len(done) + len(failed))
+
+    def split(chunks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        if not chunks:
+            empty = np.zeros((0, size), dtype=np.float32)
+            return empty, (empty if flip else None)
+        if not flip:
+            return np.concatenate(chunks), None
+        halves = [np.split(chunk, 2) for chunk in chunks]
+        return (np.concatenate([h[0] for h in halves]),
+                np.concatenate([h[1] for h in halves]))
+
+    ours, ours_flipped = split(parts["ours"])
+    result = PathEmbeddings(embedded, ours, ours_flipped, skipped=skipped)
+    if reference is not None:
+        result.reference, result.reference_flipped = split(parts["ref"])
+    return result

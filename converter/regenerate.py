@@ -33,6 +33,7 @@ from typing import Any
 
 from facenet_convert.converter.core.atomic import staged_outputs
 from facenet_convert.converter.core.errors import (
+    ChecksumMismatchError,
     ConverterError,
     MappingError,
     ParityError,
@@ -41,13 +42,7 @@ from facenet_convert.converter.core.errors import (
 from facenet_convert.converter.core.hashing import sha256_file
 from facenet_convert.converter.core.version import __version__
 from facenet_convert.converter.registry import names
-from facenet_convert.models.releases import (
-    RELEASES,
-    ChecksumMismatchError,
-    PublishedFile,
-    Release,
-    find_release,
-)
+from facenet_convert.models.releases import RELEASES, PublishedFile, Release, find_release
 
 MANIFEST = "MANIFEST.json"
 RELEASE_FOLDER = re.compile(r"\d{8}-\d{6}")

@@ -38,14 +38,16 @@ def _escape(text: str) -> str:
 
 
 def _output_rows(outputs: Iterable[Figures]) -> list[str]:
-    rows = [("| output | shape | L2 (TF32−PT32) | max abs | rel. max abs | min cosine | "
-            "L2 noise (PT64−PT32) | noise ratio |"),
-            "|---|---|---:|---:|---:|---:|---:|---:|"]
+    rows = [("| output | shape | **float64 max abs / scale** | float64 max abs | "
+             "L2 (TF32−PT32) | max abs (TF32−PT32) | min cosine | expected float32 noise | "
+             "noise ratio |"),
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for fig in outputs:
         shape = "×".join(str(d) for d in fig.shape)
-        rows.append(f"| {_escape(fig.name)} | {shape} | {_num(fig.l2)} | {_num(fig.max_abs)} | "
-                    f"{_num(fig.rel_max_abs)} | {_num(fig.min_cosine, 9)} | "
-                    f"{_num(fig.noise_l2)} | {_num(fig.noise_ratio)} |")
+        rows.append(f"| {_escape(fig.name)} | {shape} | **{_num(fig.rel_max_abs64)}** | "
+                    f"{_num(fig.max_abs64)} | {_num(fig.l2)} | {_num(fig.max_abs)} | "
+                    f"{_num(fig.min_cosine, 9)} | {_num(fig.expected_noise_l2)} | "
+                    f"{_num(fig.noise_ratio)} |")
     return rows
 
 
@@ -63,6 +65,11 @@ def to_markdown(report: ParityReport, *, title: str | None = None) -> str:
         lines.append(f"- inputs: {inputs['batches']} seeded N(0,1) batches of "
                      f"{inputs['batch_size']} (seed {inputs['seed']}), NCHW "
                      f"{inputs['shape_nchw']} (NHWC on the TF side)")
+    lines.append(f"- verdict: float64 on both sides, the first {inputs.get('float64_count')} "
+                 rf"inputs; gate max \|TF64 − PT64\| / max \|TF64\| ≤ {_num(report.tolerance)} "
+                 "(a correct conversion: about 1e-14). Float32 figures are for information "
+                 "(noise ratio: the float32 difference over both sides' expected float32 "
+                 "noise, about 1 when correct).")
     lines.append("")
     lines += _output_rows(report.outputs)
     lines += ["", "| gate | value | limit | result |", "|---|---:|---:|---|"]
@@ -73,10 +80,11 @@ def to_markdown(report: ParityReport, *, title: str | None = None) -> str:
         div = report.divergence
         lines += ["", (f"**First divergent layer: {_escape(div.label)}** "
                        f"(`{_escape(div.tf_tensor)}`): {_escape(div.reason)}; "
-                       f"max abs {_num(div.max_abs)}.")]
+                       f"float64 max abs {_num(div.max_abs64)}.")]
     if report.layers is not None:
         lines += ["", "<details><summary>Per-layer differences (network order)</summary>", "",
-                  "| # | layer (ours) | max abs | rel. max abs | L2 | noise ratio |",
+                  ("| # | layer (ours) | float64 max abs / scale | float64 max abs | "
+                   "float32 max abs | float32 noise ratio |"),
                   "|---:|---|---:|---:|---:|---:|"]
         marked = report.divergence.tf_tensor if report.divergence is not None else None
         for index, fig in enumerate(report.layers, 1):
@@ -86,8 +94,9 @@ def to_markdown(report: ParityReport, *, title: str | None = None) -> str:
             name = _escape(fig.name)
             if fig.tf_tensor == marked:
                 name = f"**{name}** ←"
-            lines.append(f"| {index} | {name} | {_num(fig.max_abs)} | {_num(fig.rel_max_abs)} | "
-                         f"{_num(fig.l2)} | {_num(fig.noise_ratio)} |")
+            lines.append(f"| {index} | {name} | {_num(fig.rel_max_abs64)} | "
+                         f"{_num(fig.max_abs64)} | {_num(fig.max_abs)} | "
+                         f"{_num(fig.noise_ratio)} |")
         lines += ["", "</details>"]
     if report.notes:
         lines += [""] + [f"- note: {_escape(note)}" for note in report.notes]
@@ -97,11 +106,13 @@ def to_markdown(report: ParityReport, *, title: str | None = None) -> str:
 
 
 def summary_line(report: ParityReport) -> str:
-    """One line for the terminal: verdict and the headline figures."""
+    """One line for the terminal: verdict (float64) and the headline figures."""
     head = report.outputs[0] if report.outputs else None
     parts = [f"parity {'PASS' if report.passed else 'FAIL'} ({report.model})"]
     if head is not None:
-        parts.append(f"{head.name}: L2 {_num(head.l2)}, max abs {_num(head.max_abs)}, "
+        parts.append(f"{head.name}: float64 max abs / scale {_num(head.rel_max_abs64)} "
+                     f"(gate {_num(report.tolerance)}, {report.inputs.get('float64_count')} "
+                     f"inputs); float32 L2 {_num(head.l2)}, max abs {_num(head.max_abs)}, "
                      f"noise ratio {_num(head.noise_ratio)}")
         if head.min_cosine is not None:
             parts.append(f"min cosine {_num(head.min_cosine, 9)}")

@@ -16,6 +16,7 @@ The other end of the pipeline, standardized batches in and embeddings out, is
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,16 +26,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from facenet_convert.converter.core.errors import ConverterError
-from facenet_convert.models.preprocessing import IMAGE_SIZE, ImageReadError, Preprocess, load_image
+from facenet_convert.converter.core.errors import DatasetError, ImageReadError
+from facenet_convert.models.preprocessing import IMAGE_SIZE, Preprocess, load_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                     ".pgm")
 LAYOUTS = ("auto", "flat", "identities")
-
-
-class DatasetError(ConverterError):
-    """A dataset folder cannot be listed or holds no images."""
 
 
 def is_image_file(path: str | os.PathLike[str]) -> bool:
@@ -48,7 +45,17 @@ def _image_files(folder: Path) -> list[Path]:
     except OSError as error:
         raise DatasetError(f"cannot list folder ({error.strerror or error})",
                            path=folder) from None
-    return [p for p in entries if p.is_file() and is_image_file(p)]
+    # A FIFO, socket or device with an image name is kept, so that load_image refuses it by
+    # name (never opening it for reading) and the run reports it instead of skipping silently.
+    return [p for p in entries if is_image_file(p) and _is_file_like(p)]
+
+
+def _is_file_like(path: Path) -> bool:
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return not stat.S_ISDIR(mode)
 
 
 def scan_folder(root: str | os.PathLike[str], layout: str = "auto"

@@ -31,15 +31,18 @@ from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
 from facenet_convert.converter.core.atomic import atomic_output
-from facenet_convert.converter.core.errors import ConverterError
+from facenet_convert.converter.core.errors import (
+    ChecksumMismatchError,
+    ConverterError,
+    ManifestError,
+    WeightsNotFoundError,
+)
 from facenet_convert.converter.core.version import __version__
 from facenet_convert.models.releases import (
     OFFLINE_ENV,
     WEIGHTS_MANIFEST_ENV,
     WEIGHTS_URL_ENV,
-    ChecksumMismatchError,
     Release,
-    WeightsNotFoundError,
     checkpoint_dir,
     download_url,
     find_published,
@@ -52,10 +55,6 @@ CHUNK = 1 << 20
 TIMEOUT_S = 30.0
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _HINT = "run `facenet-convert regenerate` or place the file there"
-
-
-class ManifestError(ConverterError):
-    """``$FACENET_CONVERT_WEIGHTS_MANIFEST`` names a file that is not a usable hash list."""
 
 
 class _Abort(Exception):
@@ -122,6 +121,13 @@ def ensure_weights(release: Release, *, progress: bool | None = None) -> Path:
     dest = checkpoint_dir() / release.filename
     if dest.is_file():
         return dest
+    if (release.architecture in ("pnet", "rnet", "onet")
+            and not os.environ.get(WEIGHTS_URL_ENV, "").strip()):
+        # no mirror configured: derive from the pinned facenet wheel's det*.npy (imports
+        # torch, hence lazily); with a mirror, download from it as for every release
+        from facenet_convert.models.mtcnn_weights import derive_weights
+
+        return derive_weights(release, dest)
     if os.environ.get(OFFLINE_ENV, "").strip() not in ("", "0"):
         raise WeightsNotFoundError(
             f"weights of release {release.name} not found (expected file {release.filename} "

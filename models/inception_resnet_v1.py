@@ -25,21 +25,34 @@ Output: L2-normalized embeddings ``(N, embedding_size)`` (``tf.nn.l2_normalize``
 
 from __future__ import annotations
 
+import collections
 import os
+import pickle
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from facenet_convert.converter.core.errors import MappingError, SourceError
+from facenet_convert.converter.core.inputs import open_regular, require_regular
 from facenet_convert.models.hub import resolve_pretrained
 from facenet_convert.models.releases import Release
 
-BN_EPS = 1e-3
+
+def float32_value(value: float) -> float:
+    """``value`` rounded to float32: the constant a float32 TF graph really holds. Kept as this
+    Python float, a float64 cast of the model computes what the float32 graph means
+    (REFERENCE §7: the literals would differ by 7.6e-10); float32 runs are unchanged."""
+    return torch.tensor(value, dtype=torch.float32).item()
+
+
+BN_EPS = float32_value(1e-3)
 """BatchNorm epsilon of the upstream graph (slim ``batch_norm_params['epsilon']``)."""
 
-L2_EPS = 1e-10
+L2_EPS = float32_value(1e-10)
 """Epsilon of upstream's ``tf.nn.l2_normalize(prelogits, 1, 1e-10)`` (on the squared norm)."""
 
 PRELOGITS_CHANNELS = 1792
@@ -72,12 +85,24 @@ class _Branches(nn.Module):
 
     def __init__(self, branches: Sequence[nn.Module]) -> None:
         super().__init__()
+        if not 1 <= len(branches) <= 4:
+            raise ValueError(f"_Branches takes 1 to 4 branches (mixed() names them), "
+                             f"got {len(branches)}")
         self._branch_names = tuple(f"branch{index}" for index in range(len(branches)))
         for index, branch in enumerate(branches):
             self.add_module(f"branch{index}", branch)
 
     def mixed(self, x: Tensor) -> Tensor:
-        return torch.cat([self._modules[name](x) for name in self._branch_names], dim=1)
+        # Written out (not a loop over ``self._modules``) so that ``torch.jit.script`` compiles
+        # it: ``hasattr`` on a submodule is resolved when scripting.
+        outputs = [self.branch0(x)]
+        if hasattr(self, "branch1"):
+            outputs.append(self.branch1(x))
+        if hasattr(self, "branch2"):
+            outputs.append(self.branch2(x))
+        if hasattr(self, "branch3"):
+            outputs.append(self.branch3(x))
+        return torch.cat(outputs, dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.mixed(x)
@@ -92,7 +117,7 @@ class _ResidualBlock(_Branches):
     def __init__(self, channels: int, branches: Sequence[nn.Module], mixed_channels: int,
                  scale: float, activation: bool) -> None:
         super().__init__(branches)
-        self.scale = scale
+        self.scale = float32_value(scale)
         self.activation = activation
         self.conv2d = nn.Conv2d(mixed_channels, channels, kernel_size=1, stride=1, bias=True)
         if activation:
@@ -100,7 +125,7 @@ class _ResidualBlock(_Branches):
 
     def forward(self, x: Tensor) -> Tensor:
         out = x + self.scale * self.conv2d(self.mixed(x))
-        return self.relu(out) if self.activation else out
+        return self.relu(out) if hasattr(self, "relu") else out   # hasattr: scriptable
 
 
 class Block35(_ResidualBlock):
@@ -178,6 +203,8 @@ class InceptionResNetV1(nn.Module):
         embedding_size: bottleneck width; defaults to the pretrained file's, else 512.
         device: where to move the model after building (and loading) it.
     """
+
+    __jit_unused_properties__: ClassVar[list[str]] = ["num_classes", "classify"]   # jit skips
 
     def __init__(self, pretrained: str | os.PathLike[str] | None = None, classify: bool = False,
                  num_classes: int | None = None, dropout_prob: float = 0.6,
@@ -278,8 +305,10 @@ class InceptionResNetV1(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Embeddings ``(N, embedding_size)`` of unit L2 norm, or logits when classifying."""
         x = self.prelogits(x)
-        if self._classify:
-            return self.logits(x)
+        # hasattr is resolved when scripting (a model may have no logits): keep it its own `if`
+        if hasattr(self, "logits"):  # noqa: SIM102
+            if self._classify:
+                return self.logits(x)
         return l2_normalize(x)
 
 
@@ -313,6 +342,9 @@ def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     Torch files are read with ``weights_only=True`` (no arbitrary unpickling).
     """
     path = Path(path)
+    size = require_regular(path, "weights file").st_size
+    if path.suffix != ".safetensors":
+        _dry_run_torch_file(path, size)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -330,6 +362,135 @@ def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         raise SourceError(f"expected a flat state dict of tensors, found {type(loaded).__name__}",
                           path=path)
     return dict(loaded)
+
+
+# ------------------------------------------------------------- untrusted torch files, dry run
+
+_ELEMENT_BYTES = {"Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4,
+                  "Short": 2, "Char": 1, "Byte": 1, "Bool": 1, "ComplexFloat": 8,
+                  "ComplexDouble": 16}
+
+
+class _StorageType:
+    def __init__(self, name: str) -> None:
+        self.itemsize = _ELEMENT_BYTES.get(name.removesuffix("Storage"), 16)
+
+
+class _DryTensor:
+    """What ``_rebuild_tensor_v2`` would build, as numbers only."""
+
+    def __init__(self, storage: tuple[int, int], offset: int, shape: tuple, stride: tuple,
+                 *_: object) -> None:
+        numel, itemsize = storage
+        if not (isinstance(shape, tuple) and isinstance(stride, tuple)
+                and len(shape) == len(stride) and isinstance(offset, int)
+                and all(isinstance(v, int) and v >= 0 for v in (*shape, *stride, offset))):
+            raise pickle.UnpicklingError("a tensor with a malformed shape or stride")
+        count = 1
+        reach = offset
+        for dim, step in zip(shape, stride, strict=True):
+            count *= dim
+            reach += (dim - 1) * step if dim else 0
+        if count and reach >= numel:
+            raise pickle.UnpicklingError(f"a tensor of shape {list(shape)} reaches past its "
+                                         f"storage of {numel} elements")
+        self.nbytes = count * itemsize
+
+
+def _dry_parameter(data: object, *_: object) -> object:
+    return data
+
+
+class _DryUnpickler(pickle.Unpickler):
+    """Unpickles a torch file's structure without allocating: storages become (numel, size)."""
+
+    GLOBALS: ClassVar[dict[tuple[str, str], object]] = {
+        ("torch._utils", "_rebuild_tensor_v2"): _DryTensor,
+        ("torch._utils", "_rebuild_parameter"): _dry_parameter,
+        ("collections", "OrderedDict"): collections.OrderedDict,
+    }
+
+    def __init__(self, handle: BinaryIO, records: dict[str, int] | None) -> None:
+        super().__init__(handle)
+        self.records = records
+        self.storage_bytes = 0
+        self.largest = 0
+
+    def find_class(self, module: str, name: str) -> object:
+        found = self.GLOBALS.get((module, name))
+        if found is not None:
+            return found
+        if module == "torch" and name.endswith("Storage"):
+            return _StorageType(name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a state dict")
+
+    def persistent_load(self, pid: object) -> tuple[int, int]:
+        if (not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != "storage"
+                or not isinstance(pid[1], _StorageType) or not isinstance(pid[4], int)
+                or pid[4] < 0):
+            raise pickle.UnpicklingError("a storage reference that torch.save never writes")
+        numel, itemsize = pid[4], pid[1].itemsize
+        if self.records is not None:
+            held = self.records.get(str(pid[2]))
+            if held is None or numel * itemsize > held:
+                raise pickle.UnpicklingError(f"storage {pid[2]!r} declares {numel * itemsize} "
+                                             f"bytes, its record holds {held or 0}")
+        self.storage_bytes += numel * itemsize
+        return numel, itemsize
+
+    def check_tensors(self, loaded: object) -> int:
+        tensors = loaded.values() if isinstance(loaded, Mapping) else ()
+        return max((t.nbytes for t in tensors if isinstance(t, _DryTensor)), default=0)
+
+
+def _dry_run_torch_file(path: Path, size: int) -> None:
+    """Refuse a torch file whose storages or tensors claim more bytes than the file holds.
+
+    torch allocates a storage's declared size before reading it (and builds models from
+    tensor shapes), so a 1 KB file could ask for gigabytes; this reads only structure.
+    """
+    try:
+        with open_regular(path, "weights file") as handle:
+            if zipfile.is_zipfile(handle):
+                with zipfile.ZipFile(handle) as archive:
+                    records: dict[str, int] = {}
+                    pickled = None
+                    for info in archive.infolist():
+                        if (info.compress_type != zipfile.ZIP_STORED
+                                or info.file_size != info.compress_size
+                                or info.header_offset + info.file_size > size):
+                            raise pickle.UnpicklingError(
+                                f"zip record {info.filename!r} is compressed or lies outside "
+                                "the file; torch.save never writes that")
+                        parts = info.filename.split("/")
+                        if len(parts) >= 3 and parts[-2] == "data":
+                            records[parts[-1]] = info.file_size
+                        elif parts[-1] == "data.pkl":
+                            pickled = info
+                    if pickled is None:
+                        raise pickle.UnpicklingError("no data.pkl record")
+                    with archive.open(pickled) as stream:
+                        dry = _DryUnpickler(stream, records)
+                        largest = dry.check_tensors(dry.load())
+            else:
+                handle.seek(0)
+                for _ in range(3):  # magic number, protocol version, system info
+                    _DryUnpickler(handle, None).load()
+                dry = _DryUnpickler(handle, None)
+                largest = dry.check_tensors(dry.load())
+                if dry.storage_bytes > size - handle.tell():
+                    raise pickle.UnpicklingError(
+                        f"storages declare {dry.storage_bytes} bytes, the file holds "
+                        f"{size - handle.tell()} after its header")
+    except (pickle.UnpicklingError, ValueError, TypeError, EOFError, KeyError, IndexError,
+            AttributeError, RecursionError, OSError, zipfile.BadZipFile) as error:
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise SourceError(f"not a plain state dict ({type(error).__name__}: {first_line}); "
+                          "expected a state dict saved by torch.save or safetensors",
+                          path=path) from None
+    if largest > size:
+        raise SourceError(f"a tensor declares {largest} bytes, more than the {size}-byte file; "
+                          "refusing it before anything is allocated", path=path)
 
 
 def load_strict(module: nn.Module, state: Mapping[str, Tensor],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 from torch import Tensor, nn
 
 from facenet_convert.models.hub import ensure_weights, resolve_pretrained
@@ -32,6 +33,24 @@ def _load_pretrained(module: nn.Module, pretrained: bool | str | os.PathLike[str
     else:
         path, _ = resolve_pretrained(pretrained, release_name)
     load_strict(module, load_weights_file(path), path)
+
+
+def max_pool_2x2_ceil(x: Tensor) -> Tensor:
+    """``max_pool2d(x, 2, 2, ceil_mode=True)``, bit for bit, as two elementwise maxima over
+    strided channels-last views: ~6x faster than torch's pooling kernel on PNet's 10-channel
+    channels-last maps (the biggest pyramid level's pool took as long as its first conv).
+    The result is an NCHW tensor in channels-last memory."""
+    t = x.permute(0, 2, 3, 1)
+    n, h, w, c = t.shape
+    rows = t.new_empty((n, (h + 1) // 2, w, c))
+    torch.maximum(t[:, 0:h - 1:2], t[:, 1:h:2], out=rows[:, :h // 2])
+    if h % 2:
+        rows[:, -1] = t[:, -1]
+    out = t.new_empty((n, (h + 1) // 2, (w + 1) // 2, c))
+    torch.maximum(rows[:, :, 0:w - 1:2], rows[:, :, 1:w:2], out=out[:, :, :w // 2])
+    if w % 2:
+        out[:, :, -1] = rows[:, :, -1]
+    return out.permute(0, 3, 1, 2)
 
 
 class PNet(nn.Module):
@@ -58,6 +77,14 @@ class PNet(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = self.prelu1(self.conv1(x))
         x = self.pool1(x)
+        return self._heads(x)
+
+    def detect_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`forward`, bit for bit, with :func:`max_pool_2x2_ceil` for the pool: for
+        eager detection only (its shape-dependent branches would specialize an export)."""
+        return self._heads(max_pool_2x2_ceil(self.prelu1(self.conv1(x))))
+
+    def _heads(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = self.prelu2(self.conv2(x))
         x = self.prelu3(self.conv3(x))
         probs = self.softmax4_1(self.conv4_1(x))

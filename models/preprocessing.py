@@ -8,9 +8,15 @@
 
 :func:`preprocessing_for` picks the right one from :mod:`models.releases`. Images are decoded
 with Pillow into uint8 RGB (grayscale is replicated to three channels as ``facenet.to_rgb``,
-alpha is dropped as upstream's ``img[:, :, 0:3]``; EXIF orientation is *not* applied, as
-upstream's ``misc.imread`` did not). Resizing uses Pillow's bilinear filter, which is what
-upstream's ``scipy.misc.imresize(..., interp='bilinear')`` ran.
+alpha is dropped as upstream's ``img[:, :, 0:3]``). Resizing uses Pillow's bilinear filter,
+which is what upstream's ``scipy.misc.imresize(..., interp='bilinear')`` ran.
+
+:func:`load_image` reads files as a photo viewer shows them: the EXIF orientation is applied
+(a phone photo stored sideways comes out upright; upstream's ``misc.imread`` ignored it),
+16-bit images are scaled to 8 bits (``round(v / 257)``), palette images (with or without
+transparency) and CMYK are converted to RGB. The pixel count is checked from the header
+before anything is decoded: at most :data:`MAX_PIXELS` (``FACENET_CONVERT_MAX_PIXELS``).
+Pillow's warnings never reach the terminal; a decompression-bomb warning is an error.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
-from facenet_convert.converter.core.errors import ConverterError
+from facenet_convert.converter.core.errors import ImageReadError
+from facenet_convert.converter.core.inputs import open_regular
 from facenet_convert.models.releases import FIXED_STANDARDIZATION, PREWHITEN, Release, get_release
 
 if TYPE_CHECKING:
@@ -31,11 +38,11 @@ if TYPE_CHECKING:
 ImageLike = Union[np.ndarray, "Image.Image"]
 
 IMAGE_SIZE = 160
+#: Largest image (width x height) decoded; ``FACENET_CONVERT_MAX_PIXELS`` changes it.
+MAX_PIXELS = 50_000_000
+MAX_PIXELS_ENV = "FACENET_CONVERT_MAX_PIXELS"
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 STANDARDIZATIONS = (FIXED_STANDARDIZATION, PREWHITEN)
-
-
-class ImageReadError(ConverterError):
-    """An image file cannot be opened or decoded."""
 
 
 def fixed_image_standardization(x: Tensor) -> Tensor:
@@ -123,26 +130,70 @@ def to_rgb_array(image: ImageLike) -> np.ndarray:
 
 
 def _pil_to_rgb(image: Image.Image) -> np.ndarray:
-    """Pillow's RGB conversion replicates gray and drops alpha, as upstream did."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        raise ImageReadError(f"{image.mode} images (16-bit or float) are not supported; "
-                             "save it as 8-bit RGB or grayscale")
+    """Pillow's RGB conversion replicates gray and drops alpha, as upstream did.
+
+    16-bit gray is scaled to 8 bits as a viewer shows it; palette images with transparency go
+    through RGBA (same RGB values, no Pillow warning).
+    """
+    if image.mode in _SIXTEEN_BIT:
+        wide = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+        gray = ((wide + 128) // 257).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "F":
+        raise ImageReadError("floating-point images are not supported; save it as 8- or "
+                             "16-bit RGB or grayscale")
+    if image.mode in ("P", "PA") and "transparency" in image.info:
+        image = image.convert("RGBA")
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def max_pixels() -> int:
+    """The pixel cap: ``FACENET_CONVERT_MAX_PIXELS`` when set, else :data:`MAX_PIXELS`."""
+    raw = os.environ.get(MAX_PIXELS_ENV)
+    if raw is None:
+        return MAX_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ImageReadError(f"{MAX_PIXELS_ENV}={raw!r} is not a positive whole number")
+    return value
 
 
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Decode an image file into uint8 ``(H, W, 3)`` RGB; ImageReadError if it cannot be read."""
-    from PIL import Image
+    import warnings
 
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return _pil_to_rgb(image)
-    except ImageReadError as error:
-        raise ImageReadError(str(error), path=path) from None
-    except Exception as error:  # noqa: BLE001 - decoders of malformed files raise many types
-        message = " ".join(str(error).split()) or type(error).__name__
-        raise ImageReadError(f"cannot read image ({message})", path=path) from None
+    from PIL import Image, ImageOps
+
+    cap = max_pixels()
+    with open_regular(path, "image", ImageReadError) as handle:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                Image.MAX_IMAGE_PIXELS = max(cap, 1)  # Pillow's own check agrees with ours
+                with Image.open(handle) as image:
+                    width, height = image.size
+                    if width * height > cap:
+                        raise ImageReadError(
+                            f"image is {width}x{height} = {width * height} pixels, more than "
+                            f"the {cap} allowed; set {MAX_PIXELS_ENV} to raise the cap")
+                    image.load()
+                    upright = ImageOps.exif_transpose(image)
+                    result = _pil_to_rgb(upright)
+            for warning in caught:
+                if issubclass(warning.category, Image.DecompressionBombWarning):
+                    raise ImageReadError(f"decompression bomb ({warning.message}); set "
+                                         f"{MAX_PIXELS_ENV} to raise the cap")
+            return result
+        except ImageReadError as error:
+            raise ImageReadError(str(error), path=path) from None
+        except MemoryError:
+            raise ImageReadError("out of memory decoding the image", path=path) from None
+        except Exception as error:  # noqa: BLE001 - decoders of malformed files raise many
+            message = " ".join(str(error).split()) or type(error).__name__
+            raise ImageReadError(f"cannot read image ({message})", path=path) from None
 
 
 def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:

@@ -16,7 +16,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from facenet_convert.converter.core.errors import ConverterError
+from facenet_convert.converter.core.errors import (
+    UnknownReleaseError,
+    WeightsNotFoundError,
+)
 
 FIXED_STANDARDIZATION = "fixed_standardization"
 """``(x - 127.5) / 128`` per pixel; what the 2018 releases were trained with."""
@@ -26,18 +29,6 @@ PREWHITEN = "prewhiten"
 
 MTCNN_STANDARDIZATION = "mtcnn_standardization"
 """``(x - 127.5) * 0.0078125``, the scaling MTCNN's detector applies before each stage."""
-
-
-class UnknownReleaseError(ConverterError, ValueError):
-    """A ``pretrained`` name is neither a registered release nor an existing file."""
-
-
-class WeightsNotFoundError(ConverterError, FileNotFoundError):
-    """The weights file of a release (or a given path) is not on disk."""
-
-
-class ChecksumMismatchError(ConverterError):
-    """A file's sha256 is not the one the registry (or a trusted manifest) pins."""
 
 
 @dataclass(frozen=True)

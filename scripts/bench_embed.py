@@ -1,25 +1,32 @@
 #!/usr/bin/env python
-"""Embedding throughput on CPU: our PyTorch model vs the upstream TF graph, same images, one run.
+"""Embedding throughput on CPU, every inference path side by side in one run, vs the hardware.
 
 1. builds (or reuses, from the cache) an upstream-graph checkpoint with
    ``third_party.facenet.testing.build.build_checkpoint`` (512-d, as the 2018 releases);
 2. converts it with ``facenet_convert.converter.convert`` and loads it into ``InceptionResNetV1``;
 3. makes ``--images`` real 160x160 face-sized crops from scikit-image's sample photographs,
    standardized with fixed image standardization (as the 2018 releases);
-4. times batches of ``--batch-size`` through both, alternating TF and torch batch by batch
-   after one unmeasured warm-up each, and prints images per second (median over batches),
-   wall clock and per CPU second of the process, side by side, with the largest absolute
-   embedding difference. Two configurations: each library's default threads, then one
-   thread each (``torch.set_num_threads(1)``; TF intra/inter-op pools of 1).
+4. measures the machine's matmul peak (a 4096x4096 matmul in fp32 and in bf16, best of 3);
+5. times batches of ``--batch-size`` through every path, round-robin batch by batch after one
+   unmeasured warm-up each, and prints images per second (median over batches), effective
+   GFLOP/s (2.84 GFLOP per 160x160 image for InceptionResNetV1) and the fraction of the
+   matching matmul peak, with each path's largest absolute embedding difference from TF.
 
-TF runs the graph restored the way upstream inference does (``phase_train`` False); ours is
-``models.inference.Embedder`` (what ``facenet-convert embed`` runs: BatchNorm folded, ReLU and
-residual adds fused into oneDNN convolutions, channels-last). On a machine shared with other
-work, wall-clock figures depend on how the scheduler shares the cores (TF runs more threads
-than ours: its inter-op pool, intra-op pool and oneDNN's); the 1-minute load average is printed
-so that such runs can be recognised. Measure on an otherwise idle machine.
+Paths: ``tf-graph`` (the upstream graph restored as upstream inference does), ``eager`` (the
+plain model, facenet-pytorch's way), ``torch-inference`` (scripted, frozen,
+``optimize_for_inference``), ``onnxruntime`` (a plain ONNX Runtime session over the exported
+model), ``ours-default`` (what ``facenet-convert embed`` runs: ``make_engine()``), ``ours-bf16``
+(``--precision bf16``; only on CPUs with AVX512_BF16/AMX), ``ours-int8`` (``--precision int8``,
+ONNX Runtime quantization). For bf16 and int8 it also prints the embedding difference from
+fp32 and how many same/different decisions on every pair of the images change (at 1.1 and at
+the median distance). The checkpoint is untrained (random weights): its embeddings of
+different images lie close together, so these decision counts are a worst case, not what
+trained weights give.
 
-    .venv/bin/python scripts/bench_embed.py [--batch-size 32] [--batches 4] [--json OUT]
+On a machine shared with other work the figures move with the load (the 1-minute load average
+is printed before and after). Measure on an otherwise idle machine.
+
+    .venv/bin/python scripts/bench_embed.py [--batch-size 32] [--batches 5] [--json OUT]
 """
 
 from __future__ import annotations
@@ -106,39 +113,104 @@ def load_converted(prefix: Path):
     return model.eval()
 
 
-def _measure(ours, theirs, nchw, nhwc, batch_size):
-    """Alternate TF and torch per batch after one warm-up each.
+GFLOP_PER_IMAGE = 2.84
+"""Multiply-adds x 2 of InceptionResNetV1 on one 160x160 image."""
 
-    Returns medians of images per wall-clock second and per CPU second of this process (the
-    latter is not skewed by other load on the machine when each side runs one thread), and the
-    largest absolute embedding difference.
-    """
+
+def matmul_peak(dtype_name: str, size: int = 4096, repeats: int = 3) -> float:
+    """GFLOP/s of the best of ``repeats`` ``size`` x ``size`` matmuls in ``dtype_name``."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * size ** 3 / best / 1e9
+
+
+def _timed(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def build_paths(model, nchw, theirs, bf16: bool):
+    """name -> callable(batch index) -> numpy embeddings, and the fp32/bf16 peak each uses."""
+    import torch
+
+    from facenet_convert.converter.engines import OnnxModel, make_engine, onnx_bytes
+
+    with torch.no_grad():
+        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(model)))
+    session = OnnxModel(onnx_bytes(model, nchw[0][:2], dynamic={0: ("batch", 1)}))
+    default = make_engine(model)
+    nhwc = [b.permute(0, 2, 3, 1).contiguous().numpy() for b in nchw]
+
+    def torch_call(runner):
+        def call(i):
+            with torch.inference_mode():
+                return runner(nchw[i]).float().numpy()
+        return call
+
+    paths = {"tf-graph": (lambda i: theirs(nhwc[i]), "float32"),
+             "eager": (torch_call(model), "float32"),
+             "torch-inference": (torch_call(frozen), "float32"),
+             "onnxruntime": (lambda i: session.run(nchw[i])[0], "float32"),
+             f"ours-default ({default.describe()})": (torch_call(default), "float32")}
+    if bf16:
+        half = make_engine(model, precision="bf16")
+        paths[f"ours-bf16 ({half.describe()})"] = (torch_call(half), "bfloat16")
+    quantized = make_engine(model, precision="int8")
+    # int8 has no matmul peak measured here: its row is set against the fp32 peak
+    paths[f"ours-int8 ({quantized.describe()})"] = (torch_call(quantized), "float32")
+    return paths
+
+
+def measure(paths, batches: int, batch_size: int):
+    """Round-robin over the paths per batch after a warm-up; medians of img/s."""
+    outputs = {}
+    for call, _ in paths.values():
+        call(0)
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for i in range(batches):
+        for name, (call, _) in paths.items():
+            start = time.perf_counter()
+            out = call(i)
+            times[name].append(time.perf_counter() - start)
+            outputs.setdefault(name, []).append(out)
+    return ({name: batch_size / statistics.median(t) for name, t in times.items()},
+            {name: _concat(v) for name, v in outputs.items()})
+
+
+def _concat(chunks):
     import numpy as np
 
-    ours(nchw[0])
-    theirs(nhwc[0])
-    wall: dict[str, list[float]] = {"ours": [], "tensorflow": []}
-    cpu: dict[str, list[float]] = {"ours": [], "tensorflow": []}
-    diff = 0.0
-    for torch_batch, tf_batch in zip(nchw, nhwc, strict=True):
-        for side, call, batch in (("tensorflow", theirs, tf_batch), ("ours", ours, torch_batch)):
-            start, start_cpu = time.perf_counter(), time.process_time()
-            out = call(batch)
-            wall[side].append(time.perf_counter() - start)
-            cpu[side].append(time.process_time() - start_cpu)
-            if side == "tensorflow":
-                tf_out = out
-            else:
-                diff = max(diff, float(np.abs(out.numpy() - tf_out).max()))
-    return ({side: batch_size / statistics.median(v) for side, v in wall.items()},
-            {side: batch_size / statistics.median(v) for side, v in cpu.items()}, diff)
+    return np.concatenate(chunks)
+
+
+def decisions_changed(reference, other) -> dict[str, int]:
+    """Pairs whose same/different decision differs, at 1.1 and at the median distance."""
+    import itertools
+
+    import numpy as np
+
+    pairs = list(itertools.combinations(range(len(reference)), 2))
+    d_ref = np.array([np.linalg.norm(reference[i] - reference[j]) for i, j in pairs])
+    d_other = np.array([np.linalg.norm(other[i] - other[j]) for i, j in pairs])
+    median = float(np.median(d_ref))
+    return {"pairs": len(pairs), "median_threshold": median,
+            **{f"changed_at_{t:.3g}": int(((d_ref < t) != (d_other < t)).sum())
+               for t in (1.1, median)},
+            "max_abs_distance_diff": float(np.abs(d_ref - d_other).max())}
 
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
     import torch
 
-    from facenet_convert.models.inference import Embedder
+    from facenet_convert.converter.engines import bf16_supported
     from facenet_convert.models.preprocessing import fixed_image_standardization
     from facenet_convert.third_party.facenet.testing.build import build_checkpoint
     from facenet_convert.third_party.wheels import cache_dir
@@ -152,35 +224,42 @@ def run(args: argparse.Namespace) -> int:
         torch.from_numpy(faces.transpose(0, 3, 1, 2).copy()))
     nchw = [standardized[i:i + args.batch_size]
             for i in range(0, len(standardized), args.batch_size)]
-    nhwc = [b.permute(0, 2, 3, 1).contiguous().numpy() for b in nchw]
-
-    default_threads = torch.get_num_threads()
     load_before = os.getloadavg()[0]
+    bf16 = bf16_supported()
+    peaks = {"float32": matmul_peak("float32")}
+    if bf16:
+        peaks["bfloat16"] = matmul_peak("bfloat16")
+    theirs = TFEmbedder(built.prefix, EMBEDDING_SIZE)
+    paths = build_paths(model, nchw, theirs, bf16)
+    images_per_s, outputs = measure(paths, args.batches, args.batch_size)
+    reference = outputs["tf-graph"]
     rows = []
-    for label, threads in (("default threads", None), ("1 thread each", 1)):
-        torch.set_num_threads(default_threads if threads is None else threads)
-        ours = Embedder(model)
-        theirs = TFEmbedder(built.prefix, EMBEDDING_SIZE, threads)
-        figures, per_cpu, diff = _measure(ours, theirs, nchw, nhwc, args.batch_size)
-        rows.append({"threads": label, "torch_threads": torch.get_num_threads(),
-                     "fused": ours.fused, "images_per_s": figures,
-                     "images_per_cpu_s": per_cpu, "max_abs_diff": diff})
-    torch.set_num_threads(default_threads)
-
+    for name, (_, dtype) in paths.items():
+        gflops = images_per_s[name] * GFLOP_PER_IMAGE
+        rows.append({"path": name, "images_per_s": images_per_s[name], "gflop_per_s": gflops,
+                     "peak": dtype, "of_peak": gflops / peaks[dtype],
+                     "max_abs_diff_vs_tf": float(np.abs(outputs[name] - reference).max())})
+    fp32 = outputs["eager"]
+    reduced = {}
+    for name in outputs:
+        if name.startswith(("ours-bf16", "ours-int8")):
+            reduced[name] = {"max_abs_embedding_diff": float(np.abs(outputs[name] - fp32).max()),
+                             **decisions_changed(fp32, outputs[name])}
     load = (load_before, os.getloadavg()[0])
-    print(f"embedding throughput on CPU, images/s, batch {args.batch_size}, median of "
-          f"{args.batches} batches, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"1-min load average {load[0]:.1f} before / {load[1]:.1f} after (figures from a "
-          "busy machine favour the side running more threads)")
-    print(f"{'':18}{'ours':>10}{'tensorflow':>12}{'ratio':>8}{'max|diff|':>11}")
+    print(f"embedding throughput on CPU, batch {args.batch_size}, median of {args.batches} "
+          f"batches, {os.cpu_count()} cores, torch {torch.__version__}; matmul peak "
+          + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
+          + f"; 1-min load average {load[0]:.1f} before / {load[1]:.1f} after")
+    print(f"{'path':34}{'img/s':>8}{'GFLOP/s':>9}{'of peak':>9}{'max|d| vs TF':>14}")
     for row in rows:
-        for unit, key in (("img/s", "images_per_s"), ("img/cpu-s", "images_per_cpu_s")):
-            ours_s, tf_s = row[key]["ours"], row[key]["tensorflow"]
-            print(f"{row['threads'][:8] + ' ' + unit:18}{ours_s:>10.2f}{tf_s:>12.2f}"
-                  f"{ours_s / tf_s:>7.2f}x{row['max_abs_diff']:>11.1e}")
+        print(f"{row['path']:34}{row['images_per_s']:>8.1f}{row['gflop_per_s']:>9.0f}"
+              f"{row['of_peak']:>8.0%} {row['max_abs_diff_vs_tf']:>13.1e}")
+    for name, figures in reduced.items():
+        print(f"{name} vs fp32 (eager): {json.dumps(figures)}")
     if args.json is not None:
         report = {"batch_size": args.batch_size, "batches": args.batches, "rows": rows,
-                  "load_average": load,
+                  "peaks_gflop_per_s": peaks, "gflop_per_image": GFLOP_PER_IMAGE,
+                  "reduced_vs_fp32": reduced, "load_average": load,
                   "torch": torch.__version__, "cpu_count": os.cpu_count(),
                   "machine": platform.machine()}
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -2,7 +2,8 @@
 """Collect the three benchmark JSONs into one markdown table (bench-out/BENCHMARKS.md).
 
 Reads ``convert.json`` (scripts/bench_convert.py), ``readers.json`` (scripts/bench_readers.py)
-and ``embed.json`` (scripts/bench_embed.py) from the folder given, and names the machine.
+and ``embed.json`` (scripts/bench_embed.py) from the folder given, and names the machine;
+``detect.json`` (scripts/bench_detect.py) adds the MTCNN rows when present.
 """
 
 from __future__ import annotations
@@ -51,16 +52,36 @@ def render(folder: Path) -> str:
               "", (f"TF / ours: {readers['tf_over_ours']['wall_s']:.1f}x wall, "
               f"{readers['tf_over_ours']['read_s']:.1f}x read step, "
               f"{readers['tf_over_ours']['maxrss_mb']:.1f}x peak memory.")]
-    lines += ["", (f"**Embedding throughput**, CPU, batch {embed['batch_size']} (images per second "
-              "of wall time, and per second of the process's CPU time):"), "",
-              "| threads | ours img/s | TF graph img/s | ours / TF | ours / TF per CPU-s |",
+    peaks = embed["peaks_gflop_per_s"]
+    lines += ["", (f"**Embedding throughput**, CPU, batch {embed['batch_size']}, "
+              f"{embed['gflop_per_image']} GFLOP per image; matmul peak "
+              + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()) + ":"), "",
+              "| path | img/s | GFLOP/s | of matmul peak | max abs diff vs TF |",
               "| --- | ---: | ---: | ---: | ---: |"]
     for row in embed["rows"]:
-        mine, theirs = row["images_per_s"]["ours"], row["images_per_s"]["tensorflow"]
-        cpu = row["images_per_cpu_s"]["ours"] / row["images_per_cpu_s"]["tensorflow"]
-        lines.append(f"| {row['threads']} | {mine:.1f} | {theirs:.1f} | {mine / theirs:.2f}x "
-                     f"| {cpu:.2f}x |")
+        lines.append(f"| {row['path']} | {row['images_per_s']:.1f} | {row['gflop_per_s']:.0f} "
+                     f"| {row['of_peak']:.0%} ({row['peak']}) "
+                     f"| {row['max_abs_diff_vs_tf']:.1e} |")
+    for name, figures in (embed.get("reduced_vs_fp32") or {}).items():
+        lines += ["", f"{name} vs fp32: {json.dumps(figures)}"]
+    if (folder / "detect.json").is_file():
+        lines += _detection_rows(json.loads((folder / "detect.json").read_text()))
     return "\n".join(lines) + "\n"
+
+
+def _detection_rows(detect: dict) -> list[str]:
+    """MTCNN rows (scripts/bench_detect.py): ours vs upstream TF detect_face, ms per image."""
+    lines = ["", ("**MTCNN detection**, CPU, ms per image (medians; upstream = davidsandberg's "
+             f"detect_face on TF; load average {detect['load_average'][0]:.1f}):"), "",
+             "| photos | TF ms | ours ms | ours / TF | ours batched ms |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for row in detect["rows"]:
+        lines.append(f"| {row['size']} ({row['photos']} photos, {row['faces']} faces) "
+                     f"| {row['tf_ms']:.1f} | {row['ours_ms']:.1f} | {row['ratio']:.2f}x "
+                     f"| {row['ours_batched_ms']:.1f} |")
+    lines += ["", (f"detect -> crop -> embed: {detect['chain_faces_per_s']:.1f} faces/s "
+              f"({detect['chain_faces']} faces in {detect['chain_photos']} photos).")]
+    return lines
 
 
 def main(argv: list[str]) -> int:

@@ -180,8 +180,8 @@ def test_embed_detect_names_boxes_and_no_face(photos_dir: Path, mtcnn_dir: Path,
     assert saved["names"].tolist() == [f"{photos_dir / 'astronaut.png'}#0",
                                        *(f"{t1}#{k}" for k in range(6))]
     assert saved["embeddings"].shape == (7, 512) and saved["landmarks"].shape == (7, 5, 2)
-    detector = MTCNN(*(mtcnn_dir / f"{n}.pt" for n in ("pnet", "rnet", "onet")))
-    found = detector.detect(load_image(photos_dir / "t1.png"))[0]
+    detector = MTCNN(margin=32, **{n: mtcnn_dir / f"{n}.pt" for n in ("pnet", "rnet", "onet")})
+    found = detector.detect_faces(load_image(photos_dir / "t1.png"))[0]
     np.testing.assert_array_equal(saved["boxes"][1:], found.boxes.numpy())
     np.testing.assert_array_equal(saved["probs"][1:], found.probs.numpy())
 

@@ -360,7 +360,7 @@ def test_unknown_name_is_a_typed_error(tmp_path: Path) -> None:
     with GraphDefReader(path) as reader:
         assert reader.tensors() == {}
         assert reader.node_names() == ["x"]
-        with pytest.raises(MappingError, match="no Const node named 'nope'"):
+        with pytest.raises(MappingError, match="no tensor named 'nope'"):
             reader.read("nope")
 
 

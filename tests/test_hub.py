@@ -21,21 +21,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from facenet_convert.converter.core.errors import ConverterError
-from facenet_convert.models import InceptionResNetV1, PNet
-from facenet_convert.models.hub import (
+from facenet_convert.converter.core.errors import (
+    ChecksumMismatchError,
+    ConverterError,
     ManifestError,
-    download_file,
-    ensure_weights,
-    load_manifest,
-    trusted_sha256,
+    WeightsNotFoundError,
 )
+from facenet_convert.models import InceptionResNetV1, PNet
+from facenet_convert.models.hub import download_file, ensure_weights, load_manifest, trusted_sha256
 from facenet_convert.models.releases import (
     OFFLINE_ENV,
     WEIGHTS_MANIFEST_ENV,
     WEIGHTS_URL_ENV,
-    ChecksumMismatchError,
-    WeightsNotFoundError,
     get_release,
 )
 

@@ -328,7 +328,7 @@ def test_truncated_hdf5_is_corrupt(keras3_files, tmp_path: Path) -> None:
 def test_unknown_name_is_typed(tmp_path: Path) -> None:
     with KerasH5Reader(_keras2_file(tmp_path / "ok.h5")) as reader:
         assert list(reader.tensors()) == ["dense/kernel", "dense/bias"]
-        with pytest.raises(MappingError, match="no weight named 'x'"):
+        with pytest.raises(MappingError, match="no tensor named 'x'"):
             reader.read("x")
 
 

@@ -50,7 +50,7 @@ def test_known_names(det_npy: dict[str, Path]) -> None:
         assert {"conv1/weights", "conv1/biases", "PReLU1/alpha", "conv4-1/weights"} <= set(
             reader.tensors())
         assert reader.read("conv1/weights").shape == (3, 3, 3, 10)
-        with pytest.raises(MappingError, match="no array named 'conv9/weights'"):
+        with pytest.raises(MappingError, match="no tensor named 'conv9/weights'"):
             reader.read("conv9/weights")
     with MtcnnNpyReader(det_npy["det2"]) as reader:
         assert reader.read("prelu1/alpha").shape == (28,)

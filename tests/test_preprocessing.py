@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from facenet_convert.converter.core.errors import ImageReadError, UnknownReleaseError
 from facenet_convert.models.preprocessing import (
-    ImageReadError,
     Preprocess,
     fixed_image_standardization,
     guess_preprocessing,
@@ -25,12 +25,7 @@ from facenet_convert.models.preprocessing import (
     prewhiten,
     to_rgb_array,
 )
-from facenet_convert.models.releases import (
-    FIXED_STANDARDIZATION,
-    PREWHITEN,
-    RELEASES,
-    UnknownReleaseError,
-)
+from facenet_convert.models.releases import FIXED_STANDARDIZATION, PREWHITEN, RELEASES
 from facenet_convert.third_party.wheels import FACENET, wheel_member
 
 torch = pytest.importorskip("torch")
@@ -131,9 +126,8 @@ def test_load_image_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError, match="cannot read image"):
         load_image(tmp_path / "missing.png")
     deep = tmp_path / "deep.png"
-    Image.fromarray(np.zeros((4, 4), dtype=np.uint16)).save(deep)
-    with pytest.raises(ImageReadError, match="16-bit"):
-        load_image(deep)
+    Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16)).save(deep)
+    assert load_image(deep).tolist() == np.full((4, 4, 3), 255, np.uint8).tolist()  # 16-bit
 
 
 def test_preprocess_resize_is_pillow_bilinear(photo: np.ndarray) -> None:
@@ -192,7 +186,8 @@ def test_face_folder_identities(tmp_path: Path, photo: np.ndarray) -> None:
 
 
 def test_face_folder_flat_and_workers(tmp_path: Path, photo: np.ndarray) -> None:
-    from facenet_convert.models.data import DatasetError, FaceFolder, face_loader
+    from facenet_convert.converter.core.errors import DatasetError
+    from facenet_convert.models.data import FaceFolder, face_loader
 
     root = _folder(tmp_path, photo) / "alice"
     dataset = FaceFolder(root, Preprocess(PREWHITEN))
@@ -227,24 +222,19 @@ def _realistic_model(embedding_size: int = 512) -> Any:
     return model
 
 
-def test_fused_embedder_equals_plain_model(photo: np.ndarray) -> None:
-    from facenet_convert.models.inference import Embedder, fusion_available
+def test_threaded_embedder_equals_plain_model(photo: np.ndarray) -> None:
+    # the engines (ONNX Runtime, frozen torch, bf16) are tested in tests/test_engines.py
+    from facenet_convert.models.inference import Embedder
 
-    if not fusion_available():
-        pytest.skip("this torch build has no oneDNN fused convolution")
     model = _realistic_model()
-    fused = Embedder(model)
-    assert fused.fused
     batch = torch.stack([Preprocess()(photo[k * 40:k * 40 + 200, k * 50:k * 50 + 200])
                          for k in range(5)])
     with torch.inference_mode():
         want = model(batch)
-    got = fused(batch)
-    assert got.shape == (5, 512) and got.dtype == torch.float32
-    assert float((got - want).abs().max()) <= 1e-5
-    assert fused(batch[:0]).shape == (0, 512)
-    plain = Embedder(model, fuse=False, threads=1)
-    assert not plain.fused and torch.equal(plain(batch), want)
-    split = Embedder(model, fuse=False, threads=2)          # two slices, two threads
+    plain = Embedder(model, threads=1)
+    got = plain(batch)
+    assert got.shape == (5, 512) and got.dtype == torch.float32 and torch.equal(got, want)
+    assert plain(batch[:0]).shape == (0, 512)
+    split = Embedder(model, threads=2)          # two slices, two threads
     assert float((split(batch) - want).abs().max()) <= 1e-5
     split.close()

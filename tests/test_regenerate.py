@@ -19,10 +19,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from facenet_convert.converter.core.errors import ConverterError, MappingError, OutputError
+from facenet_convert.converter.core.errors import (
+    ChecksumMismatchError,
+    ConverterError,
+    MappingError,
+    OutputError,
+)
 from facenet_convert.converter.regenerate import MANIFEST, Job, _check_sizes, regenerate
 from facenet_convert.models import InceptionResNetV1, ONet, PNet, RNet
-from facenet_convert.models.releases import ChecksumMismatchError, get_release
+from facenet_convert.models.releases import get_release
 from facenet_convert.third_party.wheels import cache_dir
 
 MTCNN_FILES = ["MANIFEST.json", "onet.pt", "pnet.pt", "rnet.pt"]

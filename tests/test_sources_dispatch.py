@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from facenet_convert.converter.core.errors import SourceError, UnknownFormatError
-from facenet_convert.converter.sources import detect_format
+from facenet_convert.converter.sources import detect_format, open_source
 
 
 def test_mtcnn_npy_found_by_magic_even_renamed(det_npy: dict[str, Path], tmp_path: Path) -> None:
@@ -57,3 +57,35 @@ def test_unknown_and_missing(tmp_path: Path) -> None:
         detect_format(text)
     with pytest.raises(SourceError, match="no such file"):
         detect_format(tmp_path / "missing")
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("kind", ["checkpoint", "frozen", "keras", "npy", "memory"])
+def test_every_reader_reports_a_missing_tensor_the_same_way(kind, request, tmp_path):
+    """One error kind and one message shape, with the nearest name, whatever the format."""
+    import h5py
+
+    from facenet_convert.converter.core.errors import MissingTensorError
+    from facenet_convert.converter.sources.memory import ArraySource
+
+    if kind in ("checkpoint", "frozen"):
+        built = request.getfixturevalue("upstream_ckpt_512")
+        source, present = (built.prefix if kind == "checkpoint" else built.frozen_pb,
+                           "InceptionResnetV1/Bottleneck/weights")
+    elif kind == "keras":
+        source, present = tmp_path / "k.h5", "dense/kernel"
+        with h5py.File(source, "w") as handle:
+            handle.attrs["layer_names"] = ["dense"]
+            handle["dense/dense/kernel:0"] = np.ones((3, 2), np.float32)
+            handle["dense"].attrs["weight_names"] = ["dense/kernel:0"]
+    elif kind == "npy":
+        source, present = request.getfixturevalue("det_npy")["det1"], "conv4-1/weights"
+    else:
+        source, present = {"dense/kernel": np.ones((3, 2), np.float32)}, "dense/kernel"
+    reader = ArraySource(source) if kind == "memory" else open_source(source)
+    with reader, pytest.raises(MissingTensorError) as caught:
+        reader.read(present + "X")
+    message = str(caught.value)
+    assert f"no tensor named '{present}X'" in message
+    assert f"nearest: '{present}'" in message
+    assert "\n" not in message

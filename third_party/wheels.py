@@ -15,12 +15,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from facenet_convert.converter.core.errors import ConverterError
+from facenet_convert.converter.core.errors import FetchError
 from facenet_convert.converter.core.hashing import sha256_file
-
-
-class FetchError(ConverterError):
-    """A pinned upstream artifact cannot be fetched or does not match its pin."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +38,10 @@ FACENET_PYTORCH = PinnedWheel(
     project="facenet-pytorch", version="2.6.0",
     filename="facenet_pytorch-2.6.0-py3-none-any.whl",
     sha256="ecb82b27beb226d106f2219efe8f829b01b87a8595badd01545679bdb9f19cca", license="MIT")
+
+KERAS_FACENET = PinnedWheel(  # an sdist (no wheel on PyPI): parity's Keras reference model
+    project="keras-facenet", version="0.3.2", filename="keras-facenet-0.3.2.tar.gz",
+    sha256="5df16907c293289ba3198455d97cc6960dc209887c2d6ce3aa9a51a8d62c2a32", license="MIT")
 
 
 def cache_dir() -> Path:

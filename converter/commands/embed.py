@@ -17,8 +17,8 @@ from facenet_convert.converter.commands.options import (
     model_options,
     warn,
 )
+from facenet_convert.converter.core.errors import EmbedError
 from facenet_convert.converter.embedding import (
-    EmbedError,
     embed_images,
     expand_inputs,
     load_detector,
@@ -44,17 +44,21 @@ from facenet_convert.converter.embedding import (
 def embed_command(images: tuple[str, ...], output: str, weights: str | None,
                   pretrained: str | None, preprocessing: str | None, device: str,
                   detect: bool, mtcnn_dir: str | None, margin: float, min_face_size: float,
-                  fit: str, batch_size: int, workers: int, force: bool) -> None:
+                  fit: str, batch_size: int, workers: int, force: bool,
+                  **engine: str) -> None:
     """Write FaceNet embeddings of IMAGES (files or folders) to OUTPUT."""
     from facenet_convert.converter.core.atomic import check_output_path
 
     targets = output_paths(output)
     paths, missing = expand_inputs(images)
+    paths_and_weights = [*paths, *([weights] if weights else [])]
     for target in targets:
-        check_output_path(target, force=force, inputs=paths)
-    loaded = load_embedding_model(weights, pretrained, preprocessing, device)
+        check_output_path(target, force=force, inputs=paths_and_weights)
+    loaded = load_embedding_model(weights, pretrained, preprocessing, device, **engine)
     if loaded.note:
         warn(loaded.note)
+    if loaded.embedder.note:     # builds and checks the engine before any image is read
+        warn(loaded.embedder.note)
     detector = load_detector(mtcnn_dir, margin, min_face_size, device) if detect else None
 
     bar: Any = None
@@ -73,7 +77,8 @@ def embed_command(images: tuple[str, ...], output: str, weights: str | None,
     if not result.names:
         raise EmbedError(f"no embeddings: all {len(paths) + len(missing)} inputs were skipped; "
                          "nothing written", path=output)
-    write_embeddings(output, result, loaded.embedding_size, force=force, inputs=paths,
+    write_embeddings(output, result, loaded.embedding_size, force=force,
+                     inputs=paths_and_weights,
                      detected=detector is not None)
     what = "faces" if detector is not None else "images"
     click.echo(f"wrote {len(result.names)} embeddings ({loaded.embedding_size}-d, "

@@ -10,8 +10,17 @@ from facenet_convert.models.releases import release_names
 
 
 def model_options(func: Any) -> Any:
-    """--weights / --pretrained / --preprocessing / --device, shared with ``verify``."""
+    """--weights / --pretrained / --preprocessing / --device / --backend / --precision, shared
+    by embed, verify, compare and evaluate."""
     names = release_names("inception_resnet_v1")
+    func = click.option("--precision", type=click.Choice(["fp32", "bf16", "int8"]),
+                        default="fp32", show_default=True, help="bf16 (torch, CPUs with "
+                        "AVX512_BF16 or AMX only) or int8 (ONNX Runtime quantization): faster, "
+                        "embeddings differ from fp32 (printed); checked, else fp32 runs.")(func)
+    func = click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime"]),
+                        default="auto", show_default=True, help="Inference engine (auto: ONNX "
+                        "Runtime when installed, else torch frozen for inference); each checks "
+                        "itself against the plain model and falls back.")(func)
     func = click.option("--device", default="cpu", show_default=True,
                         help="torch device to run on.")(func)
     func = click.option("--preprocessing", type=click.Choice(["fixed_standardization",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from facenet_convert.converter.parity import (
-    DEFAULT_MAX_NOISE_RATIO,
+    DEFAULT_FLOAT64_INPUTS,
     DEFAULT_TOLERANCE,
     MODELS,
 )
@@ -30,18 +30,20 @@ from facenet_convert.converter.parity import (
                    "resized to the model's input, standardized (x-127.5)/128).")
 @click.option("--tolerance", type=click.FloatRange(min=0), default=DEFAULT_TOLERANCE,
               show_default=True,
-              help="Gate on the max abs difference of embeddings and MTCNN outputs (logits: "
-                   "relative to their scale, at 10x).")
-@click.option("--max-noise-ratio", type=click.FloatRange(min=0),
-              default=DEFAULT_MAX_NOISE_RATIO, show_default=True,
-              help="Gate on L2(TF32-PT32) / L2(PT64-PT32); about 1 for a correct conversion.")
+              help="The gate: max |TF64 - PT64| / max |TF64| of every output, both sides in "
+                   "float64 (a correct conversion: about 1e-14).")
+@click.option("--float64-inputs", type=click.IntRange(min=1), default=DEFAULT_FLOAT64_INPUTS,
+              show_default=True,
+              help="How many of the inputs (the first ones) also run in float64: the verdict.")
 @click.option("--weights", "tf_weights", type=click.Choice(["auto", "raw", "ema"]),
               default="auto", show_default=True,
               help="Which checkpoint values the TF side restores: raw variables or their EMA "
                    "shadows (auto: what a .safetensors' metadata says, else raw).")
 @click.option("--per-layer", is_flag=True,
-              help="Compare every upstream end point and block output and name the first "
-                   "layer whose difference jumps.")
+              help="Compare every end point of the architecture in float64 and name the "
+                   "first one above the gate.")
+@click.option("--verbose", is_flag=True,
+              help="Let TensorFlow's own log lines (C++ start-up notices, warnings) through.")
 @click.option("--json", "json_path", type=click.Path(path_type=str), default=None,
               help="Write the full report as JSON (replaces an earlier report).")
 @click.option("--markdown", "markdown_path", type=click.Path(path_type=str), default=None,
@@ -50,14 +52,16 @@ from facenet_convert.converter.parity import (
 @click.pass_context
 def parity_command(ctx: click.Context, source: str, weights: str, model: str, batches: int,
                    batch_size: int, seed: int, images: str | None, tolerance: float,
-                   max_noise_ratio: float, tf_weights: str, per_layer: bool,
+                   float64_inputs: int, tf_weights: str, per_layer: bool, verbose: bool,
                    json_path: str | None, markdown_path: str | None) -> None:
     """Check that converted WEIGHTS (.pt/.safetensors) compute what the TensorFlow SOURCE
     computes: checkpoint folder or prefix (its .meta graph, or the upstream graph rebuilt when
-    there is none), frozen .pb, or MTCNN det1/2/3.npy.
+    there is none), frozen .pb, Keras .h5 (the pinned keras-facenet model), or MTCNN
+    det1/2/3.npy.
 
-    Both run on the same seeded inputs; reports L2, max abs, min cosine and the float32 noise
-    ratio, and exits 1 when a gate is exceeded.
+    Both run on the same seeded inputs in float64 (the verdict: max |TF64 - PT64| relative to
+    the output's scale) and in float32 (reported: L2, max abs, min cosine, noise ratio); exits
+    1 when a gate is exceeded.
 
     Warning: this imports and runs the SOURCE graph with TensorFlow. A graph is code: only
     run parity on checkpoints and .pb files you trust.
@@ -66,9 +70,9 @@ def parity_command(ctx: click.Context, source: str, weights: str, model: str, ba
     from facenet_convert.converter.report import summary_line, write_reports
 
     report = run_parity(source, weights, model=model, batches=batches, batch_size=batch_size,
-                        seed=seed, tolerance=tolerance, max_noise_ratio=max_noise_ratio,
+                        seed=seed, tolerance=tolerance, float64_inputs=float64_inputs,
                         per_layer=per_layer, images=images,
-                        tf_weights=weights_choice(tf_weights, weights))
+                        tf_weights=weights_choice(tf_weights, weights), verbose=verbose)
     write_reports(report, json_path=json_path, markdown_path=markdown_path)
     click.echo(summary_line(report))
     if not report.passed:

@@ -2,10 +2,13 @@
 
 The metric is upstream's (``compare.py``, ``validate_on_lfw.py`` with ``--distance_metric 0``):
 the euclidean distance between the two L2-normalized embeddings, in [0, 2]; below the threshold
-means "same". The default threshold 1.1 is a value commonly used with the 2018 releases;
-upstream picks it per data set by 10-fold cross-validation on LFW, so calibrate it on your own
-pairs with ``--threshold``. With ``--detect`` the best-scoring face of each photo is used (as
-``compare.py`` takes the first box); without it each image is an aligned face crop.
+means "same". The default threshold 1.1 is a value commonly used with the 2018 releases (a
+community value, not calibrated by this project); upstream picks its threshold per data set by
+10-fold cross-validation on LFW. ``facenet-convert evaluate PAIRS DIR --far 1e-3 --calibrate``
+prints the value for your own pairs and model (the square root of upstream's squared-distance
+threshold, as this command compares plain euclidean distances). With ``--detect`` the
+best-scoring face of each photo is used (as ``compare.py`` takes the first box); without it
+each image is an aligned face crop.
 """
 
 from __future__ import annotations
@@ -34,16 +37,19 @@ from facenet_convert.converter.embedding import (
 @detect_options
 @click.option("--threshold", type=click.FloatRange(min=0), default=DEFAULT_THRESHOLD,
               show_default=True, help="Distance below which the faces count as the same "
-                                      "person.")
+                                      "person (1.1: a common value for the 2018 releases; "
+                                      "`evaluate --calibrate` gives yours).")
 @click.option("--fit", type=click.Choice(["resize", "center_crop"]), default="resize",
               show_default=True, help="Without --detect: how images that are not 160x160 "
               "are fitted.")
 def verify_command(image1: Path, image2: Path, weights: str | None, pretrained: str | None,
                    preprocessing: str | None, device: str, detect: bool, mtcnn_dir: str | None,
-                   margin: float, min_face_size: float, threshold: float, fit: str) -> None:
+                   margin: float, min_face_size: float, threshold: float, fit: str,
+                   **engine: str) -> None:
     """Print the embedding distance of IMAGE1 and IMAGE2 and whether they are the same
     person."""
-    loaded = load_embedding_model(weights, pretrained, preprocessing, device, fuse=False)
+    loaded = load_embedding_model(weights, pretrained, preprocessing, device, fuse=False,
+                                  **engine)
     if loaded.note:
         warn(loaded.note)
     detector = load_detector(mtcnn_dir, margin, min_face_size, device) if detect else None

@@ -1,38 +1,148 @@
-"""All-or-nothing file outputs: temp file in the target directory, fsync, rename.
+"""All-or-nothing file outputs: temp file in the target directory, fsync, exclusive commit.
 
-Either every requested output appears complete, or none does and nothing is left behind.
+Either every requested output appears complete, or none does and nothing is left behind:
+
+* every output is compared with every input and every other output after resolving ``..``,
+  symlinks and hard links (real path and ``(st_dev, st_ino)``);
+* temp files are created through a descriptor of the output's directory, so a directory
+  renamed or swapped for a symlink while converting cannot redirect the commit;
+* without ``force`` an output is committed with ``link()`` (create-exclusive): when two
+  processes race for the same path exactly one wins, the other fails and leaves nothing;
+* with ``force`` the old file is kept as a hard-linked backup until the whole set is in place;
+  a failure anywhere rolls every output of the set back;
+* SIGINT/SIGTERM (when :func:`install_interrupt_handlers` is active) are deferred while temp
+  files are created, committed or removed, and a signal that arrived during the commit rolls
+  it back, so "interrupted; nothing written" is always true; after a successful commit the
+  run is no longer interrupted (its outputs are complete) and ends normally.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import tempfile
+import secrets
+import signal
+import stat
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from facenet_convert.converter.core.errors import OutputError
+from facenet_convert.converter.core.errors import Interrupted, OutputError
+from facenet_convert.converter.core.inputs import describe_os_error, file_identity, kind_of
+
+__all__ = ["atomic_output", "check_output_path", "critical_section", "discard_staged",
+           "install_interrupt_handlers", "staged_outputs"]
+
+#: Temp files alive right now, for :func:`discard_staged` (a watchdog about to ``_exit``).
+_LIVE: dict[int, tuple[int, str]] = {}
+
+
+def discard_staged() -> None:
+    """Remove every temp file being staged; for code that must end the process at once."""
+    for dir_fd, tmp in list(_LIVE.values()):
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+
+# ----------------------------------------------------------------------- signal deferral
+
+_critical_depth = 0
+_pending: list[int] = []
+_exit_line: bytes | None = None
+#: Set once a commit succeeded: a signal after that is too late to undo complete outputs, and
+#: "nothing written" would be false, so the run finishes (its remaining work is reporting).
+_committed = False
+_owner_pid = 0
+INTERRUPTED_LINE = "facenet-convert: interrupted; nothing written"
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    if os.getpid() != _owner_pid:  # a forked worker (DataLoader): its parent reports it
+        os._exit(128 + signum)
+    if _committed:
+        return
+    if _critical_depth:
+        _pending.append(signum)
+        return
+    if _exit_line is not None:  # still importing: no output can exist yet, leave at once
+        os.write(2, _exit_line)
+        os._exit(128 + signum)
+    raise Interrupted(signum)
+
+
+def install_interrupt_handlers(*, exit_at_once: bool = False) -> None:
+    """SIGINT/SIGTERM raise :class:`Interrupted` (deferred inside critical sections).
+
+    ``exit_at_once``: print :data:`INTERRUPTED_LINE` and exit 128+signal instead, for the
+    moments before the command runs (imports), where raising would print a traceback.
+    """
+    global _exit_line, _owner_pid
+    _exit_line = f"{INTERRUPTED_LINE}\n".encode() if exit_at_once else None
+    _owner_pid = os.getpid()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _on_signal)
+
+
+@contextmanager
+def critical_section() -> Iterator[None]:
+    """Defer interrupts; one that arrived meanwhile is raised when the section ends."""
+    global _critical_depth
+    _critical_depth += 1
+    try:
+        yield
+    finally:
+        _critical_depth -= 1
+    if not _critical_depth and _pending:
+        signum = _pending[0]
+        _pending.clear()
+        raise Interrupted(signum)
+
+
+def _interrupt_pending() -> bool:
+    return bool(_pending)
+
+
+# ------------------------------------------------------------------------- path checks
+
+
+def _same(a: tuple[str, tuple[int, int] | None], b: tuple[str, tuple[int, int] | None]) -> bool:
+    return a[0] == b[0] or (a[1] is not None and a[1] == b[1])
 
 
 def check_output_path(out: str | os.PathLike[str], *, force: bool = False,
                       inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
-    """Refuse outputs that are symlinks, inputs, directories, or exist without ``force``."""
+    """Refuse outputs that are symlinks, inputs, non-regular files, or exist without ``force``."""
     path = Path(out)
-    if path.is_symlink():
+    try:
+        return _check_output_path(path, force, inputs)
+    except OSError as error:
+        raise OutputError(f"cannot use this output path: {describe_os_error(error)}",
+                          path=path) from None
+
+
+def _check_output_path(path: Path, force: bool,
+                       inputs: Iterable[str | os.PathLike[str]]) -> Path:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        info = None
+    if info is not None and stat.S_ISLNK(info.st_mode):
         raise OutputError("output is a symlink; refusing to write through it, "
                           "give a regular file path", path=path)
+    identity = file_identity(path)
     for item in inputs:
-        item_path = Path(item)
-        same = (path.exists() and item_path.exists() and os.path.samefile(path, item_path)) \
-            or path.resolve() == item_path.resolve()
-        if same:
-            raise OutputError(f"output is the same file as input {item_path}; "
+        if _same(identity, file_identity(item)):
+            raise OutputError(f"output is the same file as input {Path(item)}; "
                               "choose another output path", path=path)
-    if path.is_dir():
+    if info is not None and stat.S_ISDIR(info.st_mode):
         raise OutputError("output is a directory; give a file path", path=path)
-    if path.exists() and not force:
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        raise OutputError(f"output is {kind_of(info.st_mode)}; give a regular file path",
+                          path=path)
+    if info is not None and not force:
         raise OutputError("output exists; pass --force to overwrite it", path=path)
     if not path.parent.is_dir():
         raise OutputError(f"output directory {path.parent} does not exist; create it first",
@@ -40,74 +150,206 @@ def check_output_path(out: str | os.PathLike[str], *, force: bool = False,
     return path
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
+def _fsync_dir(fd: int) -> None:
     try:
         os.fsync(fd)
     except OSError:
         pass
-    finally:
-        os.close(fd)
 
 
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
+# ------------------------------------------------------------------------------ staging
 
 
-def _describe(error: OSError) -> str:
-    if error.errno == errno.ENOSPC:
-        return "no space left on device"
-    return error.strerror or str(error)
+@dataclass
+class _Staged:
+    path: Path
+    dir_fd: int
+    tmp: str
+    handle: BinaryIO
+    ino: int
+    backup: str | None = None
+    committed: bool = False
+
+
+def _temp_name(path: Path, suffix: str) -> str:
+    return f".{path.name}.{secrets.token_hex(4)}.{suffix}"
+
+
+def _create_temp(path: Path, dir_fd: int) -> tuple[str, int]:
+    """Exclusive temp file in ``dir_fd``; mode 0666 & ~umask like any new file."""
+    for _ in range(100):
+        tmp = _temp_name(path, "part")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666,
+                         dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+        return tmp, fd
+    raise OutputError("cannot create a unique temp file", path=path)
+
+
+def _unlink_if(name: str, dir_fd: int, ino: int | None = None) -> None:
+    """Remove ``name`` (only if it is still inode ``ino`` when given)."""
+    try:
+        if ino is not None and os.lstat(name, dir_fd=dir_fd).st_ino != ino:
+            return
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
+
+
+def _link_exclusive(item: _Staged) -> None:
+    """Put the temp file at the output name only if that name is free (no check-then-rename)."""
+    name = item.path.name
+    try:
+        os.link(item.tmp, name, src_dir_fd=item.dir_fd, dst_dir_fd=item.dir_fd,
+                follow_symlinks=False)
+        return
+    except FileExistsError:
+        raise OutputError("output exists (another process wrote it meanwhile?); pass --force "
+                          "to overwrite it", path=item.path) from None
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+    _rename_noreplace(item)
+
+
+def _rename_noreplace(item: _Staged) -> None:
+    """renameat2(RENAME_NOREPLACE) for file systems without hard links."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        raise OutputError("this file system supports neither hard links nor renameat2; "
+                          "cannot commit the output exclusively", path=item.path)
+    if renameat2(item.dir_fd, item.tmp.encode(), item.dir_fd, os.fsencode(item.path.name),
+                 1) != 0:  # RENAME_NOREPLACE
+        code = ctypes.get_errno()
+        if code == errno.EEXIST:
+            raise OutputError("output exists (another process wrote it meanwhile?); pass "
+                              "--force to overwrite it", path=item.path)
+        raise OSError(code, os.strerror(code), str(item.path))
+    item.tmp = ""  # moved, nothing left to remove
+
+
+def _replace(item: _Staged) -> None:
+    """Overwrite (``force``): keep the old file as a hard-linked backup for a rollback."""
+    name = item.path.name
+    try:
+        old = os.lstat(name, dir_fd=item.dir_fd)
+    except FileNotFoundError:
+        old = None
+    if old is not None and not stat.S_ISREG(old.st_mode):
+        raise OutputError(f"output became {kind_of(old.st_mode)} while writing; refusing",
+                          path=item.path)
+    if old is not None:
+        backup = _temp_name(item.path, "old")
+        try:
+            os.link(name, backup, src_dir_fd=item.dir_fd, dst_dir_fd=item.dir_fd,
+                    follow_symlinks=False)
+            item.backup = backup
+        except OSError:
+            item.backup = None  # no hard links here: the overwrite cannot be undone
+    os.replace(item.tmp, name, src_dir_fd=item.dir_fd, dst_dir_fd=item.dir_fd)
+    item.tmp = ""
+
+
+def _rollback(items: list[_Staged]) -> None:
+    for item in items:
+        if not item.committed:
+            continue
+        name = item.path.name
+        if item.backup is not None:
+            try:
+                os.replace(item.backup, name, src_dir_fd=item.dir_fd, dst_dir_fd=item.dir_fd)
+                item.backup = None
+                continue
+            except OSError:
+                pass
+        _unlink_if(name, item.dir_fd, item.ino)
+        item.committed = False
+
+
+def _commit(items: list[_Staged], force: bool) -> None:
+    try:
+        for item in items:
+            if force:
+                _replace(item)
+            else:
+                _link_exclusive(item)
+            item.committed = True
+        if _interrupt_pending():
+            _rollback(items)  # the signal handler will say "nothing written": keep it true
+    except BaseException:
+        _rollback(items)
+        raise
 
 
 @contextmanager
 def staged_outputs(outs: Iterable[str | os.PathLike[str]], *, force: bool = False,
                    inputs: Iterable[str | os.PathLike[str]] = ()
                    ) -> Iterator[dict[Path, BinaryIO]]:
-    """Open a temp file beside each output; rename them all into place only on success."""
+    """Open a temp file beside each output; commit them all only on success (see module doc)."""
+    global _committed
     input_list = list(inputs)
     paths = [check_output_path(out, force=force, inputs=input_list) for out in outs]
-    if len(set(paths)) != len(paths):
-        raise OutputError("the same output path is requested twice", path=paths[0])
-    staged: dict[Path, tuple[str, BinaryIO]] = {}
+    identities = [file_identity(path) for path in paths]
+    for i, one in enumerate(identities):
+        for j in range(i):
+            if _same(one, identities[j]):
+                raise OutputError(f"the same output path is requested twice (also as "
+                                  f"{paths[j]})", path=paths[i])
+    staged: list[_Staged] = []
+    dir_fds: dict[str, int] = {}
     try:
-        for path in paths:
+        with critical_section():
+            for path in paths:
+                key = os.path.realpath(path.parent)
+                try:
+                    if key not in dir_fds:
+                        dir_fds[key] = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY
+                                               | os.O_CLOEXEC)
+                    tmp, fd = _create_temp(path, dir_fds[key])
+                except OSError as error:
+                    raise OutputError(f"cannot create a file in {path.parent}: "
+                                      f"{describe_os_error(error)}", path=path) from None
+                staged.append(_Staged(path, dir_fds[key], tmp, os.fdopen(fd, "wb"),
+                                      os.fstat(fd).st_ino))
+                _LIVE[id(staged[-1])] = (dir_fds[key], tmp)
+        yield {item.path: item.handle for item in staged}
+        for item in staged:
             try:
-                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part",
-                                           dir=path.parent)
+                item.handle.flush()
+                os.fsync(item.handle.fileno())
+                item.handle.close()
             except OSError as error:
-                raise OutputError(f"cannot create a file in {path.parent}: {_describe(error)}",
-                                  path=path) from error
-            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 is not what users expect
-            staged[path] = (tmp, os.fdopen(fd, "wb"))
-        yield {path: handle for path, (_, handle) in staged.items()}
-        for path, (_tmp, handle) in staged.items():
-            try:
-                handle.flush()
-                os.fsync(handle.fileno())
-                handle.close()
-            except OSError as error:
-                raise OutputError(f"writing failed: {_describe(error)}", path=path) from error
-        for path, (tmp, _) in staged.items():
-            if path.is_symlink():
-                raise OutputError("output became a symlink while writing; refusing", path=path)
-            os.replace(tmp, path)
-        for directory in {path.parent for path in staged}:
-            _fsync_dir(directory)
+                raise OutputError(f"writing failed: {describe_os_error(error)}",
+                                  path=item.path) from None
+        with critical_section():
+            _commit(staged, force)
+            for fd in dir_fds.values():
+                _fsync_dir(fd)
+            if not _pending and signal.getsignal(signal.SIGTERM) is _on_signal:
+                _committed = True
     except OSError as error:
-        raise OutputError(f"writing failed: {_describe(error)}",
-                          path=getattr(error, "filename", None)) from error
+        where = getattr(error, "filename", None) or (staged[0].path if staged else None)
+        raise OutputError(f"writing failed: {describe_os_error(error)}", path=where) from None
     finally:
-        for tmp, handle in staged.values():
-            if not handle.closed:
-                handle.close()
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with critical_section():
+            for item in staged:
+                if not item.handle.closed:
+                    try:
+                        item.handle.close()
+                    except OSError:
+                        pass
+                _LIVE.pop(id(item), None)
+                if item.tmp:
+                    _unlink_if(item.tmp, item.dir_fd, item.ino)
+                if item.backup is not None:
+                    _unlink_if(item.backup, item.dir_fd)
+            for fd in dir_fds.values():
+                os.close(fd)
 
 
 @contextmanager

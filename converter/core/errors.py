@@ -6,7 +6,27 @@ must stand on its own and must not contain newlines.
 
 from __future__ import annotations
 
+import re
 from os import PathLike
+
+# C0 and C1 controls, DEL, Unicode line/paragraph separators and lone surrogates (undecodable
+# bytes of a file name): any of them could break the one printable line or rewrite the terminal.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape'd byte of a non-UTF-8 name
+        return f"\\x{code - 0xDC00:02x}"
+    if code <= 0xFF:
+        return {"\t": "\\t", "\r": "\\r"}.get(char, f"\\x{code:02x}")
+    return f"\\u{code:04x}"
+
+
+def one_line(text: str) -> str:
+    """``text`` as one printable line: newlines become spaces, other controls are escaped."""
+    return _UNPRINTABLE.sub(_escape, " ".join(text.split("\n")))
 
 
 class ConverterError(Exception):
@@ -25,7 +45,7 @@ class ConverterError(Exception):
             where.append(f"[{key}]")
         prefix = " ".join(where)
         text = f"{prefix}: {message}" if prefix else message
-        super().__init__(" ".join(text.split("\n")))
+        super().__init__(one_line(text))
 
 
 class SourceError(ConverterError):
@@ -52,9 +72,67 @@ class MappingError(ConverterError):
     """Source tensors and target parameters do not line up."""
 
 
+class MissingTensorError(MappingError):
+    """A tensor asked of a source is not in it (every reader raises this one kind)."""
+
+
 class OutputError(ConverterError):
     """An output cannot be written safely."""
 
 
 class ParityError(ConverterError):
     """The TF reference and the PyTorch model cannot be compared."""
+
+
+# ---------------------------------------------------------------- by what the user was doing
+
+class EvaluationError(ConverterError):
+    """A pairs file, image set or evaluation setting that cannot give a result."""
+
+
+class EmbedError(ConverterError):
+    """Embedding cannot proceed (bad options, no usable image)."""
+
+
+class UnknownReleaseError(ConverterError, ValueError):
+    """A ``pretrained`` name is neither a registered release nor an existing file."""
+
+
+class WeightsNotFoundError(ConverterError, FileNotFoundError):
+    """The weights file of a release (or a given path) is not on disk."""
+
+
+class ChecksumMismatchError(ConverterError):
+    """A file's sha256 is not the one the registry (or a trusted manifest) pins."""
+
+
+class FetchError(ConverterError):
+    """A pinned upstream artifact cannot be fetched or does not match its pin."""
+
+
+class ManifestError(ConverterError):
+    """``$FACENET_CONVERT_WEIGHTS_MANIFEST`` names a file that is not a usable hash list."""
+
+
+class DatasetError(ConverterError):
+    """A dataset folder cannot be listed or holds no images."""
+
+
+class ImageReadError(ConverterError):
+    """An image file cannot be opened or decoded."""
+
+
+class DetectionInputError(ConverterError, ValueError):
+    """An image given to MTCNN is not a usable RGB picture (type, dtype or shape)."""
+
+
+class AlignError(ConverterError):
+    """The alignment job cannot start (bad folders or options)."""
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM arrived; raised where it cannot be swallowed by ``except Exception``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum = signum

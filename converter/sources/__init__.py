@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 from typing import BinaryIO
 
 from facenet_convert.converter.core.errors import SourceError, UnknownFormatError
+from facenet_convert.converter.core.inputs import describe_os_error, open_regular
 from facenet_convert.converter.sources.base import SourceReader, TensorInfo
 
 __all__ = ["FORMATS", "SourceReader", "TensorInfo", "detect_format", "open_source"]
@@ -47,9 +49,15 @@ def has_hdf5_signature(handle: BinaryIO, size: int) -> bool:
 def detect_format(path: str | os.PathLike[str]) -> str:
     """Name the format of ``path`` (a key of :data:`FORMATS`) from its content."""
     p = Path(path)
-    if p.is_dir():
+    try:
+        info = os.stat(p)
+    except FileNotFoundError:
+        info = None
+    except OSError as error:
+        raise SourceError(f"cannot read: {describe_os_error(error)}", path=p) from None
+    if info is not None and stat.S_ISDIR(info.st_mode):
         return "tf-checkpoint"
-    if not p.exists():
+    if info is None:
         if Path(f"{p}.index").is_file():
             return "tf-checkpoint"
         raise SourceError("no such file, directory or checkpoint prefix "
@@ -57,14 +65,14 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     if _DATA_SHARD.fullmatch(p.name):
         return "tf-checkpoint"
     try:
-        size = p.stat().st_size
-        with open(p, "rb") as handle:
+        with open_regular(p, "SOURCE") as handle:
+            size = os.fstat(handle.fileno()).st_size
             head = handle.read(8)
             handle.seek(max(size - 8, 0))
             tail = handle.read(8)
             is_hdf5 = has_hdf5_signature(handle, size)
     except OSError as error:
-        raise SourceError(f"cannot read: {error.strerror or error}", path=p) from error
+        raise SourceError(f"cannot read: {describe_os_error(error)}", path=p) from None
     if is_hdf5:
         return "keras-h5"
     if head.startswith(_NPY_MAGIC):

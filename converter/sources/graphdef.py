@@ -27,10 +27,10 @@ import numpy as np
 
 from facenet_convert.converter.core.errors import (
     CorruptSourceError,
-    MappingError,
     SourceError,
     UnsupportedSourceError,
 )
+from facenet_convert.converter.core.inputs import open_regular
 from facenet_convert.converter.core.protowire import (
     FIXED32,
     FIXED64,
@@ -41,7 +41,7 @@ from facenet_convert.converter.core.protowire import (
     iter_packed_varints,
 )
 from facenet_convert.converter.core.protowire import iter_field_spans as _fields
-from facenet_convert.converter.sources.base import SourceReader, TensorInfo
+from facenet_convert.converter.sources.base import SourceReader, TensorInfo, check_shape
 from facenet_convert.converter.sources.tf_dtypes import NUMPY_DTYPES, dtype_label
 
 __all__ = ["MAX_RANK", "GraphDefReader", "expansion_cap"]
@@ -131,7 +131,7 @@ class GraphDefReader(SourceReader):
         self._consts: dict[str, _Const] = {}
         self._ops: dict[str, str] = {}
         try:
-            with open(self.path, "rb") as handle:
+            with open_regular(self.path) as handle:
                 self._size = os.fstat(handle.fileno()).st_size
                 if self._size == 0:
                     raise CorruptSourceError("file is empty; expected a serialized GraphDef",
@@ -253,6 +253,7 @@ class GraphDefReader(SourceReader):
         count = 1
         for dim in shape:
             count *= dim
+        check_shape(shape, dtype.itemsize, self.path, name)
         if count >= 1 << 63:
             raise CorruptSourceError(f"{what}: shape {list(shape)} has more elements than "
                                      "int64 can count")
@@ -326,9 +327,7 @@ class GraphDefReader(SourceReader):
         """The value of Const node ``name``, read-only (zero-copy for tensor_content)."""
         const = self._consts.get(name)
         if const is None:
-            raise MappingError(
-                f"no Const node named {name!r} ({len(self._consts)} constants; list them with "
-                "inspect)", path=self.path, key=name)
+            raise self.missing(name, self._consts)
         if self._buf is None:
             raise SourceError("reader is closed", path=self.path, key=name)
         info = const.info

@@ -33,39 +33,120 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
+import time
+import zlib
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from facenet_convert.converter.core.atomic import discard_staged
 from facenet_convert.converter.core.errors import (
     CorruptSourceError,
-    MappingError,
     SourceError,
     UnknownFormatError,
     UnsafeSourceError,
     UnsupportedSourceError,
+    one_line,
 )
+from facenet_convert.converter.core.inputs import open_regular
 from facenet_convert.converter.sources import has_hdf5_signature
-from facenet_convert.converter.sources.base import SourceReader, TensorInfo
+from facenet_convert.converter.sources.base import SourceReader, TensorInfo, check_shape
 
 __all__ = ["ALLOWED_FILTERS", "KerasH5Reader", "size_cap"]
 
-#: HDF5 filters built into libhdf5 (deflate, shuffle, fletcher32, szip, nbit, scaleoffset)
-#: plus h5py's bundled LZF; any other id would make HDF5 search for and load a plugin.
-ALLOWED_FILTERS = {1: "deflate", 2: "shuffle", 3: "fletcher32", 4: "szip", 5: "nbit",
-                   6: "scaleoffset", 32000: "lzf"}
+#: The filters Keras/h5py write (gzip, shuffle, fletcher32), each at most once. Anything else
+#: is refused: other ids would make HDF5 load a plugin, and the rest no weights file needs.
+ALLOWED_FILTERS = {1: "deflate", 2: "shuffle", 3: "fletcher32"}
+_DEFLATE, _SHUFFLE, _FLETCHER32 = 1, 2, 3
+#: Seconds one HDF5 call may run without progress before the process is ended (a corrupt file
+#: can make libhdf5 spin). Only when ``FACENET_CONVERT_H5_TIMEOUT`` is set: the CLI sets it to
+#: :data:`DEFAULT_H5_TIMEOUT`; a Python program opts in (ending its process is its call).
+H5_TIMEOUT_ENV = "FACENET_CONVERT_H5_TIMEOUT"
+DEFAULT_H5_TIMEOUT = 120.0
+#: Decoded bytes (per dataset and for the whole file) may exceed the file size by this
+#: factor (+ 1 MiB); ``FACENET_CONVERT_H5_EXPANSION`` raises it for very compressible files.
+H5_EXPANSION_ENV = "FACENET_CONVERT_H5_EXPANSION"
+DEFAULT_H5_EXPANSION = 64
 _NUMERIC_KINDS = "biufc"
 _MAX_DEPTH = 64
 _KERAS3_ROOTS = ("layers", "vars")
 _H5_ERRORS = (OSError, RuntimeError, ValueError, TypeError, KeyError)
 
 
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise SourceError(f"{name}={raw!r} is not a positive number")
+    return value
+
+
 def size_cap(file_size: int) -> int:
-    """Most bytes one dataset may decode to: 64 x file size + 1 MiB (compression/fill bombs)."""
-    return 64 * file_size + (1 << 20)
+    """Most bytes one dataset (and all datasets together) may decode to: 64 x file size + 1 MiB
+    by default (compression or fill-value bombs)."""
+    return int(_env_number(H5_EXPANSION_ENV, DEFAULT_H5_EXPANSION) * file_size) + (1 << 20)
+
+
+class _Watchdog:
+    """Ends the process with one line when an armed HDF5 call makes no progress in time.
+
+    h5py releases the GIL while libhdf5 works, so this thread runs even when a corrupt file
+    makes libhdf5 loop; it removes staged temp outputs and exits with status 2.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._deadline: float | None = None
+        self._message = ""
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def armed(self, message: str) -> Iterator[None]:
+        if os.environ.get(H5_TIMEOUT_ENV) is None:
+            yield
+            return
+        timeout = _env_number(H5_TIMEOUT_ENV, DEFAULT_H5_TIMEOUT)
+        with self._lock:
+            previous = (self._deadline, self._message)
+            self._deadline, self._message = time.monotonic() + timeout, message
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="h5-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            self._lock.notify()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._deadline, self._message = previous
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if self._deadline is None:
+                    self._lock.wait()
+                    continue
+                left = self._deadline - time.monotonic()
+                if left > 0:
+                    self._lock.wait(left)
+                    continue
+                message = self._message
+            discard_staged()
+            os.write(2, f"facenet-convert: error: {message}\n".encode("utf-8", "replace"))
+            os._exit(2)
+
+
+_WATCHDOG = _Watchdog()
 
 
 @dataclass(frozen=True)
@@ -90,9 +171,13 @@ class KerasH5Reader(SourceReader):
         self._map: mmap.mmap | None = None
         self._entries: dict[str, _Entry] = {}
         self.layout = ""
+        self._visited: dict[object, str] = {}
+        self._declared_total = 0
         try:
-            self._size = os.stat(self.path).st_size
-            with open(self.path, "rb") as handle:
+            with open_regular(self.path) as handle:
+                info = os.fstat(handle.fileno())
+                self._size = info.st_size
+                self._identity = (info.st_dev, info.st_ino)
                 signed = has_hdf5_signature(handle, self._size)
         except OSError as error:
             raise SourceError(f"cannot read: {error.strerror or error}", path=self.path
@@ -102,12 +187,18 @@ class KerasH5Reader(SourceReader):
                                      "1024, ...); expected a Keras .h5 weights file",
                                      path=self.path)
         try:
-            self._file = h5py.File(self.path, "r")
+            with self._guard("opening the HDF5 file"):
+                self._file = h5py.File(self.path, "r")
         except _H5_ERRORS as error:
             raise CorruptSourceError(f"HDF5 file cannot be opened ({_one_line(error)}); it is "
                                      "truncated or damaged", path=self.path) from None
         try:
-            self._index()
+            opened = os.fstat(self._file.id.get_vfd_handle())
+            if (opened.st_dev, opened.st_ino) != self._identity:
+                raise SourceError("the file was replaced while it was being opened; retry",
+                                  path=self.path)
+            with self._guard("indexing the HDF5 file"):
+                self._index()
         except _H5_ERRORS as error:
             # Any HDF5 call the index makes can meet damaged metadata; the precise checks
             # below name the place where they can, this catches the rest.
@@ -117,6 +208,12 @@ class KerasH5Reader(SourceReader):
         except BaseException:
             self.close()
             raise
+
+    def _guard(self, doing: str) -> AbstractContextManager[None]:
+        return _WATCHDOG.armed(one_line(
+            f"{self.path}: libhdf5 made no progress for "
+            f"{_env_number(H5_TIMEOUT_ENV, DEFAULT_H5_TIMEOUT):g} s while {doing}; the file is "
+            f"corrupt (set {H5_TIMEOUT_ENV} to wait longer)"))
 
     # -- safe navigation --------------------------------------------------------------------
 
@@ -271,6 +368,7 @@ class KerasH5Reader(SourceReader):
         if obj.id in seen:
             raise CorruptSourceError(f"group {rel!r} is linked into itself (a cycle)",
                                      path=self.path)
+        self._visit_once(obj, rel)
         seen.add(obj.id)
         try:
             keys = list(obj.keys())
@@ -281,11 +379,20 @@ class KerasH5Reader(SourceReader):
             self._index_keras3(obj, child, f"{rel}/{child}", depth + 1, seen)
         seen.discard(obj.id)
 
+    def _visit_once(self, obj: h5py.HLObject, where: str) -> None:
+        """Each object once: hard links can make a DAG whose naive walk is exponential."""
+        first = self._visited.setdefault(obj.id, where)
+        if first != where:
+            raise CorruptSourceError(f"{where!r} is the same object as {first!r} (hard-linked "
+                                     "twice); Keras never writes that, refusing it",
+                                     path=self.path)
+
     def _add(self, name: str, dataset: h5py.Group | h5py.Dataset, where: str,
              layer: str | None) -> None:
         if not isinstance(dataset, h5py.Dataset):
             raise CorruptSourceError(f"{where!r} is a group, expected a weight dataset",
                                      path=self.path, key=name)
+        self._visit_once(dataset, where)
         if name in self._entries:
             raise CorruptSourceError(f"two weights map to the tensor name {name!r} (second at "
                                      f"{where!r})", path=self.path, key=name)
@@ -313,18 +420,31 @@ class KerasH5Reader(SourceReader):
             raise UnsafeSourceError(f"dataset {where!r} keeps its data in {external} external "
                                     "file(s); refusing to read outside this file",
                                     path=self.path, key=name)
-        for code, _flags, _values, label in filters:
+        seen_filters: set[int] = set()
+        for code, _flags, values, label in filters:
             if code not in ALLOWED_FILTERS:
                 raise UnsupportedSourceError(
                     f"dataset {where!r} uses HDF5 filter {code} "
-                    f"({label.decode('latin-1', 'replace')!r}), which would load a plugin; "
-                    f"only {sorted(ALLOWED_FILTERS.values())} are read", path=self.path, key=name)
+                    f"({label.decode('latin-1', 'replace')!r}), which would load a plugin or "
+                    f"is never needed for weights; only {sorted(ALLOWED_FILTERS.values())} are "
+                    "read", path=self.path, key=name)
+            if code in seen_filters:
+                raise UnsupportedSourceError(
+                    f"dataset {where!r} applies the {ALLOWED_FILTERS[code]} filter twice; h5py "
+                    "never writes that (stacked filters are a decompression bomb)",
+                    path=self.path, key=name)
+            seen_filters.add(code)
+            if code == _DEFLATE and not (len(values) <= 1 and all(0 <= v <= 9 for v in values)):
+                raise UnsupportedSourceError(f"dataset {where!r} has deflate parameters "
+                                             f"{list(values)}, expected one level 0..9",
+                                             path=self.path, key=name)
         if shape is None:
             raise UnsupportedSourceError(f"dataset {where!r} has no dataspace (empty "
                                          "dataset)", path=self.path, key=name)
         if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype:
             raise UnsupportedSourceError(f"dataset {where!r} has dtype {dtype}; expected a "
                                          "numeric weight array", path=self.path, key=name)
+        check_shape(tuple(int(d) for d in shape), dtype.itemsize, self.path, name)
         count = 1
         for dim in shape:
             count *= int(dim)
@@ -332,8 +452,29 @@ class KerasH5Reader(SourceReader):
             raise UnsupportedSourceError(
                 f"dataset {where!r} declares shape {list(shape)} ({count * dtype.itemsize} "
                 f"bytes) in a {self._size}-byte file; refusing more than "
-                f"{size_cap(self._size)} bytes (64 x file size + 1 MiB)",
+                f"{size_cap(self._size)} bytes (64 x file size + 1 MiB; {H5_EXPANSION_ENV} "
+                "raises the factor)",
                 path=self.path, key=name)
+        if layout == h5py.h5d.CHUNKED:
+            chunk_bytes = dtype.itemsize
+            try:
+                for dim in plist.get_chunk():
+                    chunk_bytes *= int(dim)
+            except _H5_ERRORS as error:
+                raise CorruptSourceError(f"dataset {where!r} has no readable chunk shape "
+                                         f"({_one_line(error)})", path=self.path, key=name
+                                         ) from None
+            if chunk_bytes > size_cap(self._size):
+                raise UnsupportedSourceError(
+                    f"dataset {where!r} declares {chunk_bytes}-byte chunks in a "
+                    f"{self._size}-byte file (libhdf5 allocates a whole chunk to read one); "
+                    f"refusing more than {size_cap(self._size)} bytes", path=self.path, key=name)
+        self._declared_total += count * dtype.itemsize
+        if self._declared_total > size_cap(self._size):
+            raise UnsupportedSourceError(
+                f"datasets up to {where!r} declare {self._declared_total} bytes in all, in a "
+                f"{self._size}-byte file; refusing more than {size_cap(self._size)} bytes "
+                f"(set {H5_EXPANSION_ENV} to allow more expansion)", path=self.path, key=name)
 
     # -- public API -------------------------------------------------------------------------
 
@@ -352,9 +493,7 @@ class KerasH5Reader(SourceReader):
     def _entry(self, name: str) -> _Entry:
         entry = self._entries.get(name)
         if entry is None:
-            raise MappingError(
-                f"no weight named {name!r} ({len(self._entries)} weights; list them with "
-                "inspect)", path=self.path, key=name)
+            raise self.missing(name, self._entries)
         return entry
 
     def read(self, name: str) -> np.ndarray:
@@ -364,10 +503,12 @@ class KerasH5Reader(SourceReader):
             raise SourceError("reader is closed", path=self.path, key=name)
         info = entry.info
         try:
-            dataset = self._file[entry.h5path]
-            array = self._mapped(dataset, info)
-            if array is None:
-                array = np.asarray(dataset[()])
+            with self._guard(f"reading {entry.h5path!r}"):
+                dataset = self._file[entry.h5path]
+                array = self._mapped(dataset, info)
+                if array is None:
+                    self._check_chunks(dataset, info)
+                    array = np.asarray(dataset[()])
         except _H5_ERRORS as error:
             raise CorruptSourceError(f"dataset {entry.h5path!r} cannot be read "
                                      f"({_one_line(error)})", path=self.path, key=name
@@ -380,6 +521,69 @@ class KerasH5Reader(SourceReader):
             array = array.astype(info.dtype)
         array.flags.writeable = False  # same contract as the mapped path
         return array
+
+    def _check_chunks(self, dataset: h5py.Dataset, info: TensorInfo) -> None:
+        """Decode every filtered chunk here first, bounded, before libhdf5 decodes it.
+
+        libhdf5's deflate filter grows its buffer without limit, so one small chunk can
+        inflate to gigabytes. Each stored chunk is read raw and inflated with a cap of the
+        chunk's declared size; a chunk that decodes to more (or less) is refused.
+        """
+        dsid = dataset.id
+        plist = dsid.get_create_plist()
+        nfilters = plist.get_nfilters()
+        if plist.get_layout() != h5py.h5d.CHUNKED or not nfilters:
+            return
+        pipeline = [plist.get_filter(i)[0] for i in range(nfilters)]
+        chunk = plist.get_chunk()
+        chunk_bytes = info.dtype.itemsize
+        slots = 1
+        for dim, size in zip(info.shape, chunk, strict=True):
+            chunk_bytes *= size
+            slots *= -(-dim // size) if size else 0
+        count = dsid.get_num_chunks()
+        if count > slots:
+            raise CorruptSourceError(f"dataset {dataset.name!r} indexes {count} chunks, its "
+                                     f"shape has room for {slots}", path=self.path,
+                                     key=info.name)
+        for index in range(count):
+            stored = dsid.get_chunk_info(index)
+            if stored.byte_offset is None or stored.size > self._size or (
+                    stored.byte_offset + stored.size > self._size):
+                raise CorruptSourceError(f"chunk {index} of {dataset.name!r} lies outside the "
+                                         "file", path=self.path, key=info.name)
+            mask, raw = dsid.read_direct_chunk(stored.chunk_offset)
+            data = raw
+            for position in reversed(range(nfilters)):
+                if mask & (1 << position):
+                    continue
+                data = self._unfilter(pipeline[position], data, chunk_bytes, dataset.name,
+                                      info.name, index)
+            if len(data) != chunk_bytes:
+                raise CorruptSourceError(
+                    f"chunk {index} of {dataset.name!r} decodes to {len(data)} bytes, its "
+                    f"declared chunk size is {chunk_bytes}", path=self.path, key=info.name)
+
+    def _unfilter(self, code: int, data: bytes, limit: int, where: str, key: str,
+                  index: int) -> bytes:
+        if code == _FLETCHER32:
+            if len(data) < 4:
+                raise CorruptSourceError(f"chunk {index} of {where!r} is too short for its "
+                                         "fletcher32 checksum", path=self.path, key=key)
+            return data[:-4]
+        if code == _DEFLATE:
+            inflater = zlib.decompressobj()
+            try:
+                out = inflater.decompress(data, limit + 1)
+            except zlib.error as error:
+                raise CorruptSourceError(f"chunk {index} of {where!r} is not valid deflate "
+                                         f"data ({error})", path=self.path, key=key) from None
+            if len(out) > limit or inflater.unconsumed_tail:
+                raise CorruptSourceError(
+                    f"chunk {index} of {where!r} inflates past its declared {limit} bytes; "
+                    "refusing a decompression bomb", path=self.path, key=key)
+            return out
+        return data  # shuffle: same size
 
     def _mapped(self, dataset: h5py.Dataset, info: TensorInfo) -> np.ndarray | None:
         """Zero-copy view for contiguous, unfiltered, allocated little-endian data."""
@@ -395,7 +599,7 @@ class KerasH5Reader(SourceReader):
                 f"dataset {dataset.name!r} spans bytes {offset}..{offset + info.nbytes} but the "
                 f"file has {self._size}; it is truncated", path=self.path, key=info.name)
         if self._map is None:
-            with open(self.path, "rb") as handle:
+            with open_regular(self.path) as handle:
                 self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         if len(self._map) < offset + info.nbytes:
             return None

@@ -42,7 +42,7 @@ class ArraySource(SourceReader):
 
     def read(self, name: str) -> np.ndarray:
         if name not in self._arrays:
-            raise SourceError("no such tensor", path=self.path, key=name)
+            raise self.missing(name, self._arrays)
         return self._arrays[name]
 
     def files(self) -> list[Path]:

@@ -24,13 +24,13 @@ import numpy as np
 
 from facenet_convert.converter.core.errors import (
     CorruptSourceError,
-    MappingError,
     SourceError,
     UnknownFormatError,
     UnsafeSourceError,
     UnsupportedSourceError,
 )
-from facenet_convert.converter.sources.base import SourceReader, TensorInfo
+from facenet_convert.converter.core.inputs import open_regular
+from facenet_convert.converter.sources.base import MAX_RANK, SourceReader, TensorInfo
 
 __all__ = ["MAX_FILE_BYTES", "MAX_HEADER_BYTES", "MtcnnNpyReader", "parse_npy_header",
            "restricted_loads"]
@@ -41,6 +41,7 @@ MAX_HEADER_BYTES = 64 * 1024
 #: det1/2/3.npy are 27 KB to 1.6 MB; the whole file is read, so refuse anything far larger.
 MAX_FILE_BYTES = 256 * 1024 * 1024
 _NUMERIC_KINDS = "biufc"
+_SPEC_KINDS = "biufcOSUa?bBhHlLqQefdgFDG"
 
 # The reconstruction callables numpy's pickles name, taken from live objects so that
 # neither the deprecated ``numpy.core`` alias nor any other module is imported here.
@@ -70,11 +71,13 @@ class _GuardedArray(np.ndarray):
         if not isinstance(shape, tuple) or not all(
                 isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise pickle.UnpicklingError(f"ndarray shape {shape!r} is not non-negative ints")
-        if not isinstance(dtype, np.dtype):
-            raise pickle.UnpicklingError(f"ndarray dtype is a {type(dtype).__name__}")
+        _check_plain_dtype(dtype)
         count = 1
         for dim in shape:
             count *= dim
+        if len(shape) > MAX_RANK or _bounding_bytes(shape, dtype.itemsize) >= 1 << 62:
+            raise pickle.UnpicklingError(f"ndarray shape {shape} has more than {MAX_RANK} "
+                                         "dimensions or dimensions too large to address")
         if dtype.hasobject:
             if count > _MAX_OBJECT_ELEMENTS or not isinstance(data, list) or len(data) != count:
                 raise pickle.UnpicklingError(
@@ -86,6 +89,33 @@ class _GuardedArray(np.ndarray):
                 f"array of shape {shape} and dtype {dtype} needs {count * dtype.itemsize} "
                 f"bytes of data, found {size}")
         super().__setstate__(state)
+
+
+def _check_plain_dtype(dtype: object) -> None:
+    """Only plain numeric dtypes (or ``object`` for the outer dict) may shape data.
+
+    A pickle can BUILD any state onto a dtype (``dtype.__setstate__``): fields holding
+    objects inside a float32, odd sizes, void records. Such a dtype is refused before numpy
+    interprets a single byte with it.
+    """
+    if not isinstance(dtype, np.dtype):
+        raise pickle.UnpicklingError(f"ndarray dtype is a {type(dtype).__name__}")
+    if dtype.kind not in _SPEC_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        raise pickle.UnpicklingError(f"dtype {dtype!r} is not a plain numeric dtype "
+                                     "(structured, void or subarray dtypes are refused)")
+    canonical = np.dtype(dtype.str)
+    if dtype != canonical or dtype.itemsize != canonical.itemsize or (
+            dtype.hasobject and dtype.kind != "O"):
+        raise pickle.UnpicklingError(f"dtype {dtype!r} carries a state that differs from "
+                                     f"{canonical!r}; refusing it")
+
+
+def _bounding_bytes(shape: tuple[int, ...], itemsize: int) -> int:
+    """Bytes the shape would span if its zero dimensions were ones (numpy's own overflow)."""
+    total = max(itemsize, 1)
+    for dim in shape:
+        total *= max(dim, 1)
+    return total
 
 
 def _safe_reconstruct(subtype: object, shape: object, dtype: object) -> np.ndarray:
@@ -101,12 +131,15 @@ def _safe_dtype(spec: object, align: object = False, copy: object = False) -> np
     """``numpy.dtype`` from a short type string only (what array pickles carry)."""
     if not isinstance(spec, str) or len(spec) > 8:
         raise pickle.UnpicklingError(f"dtype spec {spec!r} is not a short type string")
+    if spec.lstrip("<>|=")[:1] not in _SPEC_KINDS:
+        raise pickle.UnpicklingError(f"dtype spec {spec!r} is not a numeric or object type")
     return np.dtype(spec, bool(align), bool(copy))
 
 
 def _safe_scalar(dtype: object, data: object = None) -> object:
     """``numpy.core.multiarray.scalar`` for plain numeric dtypes only."""
-    if (not isinstance(dtype, np.dtype) or dtype.hasobject
+    _check_plain_dtype(dtype)
+    if (dtype.hasobject
             or not isinstance(data, (bytes, str)) or len(data) != dtype.itemsize):
         raise pickle.UnpicklingError(f"scalar({dtype!r}, ...) is not a plain numeric scalar")
     return _SCALAR(dtype, data)
@@ -212,7 +245,7 @@ class MtcnnNpyReader(SourceReader):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         try:
-            with open(self.path, "rb") as handle:
+            with open_regular(self.path) as handle:
                 size = os.fstat(handle.fileno()).st_size
                 if size > MAX_FILE_BYTES:
                     raise UnsupportedSourceError(
@@ -274,9 +307,7 @@ class MtcnnNpyReader(SourceReader):
         """The array ``name`` (read-only; the whole file was decoded on open, it is small)."""
         array = self._arrays.get(name)
         if array is None:
-            raise MappingError(
-                f"no array named {name!r}; this file has {sorted(self._arrays)}",
-                path=self.path, key=name)
+            raise self.missing(name, self._arrays)
         return array
 
 

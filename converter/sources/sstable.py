@@ -8,7 +8,6 @@ damaged or hostile ``.index`` fails with a typed one-line error instead of a cra
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import crc32c
 import numpy as np
@@ -18,6 +17,7 @@ from facenet_convert.converter.core.errors import (
     SourceError,
     UnsupportedSourceError,
 )
+from facenet_convert.converter.core.inputs import open_regular
 from facenet_convert.converter.core.protowire import read_varint
 
 MAGIC = 0xDB4775248B80FB57
@@ -151,7 +151,8 @@ def read_table(path: str | os.PathLike[str]) -> list[tuple[bytes, bytes]]:
     """All (key, value) pairs of the SSTable at ``path``, in key order."""
     path = str(path)
     try:
-        data = Path(path).read_bytes()
+        with open_regular(path, "the .index file") as handle:
+            data = handle.read()
     except OSError as exc:
         raise SourceError(f"cannot read the .index file ({exc.strerror}); check the path and "
                           "permissions", path=path) from None

@@ -11,6 +11,8 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import stat
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +21,11 @@ import numpy as np
 
 from facenet_convert.converter.core.errors import (
     CorruptSourceError,
-    MappingError,
     SourceError,
     UnknownFormatError,
     UnsupportedSourceError,
 )
+from facenet_convert.converter.core.inputs import kind_of, open_regular
 from facenet_convert.converter.core.protowire import (
     FIXED32,
     LENGTH_DELIMITED,
@@ -34,7 +36,7 @@ from facenet_convert.converter.core.protowire import (
     iter_packed_varints,
     read_varint,
 )
-from facenet_convert.converter.sources.base import SourceReader, TensorInfo
+from facenet_convert.converter.sources.base import SourceReader, TensorInfo, check_shape
 from facenet_convert.converter.sources.sstable import (
     crc32c_extend,
     read_table,
@@ -47,6 +49,8 @@ from facenet_convert.converter.sources.tf_dtypes import DT_STRING, NAMES, NUMPY_
 TENSOR_BUNDLE_MIN_PRODUCER = 0
 TENSOR_BUNDLE_VERSION = 1
 MAX_RANK = 254  # TensorShape::MaxDimensions()
+#: The ``checkpoint`` state file lists a few paths; anything larger is not one.
+MAX_STATE_BYTES = 1 << 20
 
 
 def _numpy_max_rank() -> int:
@@ -65,7 +69,12 @@ _OBJECT = NUMPY_DTYPES[DT_STRING]
 _DATA_RE = re.compile(r"^(?P<prefix>.+)\.data-(?P<shard>\d{5,})-of-(?P<count>\d{5,})$")
 # facenet.get_model_filenames: re.match(r'(^model-[\w\- ]+.ckpt-(\d+))', f)
 _UPSTREAM_RE = re.compile(r"^model-[\w\- ]+\.ckpt-(\d+)$")
-_STATE_RE = re.compile(r'^\s*model_checkpoint_path\s*:\s*"((?:[^"\\]|\\.)*)"\s*$')
+# text_format: a field, an optional colon, then one or more adjacent quoted strings ("..." or
+# '...', concatenated), an optional comment.
+_STATE_RE = re.compile(r"""^\s*model_checkpoint_path\s*:?\s*((?:"(?:[^"\n\\]|\\.)*"\s*"""
+                       r"""|'(?:[^'\n\\]|\\.)*'\s*)+)(?:#.*)?$""")
+_STATE_PIECE = re.compile(r""""((?:[^"\n\\]|\\.)*)"|'((?:[^'\n\\]|\\.)*)'""")
+_CUNESCAPE_HEX = re.compile(r"(\\+)x([0-9a-fA-F])(?![0-9a-fA-F])")
 
 
 def data_filename(prefix: str | os.PathLike[str], shard: int, num_shards: int) -> Path:
@@ -91,10 +100,44 @@ class BundleEntry:
 # --------------------------------------------------------------------------- path resolution
 
 
-def _unescape_state(text: str) -> str:
-    """Undo text-proto C escaping of the state file's string (octal bytes, \\", \\\\...)."""
-    raw = text.encode("latin-1", "backslashreplace").decode("unicode_escape").encode("latin-1")
-    return raw.decode("utf-8", "surrogateescape")
+def _cunescape(text: str) -> bytes:
+    """protobuf's ``text_encoding.CUnescape``, which TF's ``get_checkpoint_state`` runs.
+
+    Octal, ``\\x`` (one or two digits), ``\\u``/``\\U``, ``\\N{...}`` and C escapes decode
+    exactly as there; whatever makes it fail (a truncated escape, a character above U+00FF
+    from ``\\N{...}``) raises ValueError, as it makes TensorFlow fail.
+    """
+    def widen(match: re.Match[str]) -> str:
+        if len(match.group(1)) & 1:
+            return match.group(1) + "x0" + match.group(2)
+        return match.group(0)
+
+    result = _CUNESCAPE_HEX.sub(widen, text)
+    result = result.encode("raw_unicode_escape").decode("raw_unicode_escape")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "invalid escape sequence": kept as is, like protobuf
+        result = result.encode("utf-8").decode("unicode_escape")
+    return result.encode("latin-1")
+
+
+def _unescape_state(token: str, state: Path) -> str:
+    """The string value of ``model_checkpoint_path``'s quoted pieces, as TF reads it."""
+    raw = b""
+    for piece in _STATE_PIECE.finditer(token):
+        text = piece.group(1) if piece.group(1) is not None else piece.group(2)
+        try:
+            raw += _cunescape(text)
+        except ValueError as error:
+            raise CorruptSourceError(
+                f"model_checkpoint_path holds an escape TensorFlow cannot decode "
+                f"({type(error).__name__}: {error}); fix or delete the state file, or pass a "
+                "prefix", path=state) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CorruptSourceError(
+            "model_checkpoint_path decodes to bytes that are not UTF-8 (TensorFlow refuses "
+            "them too); fix or delete the state file, or pass a prefix", path=state) from None
 
 
 def _prefixes_in(folder: Path) -> list[str]:
@@ -130,20 +173,37 @@ def resolve_prefix(path: str | os.PathLike[str]) -> tuple[Path, str]:
         path=p)
 
 
+def _state_file_present(state: Path) -> bool:
+    """A ``checkpoint`` entry to read: a folder or dangling link of that name is ignored (as
+    before); a FIFO, socket or device is taken, so that reading it is refused in one line."""
+    try:
+        return not stat.S_ISDIR(os.stat(state).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True  # unreadable: open_regular says why
+
+
 def _resolve_dir(folder: Path) -> tuple[Path, str]:
     state = folder / "checkpoint"
     available = _prefixes_in(folder)
-    if state.is_file():
+    if _state_file_present(state):
+        with open_regular(state, "the checkpoint state file") as handle:
+            data = handle.read(MAX_STATE_BYTES + 1)
+        if len(data) > MAX_STATE_BYTES:
+            raise CorruptSourceError(f"checkpoint state file is over {MAX_STATE_BYTES} bytes; "
+                                     "TensorFlow writes a few hundred", path=state)
         try:
-            lines = state.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
-        except OSError as exc:
-            raise SourceError(f"cannot read the checkpoint state file ({exc.strerror})",
-                              path=state) from None
+            lines = data.decode("utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise CorruptSourceError("checkpoint state file is not UTF-8 text (TensorFlow "
+                                     "cannot read it either); fix or delete it, or pass a "
+                                     "prefix", path=state) from None
         value = None
         for line in lines:
             match = _STATE_RE.match(line)
             if match:
-                value = _unescape_state(match.group(1))
+                value = _unescape_state(match.group(1), state)
                 break
         if value is None:
             raise CorruptSourceError(
@@ -347,7 +407,11 @@ class TFCheckpointReader(SourceReader):
         shard_sizes = []
         for i, shard in enumerate(self.shard_paths):
             try:
-                shard_sizes.append(shard.stat().st_size)
+                info = shard.stat()
+                if not stat.S_ISREG(info.st_mode):
+                    raise SourceError(f"data shard {i} is {kind_of(info.st_mode)}, not a "
+                                      "regular file; refusing to read it", path=shard)
+                shard_sizes.append(info.st_size)
             except FileNotFoundError:
                 raise CorruptSourceError(
                     f"data shard {i} of {num_shards} is missing (the checkpoint is incomplete); "
@@ -388,6 +452,7 @@ class TFCheckpointReader(SourceReader):
                 self.skipped[name] = message
                 return None
             raise UnsupportedSourceError(message, path=ipath, key=name)
+        check_shape(shape, dtype.itemsize, ipath, name)
         count = 1
         for dim in shape:
             count *= dim
@@ -433,6 +498,10 @@ class TFCheckpointReader(SourceReader):
     def files(self) -> list[Path]:
         return [self.index_path, *self.shard_paths]
 
+    def guarded_files(self) -> list[Path]:
+        state = self.path / "checkpoint"
+        return [*self.files(), state] if _state_file_present(state) else self.files()
+
     def entry(self, name: str) -> BundleEntry:
         """The validated index entry of ``name`` (shard, offset, size, crc)."""
         try:
@@ -441,9 +510,7 @@ class TFCheckpointReader(SourceReader):
             if name in self.skipped:
                 raise UnsupportedSourceError(self.skipped[name], path=self.index_path,
                                              key=name) from None
-            raise MappingError(f"no tensor of that name in this checkpoint "
-                               f"({len(self._entries)} tensors); list them with inspect",
-                               path=self.index_path, key=name) from None
+            raise self.missing(name, self._entries, where=self.index_path) from None
 
     def read(self, name: str) -> np.ndarray:
         """The tensor as a read-only array (a view of the shard's memory map when aligned)."""
@@ -471,7 +538,7 @@ class TFCheckpointReader(SourceReader):
             return self._maps[shard]
         path = self.shard_paths[shard]
         try:
-            with open(path, "rb") as fh:
+            with open_regular(path, "data shard") as fh:
                 size = os.fstat(fh.fileno()).st_size
                 if size != self._shard_sizes[shard]:
                     raise CorruptSourceError(

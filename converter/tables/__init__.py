@@ -54,3 +54,30 @@ BN_FILLS: tuple[Fill, ...] = (
     Fill(r"(?:.+\.)?(?:bn|last_bn)\.num_batches_tracked", "zeros",
          "torch-only BatchNorm counter (int64 scalar); TF keeps no such count"),
 )
+
+#: TF-slim conv + BatchNorm (slim.conv2d with normalizer_fn=batch_norm: no conv bias).
+CONV_BN: tuple[Param, ...] = (
+    ("/weights", ".conv.weight", "conv_hwio_to_oihw"),
+    ("/BatchNorm/gamma", ".bn.weight", "identity"),  # only in scale=True variants
+    ("/BatchNorm/beta", ".bn.bias", "identity"),
+    ("/BatchNorm/moving_mean", ".bn.running_mean", "identity"),
+    ("/BatchNorm/moving_variance", ".bn.running_var", "identity"),
+)
+#: A plain TF-slim conv with bias (residual up-projections, SqueezeNet's convs).
+CONV_BIAS: tuple[Param, ...] = (
+    ("/weights", ".weight", "conv_hwio_to_oihw"),
+    ("/biases", ".bias", "identity"),
+)
+
+#: Variable leaves: a Const node named like one of these is a frozen variable, never dropped.
+_VARIABLE_LEAF = r"weights|biases|beta|gamma|moving_mean|moving_variance"
+
+#: A frozen GraphDef's non-variable constants. freeze_graph.py turns each variable into a Const
+#: of the same name; every other Const belongs to an op: BN's implicit gamma of ones
+#: (``BatchNorm/Const``), residual scales (``mul/x``), reshape/concat/pool shapes,
+#: ``phase_train``'s default, dropout's keep probability... A Const whose last path element is
+#: a variable leaf is never dropped here: unknown ones stay errors.
+FROZEN_GRAPH_DROPS: tuple[Rule, ...] = (
+    Rule(rf"(?!(?:.*/)?(?:{_VARIABLE_LEAF})$).+", None,
+         reason="graph constant of an op (shape, scale, switch default), not a variable"),
+)

@@ -16,24 +16,12 @@ from __future__ import annotations
 from facenet_convert.converter.mapping import Rule, Table
 from facenet_convert.converter.tables import (
     BN_FILLS,
+    CONV_BIAS,
+    CONV_BN,
     EMA_PATTERN,
+    FROZEN_GRAPH_DROPS,
     TF_TRAINING_DROPS,
-    Param,
     expand,
-)
-
-#: Conv + BatchNorm (slim.conv2d with normalizer_fn=batch_norm: no conv bias).
-CONV_BN: tuple[Param, ...] = (
-    ("/weights", ".conv.weight", "conv_hwio_to_oihw"),
-    ("/BatchNorm/gamma", ".bn.weight", "identity"),  # only in scale=True variants
-    ("/BatchNorm/beta", ".bn.bias", "identity"),
-    ("/BatchNorm/moving_mean", ".bn.running_mean", "identity"),
-    ("/BatchNorm/moving_variance", ".bn.running_var", "identity"),
-)
-#: The residual up-projection: a plain conv with bias.
-CONV_BIAS: tuple[Param, ...] = (
-    ("/weights", ".weight", "conv_hwio_to_oihw"),
-    ("/biases", ".bias", "identity"),
 )
 
 _R = "InceptionResnetV1"
@@ -113,22 +101,11 @@ CHECKPOINT = Table(
     description="davidsandberg/facenet TF-slim checkpoint (train_softmax / train_tripletloss)",
 )
 
-#: Variable leaves: a Const node named like one of these is a frozen variable, never dropped.
-_VARIABLE_LEAF = r"weights|biases|beta|gamma|moving_mean|moving_variance"
-
 FROZEN = Table(
     name="inception_resnet_v1.tf_slim_frozen",
     architecture="inception_resnet_v1",
     scheme="tf-slim-frozen",
-    rules=NETWORK_RULES + (
-        # freeze_graph.py turns each variable into a Const of the same name; every other
-        # Const of the graph belongs to an op: BN's implicit gamma of ones
-        # (``BatchNorm/Const``), residual scales (``mul/x``), reshape/concat/pool shapes,
-        # ``phase_train``'s default, dropout's keep probability... A Const whose last path
-        # element is a variable leaf is never dropped here: unknown ones stay errors.
-        Rule(rf"(?!(?:.*/)?(?:{_VARIABLE_LEAF})$).+", None,
-             reason="graph constant of an op (shape, scale, switch default), not a variable"),
-    ),
+    rules=NETWORK_RULES + FROZEN_GRAPH_DROPS,
     fills=BN_FILLS,
     ema_pattern=None,
     description="davidsandberg/facenet frozen GraphDef (.pb from freeze_graph.py)",

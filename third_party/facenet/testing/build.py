@@ -1,8 +1,9 @@
 """Build checkpoints with the real upstream facenet graph, laid out like a release folder.
 
-The graph is davidsandberg's ``train_softmax.py`` graph (inception_resnet_v1.inference, the
-``Logits`` layer, ``embeddings``, center loss, ``facenet.train``'s optimizer and EMA) built by the
-pinned upstream code through ``third_party.facenet.compat``. Every variable is then overwritten
+The graph is davidsandberg's ``train_softmax.py`` graph (``<model_def>.inference`` for any
+upstream ``--model_def`` an architecture record names, V1 by default; the ``Logits`` layer,
+``embeddings``, center loss, ``facenet.train``'s optimizer and EMA) built by the pinned upstream
+code through ``third_party.facenet.compat``. Every variable is then overwritten
 with seeded values of realistic scale (a random init plus no training would leave BN stats at
 0/1 and EMA shadows equal to the raw weights, which hides mapping mistakes), and EMA shadows
 differ from the raw weights so the choice between them is testable.
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from facenet_convert.converter.core.errors import ConverterError
+from facenet_convert.converter.registry import architectures
 from facenet_convert.third_party.facenet.graphs import (
     IMAGE_SIZE,
     InferenceGraph,
@@ -44,8 +46,10 @@ MOVING_AVERAGE_DECAY = 0.9999
 CENTER_LOSS_ALFA = 0.95
 BUILD_JSON = "build.json"
 _NAME = re.compile(r"^[\w\-]+$")
-# Node name prefixes upstream freeze_graph.py turns into constants.
-FREEZE_WHITELIST = ("InceptionResnetV1", "embeddings", "phase_train", "Bottleneck", "Logits")
+#: upstream's --model_def when none is given (not part of V1's cache parameters)
+DEFAULT_MODEL_DEF = "inception_resnet_v1"
+# Node name prefixes upstream freeze_graph.py turns into constants, after the network's scope.
+FREEZE_WHITELIST_EXTRA = ("embeddings", "phase_train", "Bottleneck", "Logits")
 
 
 class BuildError(ConverterError):
@@ -70,6 +74,7 @@ class UpstreamCheckpoint:
     seed: int
     saved: str = "all"       # "all": every global variable; "trainable": upstream's own Saver
     state_file: bool = False
+    model_def: str = DEFAULT_MODEL_DEF  # upstream's --model_def (an architecture record's)
 
     @property
     def data_file(self) -> Path:
@@ -113,7 +118,7 @@ def _build_training_graph(up: Any, params: dict[str, Any]) -> _TrainingGraph:
     num_classes = params["num_classes"]
     global_step = tf.Variable(0, trainable=False, name="global_step")
     model = build_inference(up, embedding_size=params["embedding_size"],
-                            num_classes=num_classes)
+                            num_classes=num_classes, model_def=_model_def(params))
     label_batch = tf.placeholder(tf.int32, [None], name="label_batch")
     learning_rate_placeholder = tf.placeholder(tf.float32, name="learning_rate")
 
@@ -264,7 +269,8 @@ def _calibrate_batch_norm(raw: dict[str, np.ndarray], params: dict[str, Any]
     with upstream_mode(), tf.Graph().as_default() as graph_obj:
         graph_obj.seed = seed  # the dropout before Bottleneck is active in training mode
         model = build_inference(up, embedding_size=params["embedding_size"],
-                                num_classes=params["num_classes"], phase_train=True)
+                                num_classes=params["num_classes"], phase_train=True,
+                                model_def=_model_def(params))
         by_scope: dict[str, Any] = {}
         for op in graph_obj.get_operations():
             if (op.type.startswith("FusedBatchNorm") and "/BatchNorm/" in op.name
@@ -346,7 +352,7 @@ def _result(directory: Path, params: dict[str, Any]) -> UpstreamCheckpoint:
         embedding_size=params["embedding_size"], num_classes=params["num_classes"],
         ema=params["ema"], optimizer=params["optimizer"], centers=params["centers"],
         step=params["step"], seed=params["seed"], saved=params["saved"],
-        state_file=params["state_file"])
+        state_file=params["state_file"], model_def=_model_def(params))
 
 
 def _read_build_json(directory: Path) -> dict[str, Any] | None:
@@ -398,11 +404,29 @@ def _write_build(tmp: Path, final: Path, params: dict[str, Any]) -> None:
             str(tmp), str(final / f"model-{params['name']}.ckpt-{params['step']}"))
     if params["freeze"]:
         _freeze(up, files["meta"], tmp / f"model-{params['name']}.ckpt-{params['step']}",
-                files["frozen_pb"])
+                files["frozen_pb"], _upstream_scope(_model_def(params)))
 
 
-def _freeze(up: Any, meta: Path, prefix: Path, output: Path) -> None:
-    """upstream freeze_graph.py: import the metagraph, restore, fix BN ref ops, freeze."""
+def _model_def(params: dict[str, Any]) -> str:
+    return params.get("model_def", DEFAULT_MODEL_DEF)
+
+
+def _upstream_scope(model_def: str) -> str:
+    """The top variable scope of the record whose upstream ``--model_def`` this is."""
+    scopes = {record.upstream_model_def: record.upstream_scope for record in architectures()
+              if record.upstream_model_def and record.upstream_scope}
+    if model_def not in scopes:
+        raise BuildError(f"model_def {model_def!r}: no architecture record builds it; "
+                         f"expected one of {', '.join(sorted(scopes))}")
+    return scopes[model_def]
+
+
+def _freeze(up: Any, meta: Path, prefix: Path, output: Path, scope: str) -> None:
+    """upstream freeze_graph.py: import the metagraph, restore, fix BN ref ops, freeze.
+
+    Like freeze_graph.py, only nodes under the network's ``scope`` and the head's names
+    (:data:`FREEZE_WHITELIST_EXTRA`) become constants.
+    """
     from facenet_convert.third_party.facenet.compat import upstream_mode
 
     tf = up.tf
@@ -423,8 +447,8 @@ def _freeze(up: Any, meta: Path, prefix: Path, output: Path) -> None:
                 node.op = "Sub" if node.op == "AssignSub" else "Add"
                 if "use_locking" in node.attr:
                     del node.attr["use_locking"]
-        whitelist = [node.name for node in graph_def.node
-                     if node.name.startswith(FREEZE_WHITELIST)]
+        prefixes = (scope, *FREEZE_WHITELIST_EXTRA)
+        whitelist = [node.name for node in graph_def.node if node.name.startswith(prefixes)]
         frozen = tf.graph_util.convert_variables_to_constants(
             sess, graph_def, ["embeddings"], variable_names_whitelist=whitelist)
     output.write_bytes(frozen.SerializeToString())
@@ -434,13 +458,16 @@ def build_checkpoint(directory: str | os.PathLike[str], *, name: str = "20990101
                      embedding_size: int = 512, num_classes: int | None = None,
                      ema: bool = True, optimizer: str | None = "ADAM", centers: bool = False,
                      freeze: bool = False, step: int = 1, seed: int = 0, saved: str = "all",
-                     state_file: bool = False) -> UpstreamCheckpoint:
+                     state_file: bool = False,
+                     model_def: str = DEFAULT_MODEL_DEF) -> UpstreamCheckpoint:
     """Build (or reuse) an upstream-graph checkpoint folder at ``directory``.
 
     ``saved="all"`` stores every global variable (EMA shadows, optimizer slots, centers,
     global_step: what a full Saver writes); ``saved="trainable"`` is upstream
-    train_softmax.py's own ``Saver(tf.trainable_variables())``.
+    train_softmax.py's own ``Saver(tf.trainable_variables())``. ``model_def`` is upstream's
+    ``--model_def`` (``inception_resnet_v2``, ``squeezenet``...).
     """
+    _upstream_scope(model_def)  # refuse a model_def no record describes before any work
     if not _NAME.match(name):
         raise BuildError(f"name {name!r} must match {_NAME.pattern} (it is part of file names)")
     if embedding_size < 1 or (num_classes is not None and num_classes < 1) or step < 0:
@@ -458,6 +485,8 @@ def build_checkpoint(directory: str | os.PathLike[str], *, name: str = "20990101
               "ema": bool(ema), "optimizer": optimizer, "centers": bool(centers),
               "freeze": bool(freeze), "step": int(step), "seed": int(seed), "saved": saved,
               "state_file": bool(state_file)}
+    if model_def != DEFAULT_MODEL_DEF:  # V1's parameters (and so its cached builds) unchanged
+        params["model_def"] = model_def
     final = Path(directory).absolute()
     if _complete(final, params):
         return _result(final, params)
@@ -533,6 +562,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--saved", default="all", choices=SAVED_CHOICES)
     parser.add_argument("--state-file", action="store_true")
+    parser.add_argument("--model-def", default=DEFAULT_MODEL_DEF,
+                        help="upstream --model_def (inception_resnet_v2, squeezenet, ...)")
     return parser.parse_args(argv)
 
 
@@ -545,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
             num_classes=args.num_classes, ema=args.ema,
             optimizer=None if args.optimizer == "NONE" else args.optimizer,
             centers=args.centers, freeze=args.freeze, step=args.step, seed=args.seed,
-            saved=args.saved, state_file=args.state_file)
+            saved=args.saved, state_file=args.state_file, model_def=args.model_def)
     except ConverterError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code

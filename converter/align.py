@@ -1,0 +1,274 @@
+"""Align a dataset of photos into face crops, as upstream ``align_dataset_mtcnn.py`` does.
+
+Layout (upstream's): ``INPUT_DIR/<class>/<image>`` -> ``OUTPUT_DIR/<class>/<stem>.png``
+(``<stem>_<i>.png`` per face with ``detect_multiple_faces``), and a
+``bounding_boxes_<NNNNN>.txt`` per run listing ``<crop path> x0 y0 x1 y1`` for each crop and
+the would-be crop path alone for an image without a usable face. Classes are the sorted
+sub-folders of ``INPUT_DIR``, images the sorted files of each (``facenet.get_dataset``).
+
+Detection, face selection and the crop arithmetic are upstream's (see
+:mod:`models.detection`): the single face kept by default is ``argmax(area - 2 * offset**2)``,
+the crop is the box grown by ``margin / 2`` pixels of the photo on each side, clipped,
+truncated and resized bilinearly to ``image_size``.
+
+Safe to interrupt and rerun: every crop is written atomically (temp file, fsync, rename), the
+crops of one photo in reverse order so that ``<stem>.png`` / ``<stem>_0.png``, written last,
+marks a finished photo; ``resume`` skips finished photos. A photo that cannot be read, holds no
+face, is too small for the pyramid, or is 16-bit is reported in the summary and the batch goes
+on.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from facenet_convert.converter.core.atomic import atomic_output
+from facenet_convert.converter.core.errors import AlignError
+
+SELECTIONS = ("upstream", "probability", "largest", "largest_over_threshold",
+              "center_weighted_size")
+
+
+@dataclass(frozen=True)
+class AlignOptions:
+    """What ``align`` does to every photo (picklable: sent to worker processes)."""
+
+    image_size: int = 160           # upstream's script defaults to 182 / 44; its LFW guide
+    margin: float = 32              # (and embed --detect) use 160 / 32
+    detect_multiple_faces: bool = False
+    selection: str = "upstream"
+    min_face_size: float = 20
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    factor: float = 0.709
+    device: str = "cpu"
+    nets: tuple[str | None, str | None, str | None] = (None, None, None)
+
+
+@dataclass
+class PhotoResult:
+    """One photo's outcome: crops as (output name, uint8 HWC array, integer box), or why not."""
+
+    source: str
+    target: str
+    crops: list[tuple[str, Any, tuple[int, int, int, int]]] = field(default_factory=list)
+    problem: str | None = None
+
+
+@dataclass
+class AlignSummary:
+    """What a run did; ``as_dict`` is the JSON summary the command prints."""
+
+    input_dir: str
+    output_dir: str
+    bounding_boxes: str
+    images: int = 0
+    aligned: int = 0
+    faces: int = 0
+    skipped_existing: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def dataset(input_dir: Path) -> list[tuple[str, list[Path]]]:
+    """``(class name, sorted image paths)`` per sorted sub-folder (upstream ``get_dataset``)."""
+    if not input_dir.is_dir():
+        raise AlignError("not a folder; expected INPUT_DIR/<class>/<images>", path=input_dir)
+    classes = sorted(p for p in input_dir.iterdir() if p.is_dir())
+    if not classes:
+        raise AlignError("holds no class sub-folders; expected INPUT_DIR/<class>/<images> as "
+                         "align_dataset_mtcnn.py reads it", path=input_dir)
+    return [(folder.name, sorted(p for p in folder.iterdir() if p.is_file()))
+            for folder in classes]
+
+
+def crop_names(target: Path, count: int, multiple: bool) -> list[Path]:
+    """Upstream's crop file names: ``stem.png``, or ``stem_<i>.png`` per face."""
+    if not multiple:
+        return [target][:count]
+    return [target.with_name(f"{target.stem}_{i}{target.suffix}") for i in range(count)]
+
+
+def finished_marker(target: Path, multiple: bool) -> Path:
+    """The crop written last for a photo: its presence means the photo is done."""
+    return crop_names(target, 1, multiple)[0]
+
+
+_DETECTOR: tuple[AlignOptions, Any] | None = None
+
+
+def _detector(options: AlignOptions) -> Any:
+    """One MTCNN per process and options (worker processes build theirs once)."""
+    global _DETECTOR
+    if _DETECTOR is None or _DETECTOR[0] != options:
+        from facenet_convert.models.detection import MTCNN
+
+        pnet, rnet, onet = options.nets
+        _DETECTOR = (options, MTCNN(
+            image_size=options.image_size, margin=options.margin,
+            min_face_size=options.min_face_size, thresholds=options.thresholds,
+            factor=options.factor, selection_method=options.selection, device=options.device,
+            pnet=pnet, rnet=rnet, onet=onet))
+    return _DETECTOR[1]
+
+
+def mtcnn_nets(mtcnn_dir: str | os.PathLike[str] | None
+               ) -> tuple[str | None, str | None, str | None]:
+    """pnet/rnet/onet ``.pt`` or ``.safetensors`` of a folder (None: the cached releases)."""
+    if mtcnn_dir is None:
+        return (None, None, None)
+    folder = Path(mtcnn_dir)
+    found = []
+    for name in ("pnet", "rnet", "onet"):
+        match = next((folder / f"{name}{suffix}" for suffix in (".pt", ".safetensors")
+                      if (folder / f"{name}{suffix}").is_file()), None)
+        if match is None:
+            raise AlignError(f"no {name}.pt or {name}.safetensors in the --mtcnn folder; "
+                             "convert det1/2/3.npy with `facenet-convert convert`", path=folder)
+        found.append(str(match))
+    return (found[0], found[1], found[2])
+
+
+def _init_worker(options: AlignOptions) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    _detector(options)
+
+
+def align_photo(task: tuple[str, str], options: AlignOptions) -> PhotoResult:
+    """Detect, select and crop the faces of one photo (no file is written here)."""
+    import numpy as np
+
+    from facenet_convert.converter.core.errors import ImageReadError
+    from facenet_convert.models.preprocessing import load_image
+
+    source, target = task
+    result = PhotoResult(source, target)
+    try:
+        image = load_image(source)
+    except ImageReadError as error:
+        result.problem = str(error)
+        return result
+    detector = _detector(options)
+    height, width = image.shape[:2]
+    if not detector.scales(height, width):
+        result.problem = (f"{source}: image {width}x{height} is too small for the detector "
+                          f"(shorter side below {options.min_face_size:g} px)")
+        return result
+    found = detector.detect_faces(image)[0]
+    if len(found) == 0:
+        result.problem = f"{source}: no face found"
+        return result
+    boxes = found.boxes.numpy()
+    if not options.detect_multiple_faces and len(found) > 1:
+        chosen, _, _ = detector.select_boxes(boxes, found.probs.numpy(),
+                                             found.landmarks.numpy(), image,
+                                             method=options.selection)
+        if chosen is None:
+            result.problem = f"{source}: no face passes the {options.selection} selection"
+            return result
+        boxes = chosen
+    crops = detector.extract(image, boxes).numpy().transpose(0, 2, 3, 1)
+    names = crop_names(Path(target), len(boxes), options.detect_multiple_faces)
+    for name, crop, box in zip(names, crops, boxes, strict=True):
+        bb = detector.crop_box(box, height, width)
+        result.crops.append((str(name), np.ascontiguousarray(crop), bb))
+    return result
+
+
+def _write_png(path: Path, pixels: Any) -> None:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    with atomic_output(path, force=True) as handle:
+        handle.write(buffer.getvalue())
+
+
+def _tasks(classes: Sequence[tuple[str, list[Path]]], output_dir: Path, options: AlignOptions,
+           resume: bool, force: bool, summary: AlignSummary) -> list[tuple[str, str]]:
+    tasks = []
+    for name, images in classes:
+        for image in images:
+            summary.images += 1
+            target = output_dir / name / f"{image.stem}.png"
+            marker = finished_marker(target, options.detect_multiple_faces)
+            if marker.exists():
+                if resume:
+                    summary.skipped_existing += 1
+                    continue
+                if not force:
+                    raise AlignError("a crop exists already; pass --resume to skip finished "
+                                     "photos or --force to redo them", path=marker)
+            tasks.append((str(image), str(target)))
+    return tasks
+
+
+def _results(tasks: list[tuple[str, str]], options: AlignOptions, workers: int
+             ) -> Iterator[PhotoResult]:
+    if workers <= 0 or len(tasks) <= 1:
+        for task in tasks:
+            yield align_photo(task, options)
+        return
+    import functools
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: a forked child of a process whose OpenMP pool already ran can hang
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(options,),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(functools.partial(align_photo, options=options), tasks)
+
+
+def align_dataset(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str], *,
+                  options: AlignOptions | None = None, workers: int = 0, resume: bool = False,
+                  force: bool = False, on_done: Callable[[int], Any] | None = None,
+                  on_total: Callable[[int], Any] | None = None) -> AlignSummary:
+    """Align every photo of ``input_dir`` into ``output_dir`` (see the module docstring)."""
+    options = options or AlignOptions()
+    if options.selection not in SELECTIONS:
+        raise AlignError(f"unknown selection {options.selection!r}; expected one of "
+                         f"{', '.join(SELECTIONS)}")
+    source = Path(input_dir)
+    out = Path(output_dir)
+    classes = dataset(source)
+    if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
+        raise AlignError("the output folder must not be (inside) the input folder", path=out)
+    key = random.randint(0, 99999)                      # as upstream: one file per run
+    boxes_file = out / f"bounding_boxes_{key:05d}.txt"
+    summary = AlignSummary(str(source), str(out), str(boxes_file))
+    tasks = _tasks(classes, out, options, resume, force, summary)
+    if on_total is not None:
+        on_total(len(tasks))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, _ in classes:
+            (out / name).mkdir(exist_ok=True)
+    except OSError as error:
+        raise AlignError(f"cannot create the output folders ({error.strerror or error})",
+                         path=out) from error
+    lines: list[str] = []
+    for result in _results(tasks, options, workers):
+        if result.problem is not None:
+            summary.failed.append({"path": result.source, "reason": result.problem})
+            lines.append(f"{result.target}\n")
+        else:
+            for name, pixels, _ in reversed(result.crops):     # the marker crop last
+                _write_png(Path(name), pixels)
+            for name, _, bb in result.crops:
+                lines.append(f"{name} {bb[0]} {bb[1]} {bb[2]} {bb[3]}\n")
+            summary.aligned += 1
+            summary.faces += len(result.crops)
+        if on_done is not None:
+            on_done(1)
+    with atomic_output(boxes_file, force=True) as handle:
+        handle.write("".join(lines).encode("utf-8"))
+    return summary

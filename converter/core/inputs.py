@@ -1,0 +1,84 @@
+"""Opening input files without ever blocking: FIFOs, sockets, devices and folders are refused.
+
+``open()`` on a FIFO blocks until a writer appears and a character device can stream forever,
+so every input is checked with ``stat`` first and then opened with ``O_NONBLOCK`` and checked
+again with ``fstat`` on the very descriptor that is read (a path swapped in between is caught).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+from facenet_convert.converter.core.errors import ConverterError, SourceError
+
+__all__ = ["describe_os_error", "file_identity", "kind_of", "open_regular", "require_regular"]
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"))
+
+
+def kind_of(mode: int) -> str:
+    """What a non-regular file is, in words ("a FIFO (named pipe)", ...)."""
+    for test, label in _KINDS:
+        if test(mode):
+            return label
+    return "not a regular file"
+
+
+def describe_os_error(error: OSError) -> str:
+    """A short reason for an OSError (no path: the error's ``path=`` carries it)."""
+    if error.errno == errno.ENAMETOOLONG:
+        return "the name is too long for the operating system (ENAMETOOLONG)"
+    if error.errno == errno.ENOSPC:
+        return "no space left on device"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return error.strerror or type(error).__name__
+
+
+def require_regular(path: str | os.PathLike[str], what: str = "input",
+                    error: type[ConverterError] = SourceError) -> os.stat_result:
+    """``os.stat(path)`` if it is a regular file, else ``error`` in one line (nothing opened)."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise error(f"cannot read {what}: {describe_os_error(exc)}", path=path) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise error(f"{what} is {kind_of(info.st_mode)}, not a regular file; refusing to read "
+                    "it", path=path)
+    return info
+
+
+def open_regular(path: str | os.PathLike[str], what: str = "input",
+                 error: type[ConverterError] = SourceError) -> BinaryIO:
+    """Open a regular file for reading; never blocks on a FIFO or device swapped in."""
+    require_regular(path, what, error)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise error(f"cannot read {what}: {describe_os_error(exc)}", path=path) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise error(f"{what} is {kind_of(mode)}, not a regular file; refusing to read it",
+                        path=path)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def file_identity(path: str | os.PathLike[str]) -> tuple[str, tuple[int, int] | None]:
+    """(real path, (st_dev, st_ino) or None when it does not exist): what "the same file" is."""
+    real = os.path.realpath(Path(path))
+    try:
+        info = os.stat(real)
+    except OSError:
+        return real, None
+    return real, (info.st_dev, info.st_ino)

@@ -1,0 +1,936 @@
+"""LFW-protocol evaluation, threshold calibration and distance matrices, as upstream computes them.
+
+The numbers are those of davidsandberg's facenet (pinned 1.0.5): ``lfw.evaluate`` runs
+``facenet.calculate_roc`` (thresholds ``arange(0, 4, 0.01)``) and ``facenet.calculate_val``
+(thresholds ``arange(0, 4, 0.001)``) over a contiguous 10-fold split (scikit-learn's
+``KFold(n_splits, shuffle=False)``), distance metric 0 = *squared* euclidean, 1 = angular
+(``arccos(cosine similarity) / pi``); ``subtract_mean`` subtracts the training folds' mean
+embedding; ``validate_on_lfw.py --use_flipped_images`` concatenates each image's embedding with
+its mirror image's. Here the threshold sweeps are vectorized (a sort and a binary search per fold
+instead of 400 + 4000 passes over the pairs) with the same comparisons and the same float64
+divisions, so every figure equals upstream's to the last digit (``tests/test_evaluate.py``).
+
+The one place where upstream cannot be followed as it is: ``calculate_val`` finds the threshold
+for the target FAR with ``scipy.interpolate.interp1d(far_train, thresholds, kind='slinear')``.
+The training FARs repeat (every threshold below the smallest different-pair distance gives FAR
+0), and scipy >= 1.9 refuses repeated x ("Expect x to not have duplicates"), so upstream's
+``validate_on_lfw.py`` fails on modern scipy. We compute what scipy <= 1.8 returned, which is
+what upstream's published figures were computed with: a degree-1 B-spline with knots
+``[x0, x0, x1, ..., xn, xn]`` and coefficients ``thresholds``, evaluated by de Boor's recursion
+(:func:`slinear_at`). Where FARs do not repeat, modern scipy accepts them and agrees with us to
+the last digit; where they do, we give the old result instead of raising.
+
+AUC is ``sklearn.metrics.auc(fpr, tpr)`` (the trapezoid rule); EER is the root of
+``1 - x - interp(fpr, tpr)(x)``, which upstream finds with ``brentq`` to 2e-12 and we solve
+exactly on the piecewise-linear curve. No scikit-learn or scipy is needed at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facenet_convert.converter.core.errors import EvaluationError
+
+ROC_STEP = 0.01          # lfw.evaluate: thresholds for calculate_roc
+VAL_STEP = 0.001         # lfw.evaluate: thresholds for calculate_val
+DEFAULT_FAR = 1e-3       # lfw.evaluate's far_target
+METRICS = {"euclidean": 0, "cosine": 1}
+PAIRS_HEADER_FIELDS = 2  # LFW pairs.txt starts with "<sets> <pairs per set>"
+
+
+def roc_thresholds() -> np.ndarray:
+    return np.arange(0, 4, ROC_STEP)
+
+
+def val_thresholds() -> np.ndarray:
+    return np.arange(0, 4, VAL_STEP)
+
+
+# ------------------------------------------------------------------------ pairs and paths
+
+@dataclass(frozen=True)
+class Pair:
+    """One line of a pairs file: two (name, number) images and whether they are one person."""
+
+    line: int
+    first: tuple[str, int]
+    second: tuple[str, int]
+    issame: bool
+
+
+def read_pairs(path: str | os.PathLike[str]) -> list[Pair]:
+    """Pairs of an LFW ``pairs.txt``: ``name n1 n2`` (same) or ``name1 n1 name2 n2`` (different).
+
+    A first line of two fields is LFW's ``<sets> <pairs per set>`` header and is skipped
+    (upstream ``lfw.read_pairs`` always drops line 1; a 2-field line is never a pair).
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise EvaluationError(f"cannot read the pairs file ({error})", path=file) from error
+    pairs: list[Pair] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields or (number == 1 and len(fields) == PAIRS_HEADER_FIELDS):
+            continue
+        try:
+            if len(fields) == 3:
+                pair = Pair(number, (fields[0], int(fields[1])), (fields[0], int(fields[2])),
+                            True)
+            elif len(fields) == 4:
+                pair = Pair(number, (fields[0], int(fields[1])), (fields[2], int(fields[3])),
+                            False)
+            else:
+                raise ValueError
+            if any(n in (".", "..") or "/" in n or "\\" in n
+                   for n in (pair.first[0], pair.second[0])):
+                raise ValueError
+        except ValueError:
+            raise EvaluationError(f"line {number}: expected 'name n1 n2' or 'name1 n1 name2 n2' "
+                                  "(LFW pairs.txt; names are folder names, numbers integers), "
+                                  f"found {line.strip()[:80]!r}",
+                                  path=file) from None
+        pairs.append(pair)
+    if not pairs:
+        raise EvaluationError("the pairs file holds no pairs", path=file)
+    return pairs
+
+
+def lfw_path(images_dir: str | os.PathLike[str], name: str, number: int,
+             ext: str | None = None) -> Path | None:
+    """``DIR/name/name_NNNN.ext`` (LFW's layout); without ``ext`` .jpg, then .png (upstream)."""
+    stem = Path(images_dir) / name / f"{name}_{number:04d}"
+    for suffix in ([ext] if ext else ["jpg", "png"]):
+        candidate = stem.with_name(f"{stem.name}.{suffix.lstrip('.')}")
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@dataclass
+class PairPaths:
+    """The pairs whose two images exist: paths (2 per pair, in order), labels, and the rest."""
+
+    paths: list[Path] = field(default_factory=list)
+    issame: list[bool] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    missing: list[tuple[int, str]] = field(default_factory=list)
+
+
+def pair_paths(images_dir: str | os.PathLike[str], pairs: Sequence[Pair],
+               ext: str | None = None) -> PairPaths:
+    """Resolve pairs to files; pairs with a missing image are skipped (``lfw.get_paths``)."""
+    root = Path(images_dir)
+    if not root.is_dir():
+        raise EvaluationError("IMAGES_DIR is not a folder; expected LFW's name/name_NNNN.jpg "
+                              "layout", path=root)
+    out = PairPaths()
+    for pair in pairs:
+        first = lfw_path(root, *pair.first, ext)
+        second = lfw_path(root, *pair.second, ext)
+        if first is None or second is None:
+            name, number = pair.first if first is None else pair.second
+            out.missing.append((pair.line, f"{name}/{name}_{number:04d}.{ext or 'jpg|png'}"))
+            continue
+        out.paths += [first, second]
+        out.issame.append(pair.issame)
+        out.lines.append(pair.line)
+    if not out.issame:
+        raise EvaluationError(f"none of the {len(pairs)} pairs has both images in IMAGES_DIR "
+                              f"(first missing: {out.missing[0][1]}); check --ext and the "
+                              "name/name_NNNN.ext layout", path=root)
+    return out
+
+
+# ------------------------------------------------------------------------------ metrics
+
+def distance(embeddings1: np.ndarray, embeddings2: np.ndarray, metric: int = 0) -> np.ndarray:
+    """Upstream ``facenet.distance``: squared euclidean (0) or arccos(similarity) / pi (1)."""
+    if metric == 0:
+        diff = np.subtract(embeddings1, embeddings2)
+        return np.sum(np.square(diff), 1)
+    if metric == 1:
+        dot = np.sum(np.multiply(embeddings1, embeddings2), axis=1)
+        norm = np.linalg.norm(embeddings1, axis=1) * np.linalg.norm(embeddings2, axis=1)
+        return np.arccos(dot / norm) / math.pi
+    raise EvaluationError(f"unknown distance metric {metric}; expected 0 (euclidean) or "
+                          "1 (cosine)")
+
+
+def kfold(n_samples: int, n_splits: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``sklearn.model_selection.KFold(n_splits, shuffle=False).split``: contiguous test folds,
+    the first ``n_samples % n_splits`` of them one longer."""
+    if n_splits < 2:
+        raise EvaluationError(f"--folds must be at least 2, found {n_splits}")
+    if n_splits > n_samples:
+        raise EvaluationError(f"--folds {n_splits} is more than the {n_samples} pairs; "
+                              "use fewer folds")
+    sizes = np.full(n_splits, n_samples // n_splits, dtype=int)
+    sizes[:n_samples % n_splits] += 1
+    indices = np.arange(n_samples)
+    splits = []
+    start = 0
+    for size in sizes:
+        test = np.zeros(n_samples, dtype=bool)
+        test[start:start + size] = True
+        splits.append((indices[~test], indices[test]))
+        start += size
+    return splits
+
+
+@dataclass
+class Counts:
+    """Confusion counts of ``dist < threshold`` for many thresholds at once."""
+
+    tp: np.ndarray
+    fp: np.ndarray
+    n_same: int
+    n_diff: int
+
+    @property
+    def tpr(self) -> np.ndarray:
+        return _ratio(self.tp, self.tp + (self.n_same - self.tp))
+
+    @property
+    def fpr(self) -> np.ndarray:
+        return _ratio(self.fp, self.fp + (self.n_diff - self.fp))
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        tn = self.n_diff - self.fp
+        return (self.tp + tn) / float(self.n_same + self.n_diff)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``0 if den == 0 else float(num) / float(den)`` elementwise (calculate_accuracy)."""
+    out = np.zeros(num.shape, dtype=np.float64)
+    np.divide(num, den, out=out, where=den != 0)
+    return out
+
+
+def sweep(dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray) -> Counts:
+    """``np.less(dist, t)`` counted per threshold: a sort and a binary search.
+
+    Upstream compares the distances with each float64 threshold, which promotes them to
+    float64; so do we, then ``searchsorted(side='left')`` counts the values below each
+    threshold exactly (NaN sorts last and counts as never below, as ``np.less`` says).
+    """
+    dist64 = np.asarray(dist, dtype=np.float64)
+    same = np.sort(dist64[issame])
+    diff = np.sort(dist64[~issame])
+    return Counts(tp=np.searchsorted(same, thresholds, side="left"),
+                  fp=np.searchsorted(diff, thresholds, side="left"),
+                  n_same=int(same.size), n_diff=int(diff.size))
+
+
+def slinear_at(x: np.ndarray, y: np.ndarray, x0: float) -> float:
+    """``interp1d(x, y, kind='slinear')(x0)`` as scipy <= 1.8 computed it, repeats allowed.
+
+    That is ``make_interp_spline(x, y, k=1)``: a B-spline of degree 1 on the knots
+    ``r_[x[0], x, x[-1]]`` with coefficients ``y`` (x stably sorted first), evaluated at the
+    last knot interval ``t[l] <= x0 < t[l+1]`` (the last one at the right end) by de Boor's
+    recursion, whose zero-length interval gives 0 as scipy's does. Without repeats this is
+    exactly what modern scipy's interp1d returns.
+    """
+    order = np.argsort(x, kind="mergesort")
+    xs = np.asarray(x, dtype=np.float64)[order]
+    ys = np.asarray(y, dtype=np.float64)[order]
+    if not xs[0] <= x0 <= xs[-1]:
+        raise EvaluationError(f"FAR {x0:g} is outside the training FARs "
+                              f"[{xs[0]:g}, {xs[-1]:g}]")
+    knots = np.r_[xs[0], xs, xs[-1]]
+    n = xs.size
+    ell = min(int(np.searchsorted(knots, x0, side="right")), n) - 1
+    xa, xb = float(knots[ell]), float(knots[ell + 1])
+    if xb == xa:
+        return 0.0
+    w = 1.0 / (xb - xa)
+    h0 = 0.0 + w * (xb - x0)
+    h1 = w * (x0 - xa)
+    return 0.0 + float(ys[ell - 1]) * h0 + float(ys[ell]) * h1
+
+
+def val_far(dist: np.ndarray, issame: np.ndarray, threshold: float, where: str
+            ) -> tuple[float, float]:
+    """Upstream ``calculate_val_far``; a side without pairs is an error (upstream divides by 0)."""
+    counts = sweep(dist, issame, np.asarray([threshold], dtype=np.float64))
+    if counts.n_same == 0 or counts.n_diff == 0:
+        kind = "same" if counts.n_same == 0 else "different"
+        raise EvaluationError(f"{where} has no {kind}-person pairs, so VAL/FAR are undefined "
+                              "(upstream divides by zero); use fewer --folds or interleave "
+                              "same and different pairs in the pairs file as LFW does")
+    return (float(counts.tp[0]) / float(counts.n_same),
+            float(counts.fp[0]) / float(counts.n_diff))
+
+
+def _fold_distances(embeddings1: np.ndarray, embeddings2: np.ndarray, train: np.ndarray,
+                    metric: int, subtract_mean: bool, cached: np.ndarray | None) -> np.ndarray:
+    if not subtract_mean:
+        # upstream computes distance(e1 - 0.0, e2 - 0.0) every fold: x - 0.0 == x bit for bit
+        return cached if cached is not None else distance(embeddings1, embeddings2, metric)
+    mean = np.mean(np.concatenate([embeddings1[train], embeddings2[train]]), axis=0)
+    return distance(embeddings1 - mean, embeddings2 - mean, metric)
+
+
+@dataclass
+class Roc:
+    """``calculate_roc``'s results and the per-fold thresholds it chose."""
+
+    thresholds: np.ndarray
+    tpr: np.ndarray
+    fpr: np.ndarray
+    accuracy: np.ndarray
+    best_thresholds: np.ndarray
+
+
+def calculate_roc(thresholds: np.ndarray, embeddings1: np.ndarray, embeddings2: np.ndarray,
+                  actual_issame: np.ndarray, nrof_folds: int = 10, distance_metric: int = 0,
+                  subtract_mean: bool = False) -> Roc:
+    """Upstream ``facenet.calculate_roc`` (tpr, fpr: fold means; accuracy per fold)."""
+    issame = np.asarray(actual_issame, dtype=bool)
+    _check_pairs(embeddings1, embeddings2, issame)
+    nrof_pairs = min(len(issame), embeddings1.shape[0])
+    folds = kfold(nrof_pairs, nrof_folds)
+    tprs = np.zeros((nrof_folds, len(thresholds)))
+    fprs = np.zeros((nrof_folds, len(thresholds)))
+    accuracy = np.zeros(nrof_folds)
+    best = np.zeros(nrof_folds)
+    cached = None
+    for fold, (train, test) in enumerate(folds):
+        dist = _fold_distances(embeddings1, embeddings2, train, distance_metric, subtract_mean,
+                               cached)
+        cached = None if subtract_mean else dist
+        best_index = int(np.argmax(sweep(dist[train], issame[train], thresholds).accuracy))
+        on_test = sweep(dist[test], issame[test], thresholds)
+        tprs[fold], fprs[fold] = on_test.tpr, on_test.fpr
+        accuracy[fold] = on_test.accuracy[best_index]
+        best[fold] = thresholds[best_index]
+    return Roc(thresholds, np.mean(tprs, 0), np.mean(fprs, 0), accuracy, best)
+
+
+@dataclass
+class Val:
+    """``calculate_val``'s results and the per-fold thresholds at the target FAR."""
+
+    val: float
+    val_std: float
+    far: float
+    far_target: float
+    thresholds: np.ndarray
+
+
+def far_threshold(dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray,
+                  far_target: float) -> float:
+    """The threshold ``calculate_val`` takes for ``far_target`` on these pairs (0.0 when even
+    the largest threshold stays below the target, as upstream)."""
+    counts = sweep(dist, issame, thresholds)
+    if counts.n_diff == 0:
+        raise EvaluationError("no different-person pairs: FAR is undefined (upstream divides "
+                              "by zero); use fewer --folds or add different pairs")
+    far_train = counts.fp / float(counts.n_diff)
+    if np.max(far_train) >= far_target:
+        return slinear_at(far_train, thresholds, far_target)
+    return 0.0
+
+
+def calculate_val(thresholds: np.ndarray, embeddings1: np.ndarray, embeddings2: np.ndarray,
+                  actual_issame: np.ndarray, far_target: float, nrof_folds: int = 10,
+                  distance_metric: int = 0, subtract_mean: bool = False) -> Val:
+    """Upstream ``facenet.calculate_val`` (the slinear rule: see the module docstring)."""
+    issame = np.asarray(actual_issame, dtype=bool)
+    _check_pairs(embeddings1, embeddings2, issame)
+    nrof_pairs = min(len(issame), embeddings1.shape[0])
+    val = np.zeros(nrof_folds)
+    far = np.zeros(nrof_folds)
+    chosen = np.zeros(nrof_folds)
+    cached = None
+    for fold, (train, test) in enumerate(kfold(nrof_pairs, nrof_folds)):
+        dist = _fold_distances(embeddings1, embeddings2, train, distance_metric, subtract_mean,
+                               cached)
+        cached = None if subtract_mean else dist
+        val_far(dist[train], issame[train], 0.0, f"training set of fold {fold + 1}")
+        chosen[fold] = far_threshold(dist[train], issame[train], thresholds, far_target)
+        val[fold], far[fold] = val_far(dist[test], issame[test], chosen[fold],
+                                       f"test fold {fold + 1}")
+    return Val(float(np.mean(val)), float(np.std(val)), float(np.mean(far)), far_target, chosen)
+
+
+def _check_pairs(embeddings1: np.ndarray, embeddings2: np.ndarray, issame: np.ndarray) -> None:
+    if embeddings1.ndim != 2 or embeddings1.shape != embeddings2.shape:
+        raise EvaluationError(f"embeddings of the pairs' two sides must be N x D of one shape, "
+                              f"found {embeddings1.shape} and {embeddings2.shape}")
+    if len(issame) != embeddings1.shape[0]:
+        raise EvaluationError(f"{embeddings1.shape[0]} pairs of embeddings but {len(issame)} "
+                              "same/different labels")
+
+
+def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """``sklearn.metrics.auc``: trapezoid rule over a monotonic fpr."""
+    dx = np.diff(fpr)
+    direction = 1.0
+    if np.any(dx < 0):
+        if not np.all(dx <= 0):
+            raise EvaluationError("fpr is not monotonic; cannot integrate the ROC curve")
+        direction = -1.0
+    trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
+    return float(direction * trapezoid(tpr, fpr))
+
+
+def eer(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """Equal error rate: the x where ``1 - x = interp1d(fpr, tpr)(x)`` (upstream: brentq).
+
+    ``1 - x - tpr(x)`` decreases along the piecewise-linear ROC, so the root is found on the
+    segment (or at the vertical jump of repeated fpr values) where the sign changes. NaN when
+    the curve does not cross ``tpr = 1 - fpr`` (upstream's brentq raises then).
+    """
+    fpr = np.asarray(fpr, dtype=np.float64)
+    tpr = np.asarray(tpr, dtype=np.float64)
+    knots, first = np.unique(fpr, return_index=True)
+    last = np.r_[first[1:], fpr.size] - 1
+    low, high = tpr[first], tpr[last]        # value arriving at a knot, value leaving it
+    for k, x in enumerate(knots):
+        g_in, g_out = 1.0 - x - low[k], 1.0 - x - high[k]
+        if g_in == 0.0 or (g_in > 0.0 >= g_out):
+            return float(x)
+        if k + 1 < knots.size:
+            nx = knots[k + 1]
+            g_next = 1.0 - nx - low[k + 1]
+            if g_out > 0.0 > g_next:
+                slope = (low[k + 1] - high[k]) / (nx - x)
+                return float(x + g_out / (1.0 + slope))
+    return float("nan")
+
+
+# ------------------------------------------------------------------------------- evaluate
+
+def combine_flipped(embeddings: np.ndarray, flipped: np.ndarray | None) -> np.ndarray:
+    """validate_on_lfw.py: float64 rows, ``[emb(image), emb(mirrored image)]`` with flips."""
+    if flipped is None:
+        return np.asarray(embeddings, dtype=np.float64)
+    out = np.zeros((embeddings.shape[0], embeddings.shape[1] * 2))
+    out[:, :embeddings.shape[1]] = embeddings
+    out[:, embeddings.shape[1]:] = flipped
+    return out
+
+
+@dataclass
+class Calibration:
+    """The threshold for a target FAR on all pairs (no folds) and what it gives there."""
+
+    far_target: float
+    threshold: float             # in the metric's units (squared euclidean for euclidean)
+    verify_threshold: float | None  # plain euclidean, as ``verify --threshold`` takes it
+    val: float
+    far: float
+
+
+@dataclass
+class Evaluation:
+    """Everything ``evaluate`` reports."""
+
+    pairs: int
+    folds: int
+    metric: str
+    subtract_mean: bool
+    flipped: bool
+    roc: Roc
+    val: Val
+    auc: float
+    eer: float
+    best_threshold: float
+    calibration: Calibration
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def accuracy_mean(self) -> float:
+        return float(np.mean(self.roc.accuracy))
+
+    @property
+    def accuracy_std(self) -> float:
+        return float(np.std(self.roc.accuracy))
+
+    def summary(self) -> dict[str, Any]:
+        cal = self.calibration
+        return {
+            "pairs": self.pairs, "folds": self.folds, "distance_metric": self.metric,
+            "subtract_mean": self.subtract_mean, "use_flipped_images": self.flipped,
+            "accuracy": self.accuracy_mean, "accuracy_std": self.accuracy_std,
+            "accuracy_per_fold": self.roc.accuracy.tolist(),
+            "best_threshold_per_fold": self.roc.best_thresholds.tolist(),
+            "val": self.val.val, "val_std": self.val.val_std, "far": self.val.far,
+            "far_target": self.val.far_target,
+            "val_threshold_per_fold": self.val.thresholds.tolist(),
+            "auc": self.auc, "eer": None if math.isnan(self.eer) else self.eer,
+            "best_threshold": self.best_threshold,
+            "calibration": {"far_target": cal.far_target, "threshold": cal.threshold,
+                            "verify_threshold": cal.verify_threshold, "val": cal.val,
+                            "far": cal.far},
+            "notes": self.notes,
+        }
+
+    def lines(self) -> list[str]:
+        """The human-readable report (upstream validate_on_lfw.py's lines, then ours)."""
+        unit = "squared euclidean" if self.metric == "euclidean" else "arccos(cos)/pi"
+        cal = self.calibration
+        verify = (f"; verify --threshold {cal.verify_threshold:.4f}"
+                  if cal.verify_threshold is not None else
+                  " (verify uses plain euclidean distance: calibrate with the euclidean "
+                  "metric, no --subtract-mean, no --use-flipped-images)")
+        return [
+            f"pairs: {self.pairs} ({self.folds} folds, {self.metric} distance"
+            + (", mean subtracted" if self.subtract_mean else "")
+            + (", flipped images concatenated" if self.flipped else "") + ")",
+            f"Accuracy: {self.accuracy_mean:1.3f}+-{self.accuracy_std:1.3f}",
+            (f"Validation rate: {self.val.val:2.5f}+-{self.val.val_std:2.5f} "
+             f"@ FAR={self.val.far:2.5f}"),
+            f"Area Under Curve (AUC): {self.auc:1.3f}",
+            f"Equal Error Rate (EER): {self.eer:1.3f}",
+            f"best threshold (all pairs, {unit}): {self.best_threshold:.2f}",
+            (f"calibrated for FAR {cal.far_target:g} on all pairs: threshold "
+             f"{cal.threshold:.4f} ({unit}), VAL {cal.val:.5f}, FAR {cal.far:.5f}{verify}"),
+        ]
+
+
+def evaluate(embeddings: np.ndarray, actual_issame: Sequence[bool], *, nrof_folds: int = 10,
+             distance_metric: str = "euclidean", subtract_mean: bool = False,
+             far_target: float = DEFAULT_FAR, flipped: bool = False) -> Evaluation:
+    """Upstream ``lfw.evaluate`` on rows ``[pair0 a, pair0 b, pair1 a, ...]``, plus AUC, EER,
+    the accuracy-maximizing threshold on all pairs and the calibration for ``far_target``."""
+    if distance_metric not in METRICS:
+        raise EvaluationError(f"unknown distance metric {distance_metric!r}; expected one of "
+                              f"{', '.join(METRICS)}")
+    if not 0.0 < far_target <= 1.0:
+        raise EvaluationError(f"--far must be in (0, 1], found {far_target:g}")
+    emb = np.asarray(embeddings)
+    issame = np.asarray(actual_issame, dtype=bool)
+    if emb.ndim != 2 or emb.shape[0] != 2 * issame.size:
+        raise EvaluationError(f"expected 2 x {issame.size} embedding rows (two per pair), "
+                              f"found shape {emb.shape}")
+    metric = METRICS[distance_metric]
+    embeddings1, embeddings2 = emb[0::2], emb[1::2]
+    roc = calculate_roc(roc_thresholds(), embeddings1, embeddings2, issame, nrof_folds,
+                        metric, subtract_mean)
+    val = calculate_val(val_thresholds(), embeddings1, embeddings2, issame, far_target,
+                        nrof_folds, metric, subtract_mean)
+    if subtract_mean:
+        mean = np.mean(np.concatenate([embeddings1, embeddings2]), axis=0)
+        dist = distance(embeddings1 - mean, embeddings2 - mean, metric)
+    else:
+        dist = distance(embeddings1, embeddings2, metric)
+    thresholds = roc_thresholds()
+    best = float(thresholds[int(np.argmax(sweep(dist, issame, thresholds).accuracy))])
+    calibration = calibrate(dist, issame, far_target,
+                            plain_euclidean=metric == 0 and not subtract_mean and not flipped)
+    notes = []
+    if np.max(roc.fpr) < 1.0:
+        notes.append("the ROC does not reach FPR 1 within the thresholds [0, 4)")
+    return Evaluation(int(issame.size), nrof_folds, distance_metric, subtract_mean, flipped,
+                      roc, val, auc(roc.fpr, roc.tpr), eer(roc.fpr, roc.tpr), best,
+                      calibration, notes)
+
+
+def calibrate(dist: np.ndarray, issame: np.ndarray, far_target: float, *,
+              plain_euclidean: bool = True) -> Calibration:
+    """Threshold for ``far_target`` on all pairs, by ``calculate_val``'s rule (0.001 grid,
+    slinear interpolation); for squared euclidean distances also its square root, which is
+    what ``verify --threshold`` compares the plain euclidean distance with."""
+    issame = np.asarray(issame, dtype=bool)
+    val_far(dist, issame, 0.0, "the pairs set")
+    threshold = far_threshold(dist, issame, val_thresholds(), far_target)
+    val, far = val_far(dist, issame, threshold, "the pairs set")
+    verify = math.sqrt(threshold) if plain_euclidean else None
+    return Calibration(far_target, float(threshold), verify, val, far)
+
+
+# ------------------------------------------------------------------------------ outputs
+
+def roc_csv(roc: Roc) -> bytes:
+    """``threshold,fpr,tpr`` rows (``%.17g``: the float64 values round-trip)."""
+    rows = ["threshold,fpr,tpr"]
+    rows += [f"{t:.17g},{f:.17g},{p:.17g}" for t, f, p in zip(roc.thresholds.tolist(),
+                                                             roc.fpr.tolist(), roc.tpr.tolist(),
+                                                             strict=True)]
+    return ("\n".join(rows) + "\n").encode("ascii")
+
+
+def roc_png(result: Evaluation, title: str) -> bytes:
+    """The ROC curve (matplotlib, Agg backend, no display needed) as PNG bytes."""
+    import io
+
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise EvaluationError("a .png ROC plot needs matplotlib (pip install matplotlib); "
+                              "or write --roc F.csv") from error
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5, 5), dpi=100)
+    axes = figure.add_subplot()
+    axes.plot(result.roc.fpr, result.roc.tpr, lw=1.5,
+              label=f"AUC {result.auc:.3f}, accuracy {result.accuracy_mean:.3f}")
+    line = np.r_[0.0, np.geomspace(1e-4, 1.0, 200)]   # sampled: the x axis is not linear
+    axes.plot(line, 1.0 - line, ls=":", lw=0.8, color="grey",
+              label=f"EER line (EER {result.eer:.3f})")
+    axes.set_xscale("symlog", linthresh=1e-3)
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.01)
+    axes.set_xlabel("false positive rate (symlog)")
+    axes.set_ylabel("true positive rate")
+    axes.set_title(title, fontsize=9)
+    axes.grid(True, lw=0.3)
+    axes.legend(loc="lower right", fontsize=8)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def write_report(result: Evaluation, *, json_path: str | None, roc_path: str | None,
+                 force: bool, inputs: Sequence[Path], title: str,
+                 extra: dict[str, Any] | None = None) -> list[Path]:
+    """Write ``--json`` and ``--roc`` (``.png`` or ``.csv``) all or nothing."""
+    from facenet_convert.converter.core.atomic import staged_outputs
+
+    contents: dict[Path, bytes] = {}
+    if roc_path is not None:
+        suffix = Path(roc_path).suffix.lower()
+        if suffix == ".csv":
+            contents[Path(roc_path)] = roc_csv(result.roc)
+        elif suffix == ".png":
+            contents[Path(roc_path)] = roc_png(result, title)
+        else:
+            raise EvaluationError(f"--roc expects a .png or .csv file, found "
+                                  f"{Path(roc_path).suffix or '(no extension)'}", path=roc_path)
+    if json_path is not None:
+        body = {**result.summary(), **(extra or {})}
+        contents[Path(json_path)] = (json.dumps(body, indent=2) + "\n").encode("utf-8")
+    if not contents:
+        return []
+    with staged_outputs(list(contents), force=force, inputs=inputs) as handles:
+        for path, data in contents.items():
+            handles[path].write(data)
+    return list(contents)
+
+
+# -------------------------------------------------------------------------- compare
+
+def distance_matrix(embeddings: np.ndarray) -> np.ndarray:
+    """compare.py's ``sqrt(sum(square(subtract(emb[i], emb[j]))))`` for every i, j, in the
+    embeddings' own dtype (float32 from the model, as TF returned them to compare.py)."""
+    emb = np.asarray(embeddings)
+    rows = [np.sqrt(np.sum(np.square(np.subtract(emb[i, :], emb)), axis=1))
+            for i in range(emb.shape[0])]
+    return np.stack(rows) if rows else np.zeros((0, 0), dtype=emb.dtype)
+
+
+def matrix_table(names: Sequence[str], matrix: np.ndarray) -> list[str]:
+    """compare.py's printout: the numbered images, then the matrix with ``%1.4f`` cells."""
+    lines = ["Images:"] + [f"{i}: {name}" for i, name in enumerate(names)] + ["",
+                                                                            "Distance matrix"]
+    lines.append("    " + "".join(f"    {i:<1d}     " for i in range(len(names))))
+    for i, row in enumerate(matrix):
+        lines.append(f"{i:<1d}  " + "".join(f"  {float(d):1.4f}  " for d in row))
+    return lines
+
+
+def matrix_csv(names: Sequence[str], matrix: np.ndarray) -> str:
+    import csv
+    import io
+
+    text = io.StringIO(newline="")
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["", *names])
+    for name, row in zip(names, matrix, strict=True):
+        writer.writerow([name, *(f"{float(d):.9g}" for d in row)])
+    return text.getvalue()
+
+
+# ------------------------------------------------------------------ pairs end to end
+
+@dataclass
+class PairsPlan:
+    """A pairs file resolved against IMAGES_DIR: the images to embed, each once."""
+
+    pairs_file: Path
+    images_dir: Path
+    resolved: PairPaths
+    total_pairs: int
+
+    @property
+    def unique_paths(self) -> list[Path]:
+        return list(dict.fromkeys(self.resolved.paths))
+
+
+def plan_pairs(pairs_file: str | os.PathLike[str], images_dir: str | os.PathLike[str],
+               ext: str | None = None) -> PairsPlan:
+    pairs = read_pairs(pairs_file)
+    return PairsPlan(Path(pairs_file), Path(images_dir), pair_paths(images_dir, pairs, ext),
+                     len(pairs))
+
+
+@dataclass
+class TaskParity:
+    """Our model and the TF graph on the same pairs: decisions, accuracies, differences."""
+
+    source: str
+    pairs: int
+    agree: int
+    disagree_lines: list[int]
+    accuracy_ours: float
+    accuracy_tf: float
+    max_abs_embedding: float
+    max_abs_distance: float
+
+    def summary(self) -> dict[str, Any]:
+        return {"source": self.source, "pairs": self.pairs, "same_decisions": self.agree,
+                "all_decisions_equal": self.agree == self.pairs,
+                "disagreeing_pair_lines": self.disagree_lines,
+                "accuracy_ours": self.accuracy_ours, "accuracy_tf": self.accuracy_tf,
+                "max_abs_embedding_difference": self.max_abs_embedding,
+                "max_abs_distance_difference": self.max_abs_distance}
+
+    def lines(self) -> list[str]:
+        verdict = ("both models make the same decision on every pair" if self.agree == self.pairs
+                   else f"decisions differ on {self.pairs - self.agree} pairs (pairs-file lines "
+                   f"{', '.join(map(str, self.disagree_lines[:10]))})")
+        return [(f"task-level parity with {self.source}: {verdict} ({self.agree}/{self.pairs} "
+                 "at the per-fold thresholds)"),
+                (f"  accuracy ours {self.accuracy_ours:1.5f}, TF {self.accuracy_tf:1.5f}; "
+                 f"max |embedding difference| {self.max_abs_embedding:.3g}, max |distance "
+                 f"difference| {self.max_abs_distance:.3g}")]
+
+
+@dataclass
+class PairsEvaluation:
+    """``evaluate``'s whole result: the figures, what was skipped, task-level parity."""
+
+    evaluation: Evaluation
+    plan: PairsPlan
+    skipped_images: list[tuple[str, str]]
+    dropped_pairs: int
+    parity: TaskParity | None = None
+
+    def lines(self) -> list[str]:
+        out = self.evaluation.lines()
+        if self.parity is not None:
+            out += self.parity.lines()
+        return out
+
+    def extra(self) -> dict[str, Any]:
+        resolved = self.plan.resolved
+        return {"pairs_file": str(self.plan.pairs_file), "images_dir": str(self.plan.images_dir),
+                "pairs_in_file": self.plan.total_pairs,
+                "pairs_missing_images": len(resolved.missing),
+                "pairs_unembeddable": self.dropped_pairs,
+                "task_parity": None if self.parity is None else self.parity.summary()}
+
+
+def _name_key(name: str) -> str:
+    return os.path.normcase(os.path.abspath(name))
+
+
+def embeddings_by_path(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Rows of an ``embed`` ``.npz`` by image path (with ``--detect`` names, face ``#0``)."""
+    file = Path(path)
+    if file.suffix.lower() != ".npz":
+        raise EvaluationError("--embeddings expects the .npz that `facenet-convert embed` "
+                              "writes (arrays names, embeddings)", path=file)
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            names = [str(n) for n in data["names"]]
+            matrix = np.asarray(data["embeddings"])
+            detected = "boxes" in data.files
+    except (OSError, ValueError, KeyError) as error:
+        raise EvaluationError(f"cannot read embeddings ({error}); expected an .npz with "
+                              "arrays names and embeddings", path=file) from error
+    if matrix.ndim != 2 or matrix.shape[0] != len(names):
+        raise EvaluationError(f"embeddings shape {matrix.shape} does not match "
+                              f"{len(names)} names", path=file)
+    rows: dict[str, np.ndarray] = {}
+    for name, row in zip(names, matrix, strict=True):
+        if detected:
+            stem, _, face = name.rpartition("#")
+            if face != "0":
+                continue
+            name = stem
+        rows[_name_key(name)] = row
+    return rows
+
+
+def task_parity(source: str, folds: list[tuple[np.ndarray, np.ndarray]], roc: Roc,
+                dist_ours: np.ndarray, dist_tf: np.ndarray, issame: np.ndarray,
+                ours: np.ndarray, tf_rows: np.ndarray, lines: Sequence[int]) -> TaskParity:
+    """Decide every test pair with its fold's threshold, for both models' distances."""
+    decide_ours = np.zeros(issame.size, dtype=bool)
+    decide_tf = np.zeros(issame.size, dtype=bool)
+    for (_, test), threshold in zip(folds, roc.best_thresholds, strict=True):
+        decide_ours[test] = np.less(dist_ours[test], threshold)
+        decide_tf[test] = np.less(dist_tf[test], threshold)
+    differ = np.flatnonzero(decide_ours != decide_tf)
+    return TaskParity(source, int(issame.size), int(issame.size - differ.size),
+                      [int(lines[i]) for i in differ],
+                      float(np.mean(decide_ours == issame)), float(np.mean(decide_tf == issame)),
+                      float(np.max(np.abs(ours.astype(np.float64) - tf_rows))),
+                      float(np.max(np.abs(dist_ours - dist_tf))))
+
+
+def tf_reference(source: str | os.PathLike[str]) -> Any:
+    """The upstream TF graph of SOURCE (checkpoint, .meta or frozen .pb) as a context manager
+    that yields ``run(nchw float32) -> embeddings``; uses the parity layer's TF runner."""
+    from contextlib import contextmanager
+
+    from facenet_convert.converter.parity_tf import (
+        EMBEDDINGS,
+        open_checkpoint_graph,
+        open_frozen_graph,
+        quiet_tensorflow,
+        resolve_tf_source,
+    )
+
+    src = resolve_tf_source(source)
+    if src.kind == "mtcnn":
+        raise EvaluationError("--compare-with needs an Inception-ResNet-V1 graph (checkpoint "
+                              "or frozen .pb), not MTCNN weights", path=source)
+
+    @contextmanager
+    def opened() -> Any:
+        quiet_tensorflow()
+        graph = open_frozen_graph(src) if src.kind == "frozen" else open_checkpoint_graph(src)
+        with graph:
+            yield lambda nchw: graph.run(np.ascontiguousarray(nchw.transpose(0, 2, 3, 1)),
+                                         [EMBEDDINGS])[0]
+
+    return opened()
+
+
+def evaluate_pairs(plan: PairsPlan, *, loaded: Any = None, embeddings_file: str | None = None,
+                   detector: Any = None, folds: int = 10, metric: str = "euclidean",
+                   subtract_mean: bool = False, flipped: bool = False,
+                   far_target: float = DEFAULT_FAR, compare_with: str | None = None,
+                   batch_size: int = 32, workers: int = 0, fit: str = "resize",
+                   on_done: Any = None) -> PairsEvaluation:
+    """Embed the pairs' images (or take them from ``embeddings_file``) and evaluate them as
+    upstream's validate_on_lfw.py does; with ``compare_with`` also with the TF graph."""
+    from contextlib import nullcontext
+
+    if (loaded is None) == (embeddings_file is None):
+        raise EvaluationError("give the model (--weights / --pretrained) or --embeddings, "
+                              "exactly one")
+    if embeddings_file is not None and (flipped or compare_with or detector is not None):
+        raise EvaluationError("--embeddings holds finished embeddings: --use-flipped-images, "
+                              "--compare-with and --detect need the model (--weights or "
+                              "--pretrained)")
+    resolved = plan.resolved
+    rows: dict[Path, int] = {}
+    skipped: list[tuple[str, str]] = []
+    reference = reference_flipped = flips = None
+    if embeddings_file is not None:
+        table = embeddings_by_path(embeddings_file)
+        found = [p for p in plan.unique_paths if _name_key(str(p)) in table]
+        skipped = [(str(p), f"{p}: not in {embeddings_file}") for p in plan.unique_paths
+                   if _name_key(str(p)) not in table]
+        matrix = (np.stack([table[_name_key(str(p))] for p in found]) if found
+                  else np.zeros((0, 1), dtype=np.float32))
+        rows = {p: i for i, p in enumerate(found)}
+    else:
+        from facenet_convert.converter.embedding import embed_paths
+
+        context = tf_reference(compare_with) if compare_with else nullcontext(None)
+        with context as run_tf:
+            result = embed_paths(loaded, plan.unique_paths, detector=detector, flip=flipped,
+                                 batch_size=batch_size, workers=workers, fit=fit,
+                                 reference=run_tf, on_done=on_done)
+        matrix, flips, skipped = result.embeddings, result.flipped, result.skipped
+        reference, reference_flipped = result.reference, result.reference_flipped
+        rows = {p: i for i, p in enumerate(result.paths)}
+    keep = [k for k in range(len(resolved.issame))
+            if resolved.paths[2 * k] in rows and resolved.paths[2 * k + 1] in rows]
+    if not keep:
+        raise EvaluationError(f"no pair has both images embedded ({len(skipped)} images "
+                              "skipped); nothing to evaluate", path=plan.images_dir)
+    order = [rows[resolved.paths[2 * k + side]] for k in keep for side in (0, 1)]
+    issame = np.asarray([resolved.issame[k] for k in keep], dtype=bool)
+    lines = [resolved.lines[k] for k in keep]
+    ours = combine_flipped(matrix[order], None if flips is None else flips[order])
+    evaluation = evaluate(ours, issame, nrof_folds=folds, distance_metric=metric,
+                          subtract_mean=subtract_mean, far_target=far_target, flipped=flipped)
+    out = PairsEvaluation(evaluation, plan, skipped, len(resolved.issame) - len(keep))
+    if reference is not None:
+        theirs = combine_flipped(reference[order], None if reference_flipped is None
+                                 else reference_flipped[order])
+        tf_eval = evaluate(theirs, issame, nrof_folds=folds, distance_metric=metric,
+                           subtract_mean=subtract_mean, far_target=far_target, flipped=flipped)
+        out.parity = _parity_of(str(compare_with), evaluation, tf_eval, ours, theirs, issame,
+                                lines, subtract_mean)
+    return out
+
+
+def _parity_of(source: str, ours_eval: Evaluation, tf_eval: Evaluation, ours: np.ndarray,
+               theirs: np.ndarray, issame: np.ndarray, lines: Sequence[int],
+               subtract_mean: bool) -> TaskParity:
+    metric = METRICS[ours_eval.metric]
+    folds = kfold(issame.size, ours_eval.folds)
+    if subtract_mean:   # one mean per side over all pairs: the decision rule stays per fold
+        dist_ours = distance(ours[0::2] - ours.mean(0), ours[1::2] - ours.mean(0), metric)
+        dist_tf = distance(theirs[0::2] - theirs.mean(0), theirs[1::2] - theirs.mean(0), metric)
+    else:
+        dist_ours = distance(ours[0::2], ours[1::2], metric)
+        dist_tf = distance(theirs[0::2], theirs[1::2], metric)
+    parity = task_parity(source, folds, ours_eval.roc, dist_ours, dist_tf, issame, ours, theirs,
+                         lines)
+    parity.accuracy_ours = ours_eval.accuracy_mean
+    parity.accuracy_tf = tf_eval.accuracy_mean
+    return parity
+
+
+@dataclass
+class DistanceMatrix:
+    """compare.py's result: the images embedded (in order), their matrix, what was skipped."""
+
+    names: list[str]
+    matrix: np.ndarray
+    skipped: list[tuple[str, str]]
+
+    def summary(self) -> dict[str, Any]:
+        return {"images": self.names, "distance": self.matrix.astype(np.float64).tolist(),
+                "metric": "euclidean (L2-normalized embeddings)",
+                "skipped": [{"image": p, "reason": why} for p, why in self.skipped]}
+
+
+def compare_images(loaded: Any, paths: Sequence[Path], *, detector: Any = None,
+                   fit: str = "resize", batch_size: int = 32) -> DistanceMatrix:
+    """Embed each image (its best face with a detector, as compare.py takes the first box) and
+    give upstream compare.py's distance matrix; images that fail are skipped (compare.py drops
+    the ones without a face)."""
+    from facenet_convert.converter.embedding import embed_paths
+
+    result = embed_paths(loaded, paths, detector=detector, fit=fit, batch_size=batch_size)
+    return DistanceMatrix([str(p) for p in result.paths], distance_matrix(result.embeddings),
+                          result.skipped)
+
+
+def write_matrix(result: DistanceMatrix, *, json_path: str | None, csv_path: str | None,
+                 force: bool, inputs: Sequence[Path]) -> dict[str, str]:
+    """Write ``--json`` / ``--csv`` files atomically; ``-`` returns the text for stdout."""
+    from facenet_convert.converter.core.atomic import staged_outputs
+
+    texts = {}
+    if json_path is not None:
+        texts[json_path] = json.dumps(result.summary(), indent=2) + "\n"
+    if csv_path is not None:
+        texts[csv_path] = matrix_csv(result.names, result.matrix)
+    files = {Path(k): v for k, v in texts.items() if k != "-"}
+    if files:
+        with staged_outputs(list(files), force=force, inputs=inputs) as handles:
+            for path, text in files.items():
+                handles[path].write(text.encode("utf-8"))
+    return {k: v for k, v in texts.items() if k == "-"}

@@ -1,0 +1,258 @@
+"""OpenCV's ``cv2.resize(..., interpolation=INTER_AREA)`` arithmetic for MTCNN's candidate crops.
+
+Upstream ``detect_face`` cuts each RNet/ONet candidate out of the image into a zero-padded
+float64 array and resizes it to 24x24 / 48x48 with ``cv2.resize(..., INTER_AREA)``. Doing that
+per box is a Python loop; here all boxes are resampled together.
+
+Per axis, every output pixel of INTER_AREA is a weighted sum over source pixels with at most
+three distinct weights: a partial first pixel, a run of whole pixels, a partial last pixel
+(OpenCV's ``computeResizeAreaTab``, weights rounded to float32 as OpenCV stores them). When
+either axis grows, OpenCV uses two linear taps per axis instead (its "area-linear" coefficients,
+also float32). When both scale factors are integers it takes ``resizeAreaFast``: plain block
+sums times ``float32(1 / area)``. Each case is written as four signed weights on four prefix-sum
+positions per axis. Large boxes use that form directly: an output pixel is a 4x4 bilinear form
+over the image's summed-area table (exact integers), whatever the box size. Small boxes (up to
+twice the output size) turn it into dense per-pixel weight matrices (zero past the box) and
+multiply equal-sized padded patches of all of them at once. Results equal OpenCV's up to
+float64 summation order (~1e-9 of a pixel level); pixels outside the image are the zeros of
+upstream's padding.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+
+_EPS = 1e-3  # OpenCV's threshold for a partial edge pixel
+
+
+def _area_taps(src: np.ndarray, dst: int) -> tuple[np.ndarray, np.ndarray]:
+    """Endpoints ``(n, dst, 4)`` and weights ``(n, dst, 4)`` of OpenCV's area shrink weights."""
+    src = src.astype(np.float64)[:, None]
+    scale = 1.0 / (dst / src)
+    fs1 = np.arange(dst, dtype=np.float64)[None, :] * scale
+    fs2 = fs1 + scale
+    cell = np.minimum(scale, src - fs1)
+    s2 = np.minimum(np.floor(fs2), src - 1)
+    s1 = np.minimum(np.ceil(fs1), s2)
+    left = np.where(s1 - fs1 > _EPS, ((s1 - fs1) / cell).astype(np.float32), 0.0)
+    inner = (1.0 / cell).astype(np.float32).astype(np.float64)
+    right_w = np.minimum(np.minimum(fs2 - s2, 1.0), cell) / cell
+    right = np.where(fs2 - s2 > _EPS, right_w.astype(np.float32), 0.0)
+    return _endpoints(s1, s2, left, inner, right)
+
+
+def _linear_taps(src: np.ndarray, dst: int) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV's INTER_AREA coefficients when an axis grows: two float32 taps per output."""
+    srcf = src.astype(np.float64)[:, None]
+    inv_scale = dst / srcf
+    scale = 1.0 / inv_scale
+    d = np.arange(dst, dtype=np.float64)[None, :]
+    s = np.floor(d * scale)
+    f = ((d + 1) - (s + 1) * inv_scale).astype(np.float32)
+    f = np.where(f <= 0, np.float32(0), f - np.floor(f)).astype(np.float32)
+    low = s < 0
+    s = np.where(low, 0, s)
+    f = np.where(low, np.float32(0), f)
+    high = s >= srcf - 1
+    s = np.where(high, srcf - 1, s)
+    f = np.where(high, np.float32(0), f)
+    one_minus = (np.float32(1) - f).astype(np.float64)
+    # taps at s (1 - f) and s + 1 (f): an empty run between them
+    return _endpoints(s + 1, s + 1, one_minus, np.zeros_like(one_minus), f.astype(np.float64))
+
+
+def _endpoints(s1: np.ndarray, s2: np.ndarray, left: np.ndarray, inner: np.ndarray,
+               right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``left`` on pixel s1-1, ``inner`` on [s1, s2), ``right`` on pixel s2, as prefix sums.
+
+    ``sum = -left*P[s1-1] + (left-inner)*P[s1] + (inner-right)*P[s2] + right*P[s2+1]``.
+    """
+    ends = np.stack([s1 - 1, s1, s2, s2 + 1], axis=-1)
+    weights = np.stack([-left, left - inner, inner - right, right], axis=-1)
+    return ends.astype(np.int64), weights.astype(np.float64)
+
+
+def _fast_taps(src: np.ndarray, dst: int) -> tuple[np.ndarray, np.ndarray]:
+    """Whole blocks of ``src // dst`` pixels with weight 1 (the area is applied afterwards)."""
+    k = (src // dst).astype(np.float64)[:, None]
+    start = np.arange(dst, dtype=np.float64)[None, :] * k
+    zero = np.zeros_like(start)
+    return _endpoints(start, start + k, zero, np.ones_like(start), zero)
+
+
+def crop_taps(heights: np.ndarray, widths: np.ndarray, size: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per box: row/column prefix-sum endpoints and weights, and a final per-box factor."""
+    heights = heights.astype(np.int64)
+    widths = widths.astype(np.int64)
+    n = heights.shape[0]
+    ends_y = np.zeros((n, size, 4), np.int64)
+    ends_x = np.zeros((n, size, 4), np.int64)
+    w_y = np.zeros((n, size, 4), np.float64)
+    w_x = np.zeros((n, size, 4), np.float64)
+    factor = np.ones(n, np.float64)
+    shrink = (heights >= size) & (widths >= size)
+    fast = shrink & (heights % size == 0) & (widths % size == 0)
+    area = shrink & ~fast
+    grow = ~shrink
+    for mask, taps in ((fast, _fast_taps), (area, _area_taps), (grow, _linear_taps)):
+        if mask.any():
+            ends_y[mask], w_y[mask] = taps(heights[mask], size)
+            ends_x[mask], w_x[mask] = taps(widths[mask], size)
+    if fast.any():
+        blocks = (heights[fast] // size) * (widths[fast] // size)
+        factor[fast] = (1.0 / blocks).astype(np.float32)
+    return ends_y, w_y, ends_x, w_x, factor
+
+
+def summed_area_table(image: np.ndarray) -> np.ndarray:
+    """``(H + 1, W + 1, C)`` exact integer prefix sums of an ``(H, W, C)`` uint8 image.
+
+    int32 while every sum fits (images up to about 8.4 million pixels), else int64.
+    """
+    height, width, channels = image.shape
+    dtype = np.int32 if height * width * 255 < 2**31 else np.int64
+    table = np.zeros((height + 1, width + 1, channels), dtype=dtype)
+    np.cumsum(image, axis=0, dtype=dtype, out=table[1:, 1:])
+    np.cumsum(table[1:, 1:], axis=1, out=table[1:, 1:])
+    return table
+
+
+def _resize_by_table(table: np.ndarray, boxes: np.ndarray, size: int, chunk: int = 32
+                     ) -> np.ndarray:
+    """``(n, size, size, C)`` float64: upstream's padded crop of each box, INTER_AREA-resized.
+
+    ``boxes`` are integer ``[x1, y1, x2, y2]`` in upstream's 1-based inclusive convention
+    (``pad``): the crop spans image rows ``y1 - 1 .. y2 - 1``, zeros outside the image. Each
+    output pixel is 16 weighted prefix sums (4 row by 4 column positions), gathered for a chunk
+    of boxes at a time.
+    """
+    n = boxes.shape[0]
+    channels = table.shape[2]
+    out = np.empty((n, size, size, channels), dtype=np.float64)
+    if n == 0:
+        return out
+    boxes = boxes.astype(np.int64)
+    rows, cols = table.shape[0] - 1, table.shape[1] - 1
+    ends_y, w_y, ends_x, w_x, factor = crop_taps(boxes[:, 3] - boxes[:, 1] + 1,
+                                                 boxes[:, 2] - boxes[:, 0] + 1, size)
+    ends_y = np.clip(ends_y + (boxes[:, 1, None, None] - 1), 0, rows) * (cols + 1)
+    ends_x = np.clip(ends_x + (boxes[:, 0, None, None] - 1), 0, cols)
+    flat = table.reshape(-1, channels)
+    for start in range(0, n, chunk):
+        part = slice(start, start + chunk)
+        m = ends_y[part].shape[0]
+        acc = np.zeros((m * size * size, channels))
+        vals = np.empty_like(acc)
+        for i in range(4):
+            row = ends_y[part, :, i][:, :, None]
+            for j in range(4):
+                np.multiply(np.take(flat, (row + ends_x[part, :, j][:, None, :]).ravel(),
+                                    axis=0),
+                            (w_y[part, :, i][:, :, None] * w_x[part, :, j][:, None, :]
+                             ).reshape(-1, 1), out=vals)
+                acc += vals
+        out[part] = acc.reshape(m, size, size, channels) * factor[part, None, None, None]
+    return out
+
+
+def _resize_by_bmm(image: np.ndarray, boxes: np.ndarray, size: int, span: int,
+                   chunk: int = 256) -> np.ndarray:
+    """Boxes no larger than ``span``: ``span`` x ``span`` padded patches times each box's
+    dense OpenCV weights (zero past the box), two batched matrix products per chunk.
+
+    torch's GEMM runs single-threaded on MTCNN's workers (numpy's BLAS would start a thread
+    team for every small product).
+    """
+    height, width, channels = image.shape
+    n = boxes.shape[0]
+    out = np.empty((n, size, size, channels), dtype=np.float64)
+    box_h = boxes[:, 3] - boxes[:, 1] + 1
+    box_w = boxes[:, 2] - boxes[:, 0] + 1
+    factor = crop_taps(box_h, box_w, size)[4]
+    # one dense (size, span) matrix per side length: taps depend on the length alone
+    # (the area-linear case is per axis, so mixed boxes take the length pair's kind)
+    pixels = np.arange(span)
+    shrink = (box_h >= size) & (box_w >= size)
+    fast = shrink & (box_h % size == 0) & (box_w % size == 0)
+    kinds = np.where(fast, 2, np.where(shrink, 1, 0))
+    dense = {}
+    for kind in np.unique(kinds).tolist():
+        lengths = np.unique(np.concatenate([box_h[kinds == kind], box_w[kinds == kind]]))
+        taps = (_linear_taps, _area_taps, _fast_taps)[kind]
+        ends, weights = taps(lengths, size)
+        table = (weights[:, :, :, None] * (ends[:, :, :, None] > pixels)).sum(axis=2)
+        dense[kind] = (lengths, table)
+
+    def weights_of(lengths: np.ndarray, kind: np.ndarray) -> np.ndarray:
+        out_w = np.empty((lengths.shape[0], size, span))
+        for k, (known, table) in dense.items():
+            mask = kind == k
+            out_w[mask] = table[np.searchsorted(known, lengths[mask])]
+        return out_w
+
+    for start in range(0, n, chunk):
+        part = slice(start, start + chunk)
+        count = boxes[part].shape[0]
+        weight_y = weights_of(box_h[part], kinds[part])
+        weight_x = weights_of(box_w[part], kinds[part])
+        rows = boxes[part, 1, None] - 1 + pixels                       # (k, span)
+        cols = boxes[part, 0, None] - 1 + pixels
+        patch = image[np.clip(rows, 0, height - 1)[:, :, None],
+                      np.clip(cols, 0, width - 1)[:, None, :]].astype(np.float64)
+        outside = ~(((rows >= 0) & (rows < height))[:, :, None]
+                    & ((cols >= 0) & (cols < width))[:, None, :])
+        if outside.any():
+            patch[outside] = 0.0
+        mixed = torch.bmm(torch.from_numpy(weight_y),
+                          torch.from_numpy(patch).reshape(count, span, span * channels))
+        mixed = mixed.reshape(count, size, span, channels).permute(0, 1, 3, 2)
+        result = torch.bmm(mixed.reshape(count, size * channels, span),
+                           torch.from_numpy(weight_x).transpose(1, 2))   # (k, size * C, size)
+        result = result.reshape(count, size, channels, size).permute(0, 1, 3, 2)
+        out[part] = (result * torch.from_numpy(factor[part])[:, None, None, None]).numpy()
+    return out
+
+
+class CropSource:
+    """One uint8 image and, built on first need, its summed-area table."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        self.image = image
+        self._table: np.ndarray | None = None
+
+    @property
+    def table(self) -> np.ndarray:
+        if self._table is None:
+            self._table = summed_area_table(self.image)
+        return self._table
+
+
+def resize_boxes(source: CropSource | np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+    """``(n, size, size, C)`` float64: upstream's padded crop of each box, INTER_AREA-resized.
+
+    ``boxes`` are integer ``[x1, y1, x2, y2]`` in upstream's 1-based inclusive convention
+    (``pad``): the crop spans image rows ``y1 - 1 .. y2 - 1``, zeros outside the image. Boxes
+    up to twice ``size`` take dense weight matrices over padded patches (batched matrix
+    products); larger ones 16 weighted prefix sums per output pixel, whatever their size.
+    """
+    if isinstance(source, np.ndarray):
+        source = CropSource(source)
+    boxes = boxes.astype(np.int64)
+    channels = source.image.shape[2]
+    out = np.empty((boxes.shape[0], size, size, channels), dtype=np.float64)
+    if boxes.shape[0] == 0:
+        return out
+    side = np.maximum(boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]) + 1
+    spans = [size, size * 4 // 3, size * 5 // 3, 2 * size]     # patch sides: cost ~ span**2
+    for low, high in itertools.pairwise([0, *spans]):
+        chosen = (side > low) & (side <= high)
+        if chosen.any():
+            out[chosen] = _resize_by_bmm(source.image, boxes[chosen], size, high)
+    large = side > 2 * size
+    if large.any():
+        out[large] = _resize_by_table(source.table, boxes[large], size)
+    return out
