@@ -75,7 +75,7 @@ def load_for_export(weights: str | os.PathLike[str], model: str = "auto"
         match_state,
         names,
     )
-    from facenet_convert.models.inception_resnet_v1 import load_strict, load_weights_file
+    from facenet_convert.models.weights import load_strict, load_weights_file
 
     path = Path(weights)
     if not path.is_file():

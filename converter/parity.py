@@ -381,7 +381,7 @@ def detect_model(state: Mapping[str, Any], path: str | os.PathLike[str]) -> str:
 
 def build_torch_model(model: str, state: Mapping[str, Any], path: Path) -> Any:
     """Our model for ``model`` with ``state`` loaded strictly, in eval mode."""
-    from facenet_convert.models.inception_resnet_v1 import load_strict
+    from facenet_convert.models.weights import load_strict
 
     record = get_architecture(model)
     if record.task == "embedding":
@@ -429,7 +429,7 @@ def run_parity(source: str | os.PathLike[str], weights: str | os.PathLike[str], 
         quiet_tensorflow,
         resolve_tf_source,
     )
-    from facenet_convert.models.inception_resnet_v1 import load_weights_file
+    from facenet_convert.models.weights import load_weights_file
 
     weights_path = Path(weights)
     if not weights_path.is_file():

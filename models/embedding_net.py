@@ -21,13 +21,27 @@ from torch import Tensor, nn
 
 from facenet_convert.converter.core.errors import MappingError
 from facenet_convert.models.hub import resolve_pretrained
-from facenet_convert.models.inception_resnet_v1 import (
-    BN_EPS,
-    l2_normalize,
-    load_strict,
-    load_weights_file,
-)
 from facenet_convert.models.releases import Release
+from facenet_convert.models.weights import load_strict, load_weights_file
+
+
+def float32_value(value: float) -> float:
+    """``value`` rounded to float32: the constant a float32 TF graph really holds. Kept as this
+    Python float, a float64 cast of the model computes what the float32 graph means
+    (REFERENCE §7: the literals would differ by 7.6e-10); float32 runs are unchanged."""
+    return torch.tensor(value, dtype=torch.float32).item()
+
+
+BN_EPS = float32_value(1e-3)
+"""BatchNorm epsilon of the upstream graph (slim ``batch_norm_params['epsilon']``)."""
+
+L2_EPS = float32_value(1e-10)
+"""Epsilon of upstream's ``tf.nn.l2_normalize(prelogits, 1, 1e-10)`` (on the squared norm)."""
+
+def l2_normalize(x: Tensor, eps: float = L2_EPS) -> Tensor:
+    """``x / sqrt(max(sum(x**2), eps))`` over dim 1, exactly as ``tf.nn.l2_normalize``."""
+    square_sum = x.pow(2).sum(dim=1, keepdim=True)
+    return x * torch.rsqrt(torch.clamp(square_sum, min=eps))
 
 
 class EmbeddingNet(nn.Module):

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from facenet_convert.models.hub import ensure_weights, resolve_pretrained
-from facenet_convert.models.inception_resnet_v1 import load_strict, load_weights_file
 from facenet_convert.models.releases import get_release
+from facenet_convert.models.weights import load_strict, load_weights_file
 
 
 def _load_pretrained(module: nn.Module, pretrained: bool | str | os.PathLike[str],

@@ -104,7 +104,8 @@ class TFEmbedder:
 def load_converted(prefix: Path):
     """Our model with the converted checkpoint (strict load)."""
     from facenet_convert.converter.conversion import convert
-    from facenet_convert.models.inception_resnet_v1 import InceptionResNetV1, load_strict
+    from facenet_convert.models.inception_resnet_v1 import InceptionResNetV1
+    from facenet_convert.models.weights import load_strict
 
     result = convert(str(prefix), "inception_resnet_v1")
     model = InceptionResNetV1(embedding_size=result.embedding_size,

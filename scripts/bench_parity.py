@@ -33,7 +33,7 @@ def _old_float32_check(source: Path, weights: Path) -> float:
 
     from facenet_convert.converter.parity import build_torch_model, random_batches
     from facenet_convert.converter.parity_tf import open_reference, resolve_tf_source
-    from facenet_convert.models.inception_resnet_v1 import load_weights_file
+    from facenet_convert.models.weights import load_weights_file
 
     started = time.perf_counter()
     net = build_torch_model("inception_resnet_v1", load_weights_file(weights), weights)

@@ -596,7 +596,7 @@ def test_8_compressed_zip_record_refused(tmp_path: Path, inputs: Path) -> None:
     import torch
 
     from facenet_convert.converter.core.errors import SourceError
-    from facenet_convert.models.inception_resnet_v1 import load_weights_file
+    from facenet_convert.models.weights import load_weights_file
 
     plain = inputs / "plain.pt"
     torch.save({"a": torch.zeros(1 << 16)}, plain)

@@ -24,7 +24,8 @@ from facenet_convert.converter.core.errors import (
     WeightsNotFoundError,
 )
 from facenet_convert.models import InceptionResNetV1, InceptionResnetV1, ONet, PNet, RNet
-from facenet_convert.models.inception_resnet_v1 import BN_EPS, Block8, l2_normalize
+from facenet_convert.models.embedding_net import BN_EPS, l2_normalize
+from facenet_convert.models.inception_resnet_v1 import Block8
 from facenet_convert.models.releases import RELEASES, get_release
 
 ROOT = Path(__file__).resolve().parent.parent

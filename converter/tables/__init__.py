@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from facenet_convert.converter.mapping import Fill, Rule
+from facenet_convert.converter.mapping import Fill, Rule, Table
 
 #: (source suffix appended to the layer pattern, target suffix appended to the module
 #: template, transform name).
@@ -81,3 +81,22 @@ FROZEN_GRAPH_DROPS: tuple[Rule, ...] = (
     Rule(rf"(?!(?:.*/)?(?:{_VARIABLE_LEAF})$).+", None,
          reason="graph constant of an op (shape, scale, switch default), not a variable"),
 )
+
+
+def slim_tables(architecture: str, network_rules: tuple[Rule, ...], checkpoint_description: str,
+                frozen_description: str) -> tuple[Table, Table]:
+    """The two tables of a TF-slim network: its training checkpoints and its frozen graphs.
+
+    Both map the same network variables; the checkpoint table also drops training state
+    (first: it matches most names of a training checkpoint and can never match a network
+    variable, whole-name match, so the order only saves time) and may select EMA shadows; the
+    frozen table drops the graph's op constants.
+    """
+    checkpoint = Table(name=f"{architecture}.tf_slim", architecture=architecture,
+                       scheme="tf-slim", rules=TF_TRAINING_DROPS + network_rules,
+                       fills=BN_FILLS, ema_pattern=EMA_PATTERN,
+                       description=checkpoint_description)
+    frozen = Table(name=f"{architecture}.tf_slim_frozen", architecture=architecture,
+                   scheme="tf-slim-frozen", rules=network_rules + FROZEN_GRAPH_DROPS,
+                   fills=BN_FILLS, ema_pattern=None, description=frozen_description)
+    return checkpoint, frozen

@@ -13,15 +13,12 @@ became Const nodes of the same name and every other Const is an op's constant).
 
 from __future__ import annotations
 
-from facenet_convert.converter.mapping import Rule, Table
+from facenet_convert.converter.mapping import Rule
 from facenet_convert.converter.tables import (
-    BN_FILLS,
     CONV_BIAS,
     CONV_BN,
-    EMA_PATTERN,
-    FROZEN_GRAPH_DROPS,
-    TF_TRAINING_DROPS,
     expand,
+    slim_tables,
 )
 
 _R = "InceptionResnetV1"
@@ -88,25 +85,8 @@ HEAD = (
 
 NETWORK_RULES = expand(LAYERS) + HEAD
 
-CHECKPOINT = Table(
-    name="inception_resnet_v1.tf_slim",
-    architecture="inception_resnet_v1",
-    scheme="tf-slim",
-    # Training-state drops first: they match most names of a training checkpoint (slots,
-    # shadows) and can never match a network variable (whole-name match), so the order
-    # only saves time.
-    rules=TF_TRAINING_DROPS + NETWORK_RULES,
-    fills=BN_FILLS,
-    ema_pattern=EMA_PATTERN,
-    description="davidsandberg/facenet TF-slim checkpoint (train_softmax / train_tripletloss)",
-)
-
-FROZEN = Table(
-    name="inception_resnet_v1.tf_slim_frozen",
-    architecture="inception_resnet_v1",
-    scheme="tf-slim-frozen",
-    rules=NETWORK_RULES + FROZEN_GRAPH_DROPS,
-    fills=BN_FILLS,
-    ema_pattern=None,
-    description="davidsandberg/facenet frozen GraphDef (.pb from freeze_graph.py)",
-)
+CHECKPOINT, FROZEN = slim_tables(
+    "inception_resnet_v1", NETWORK_RULES,
+    checkpoint_description=("davidsandberg/facenet TF-slim checkpoint "
+                            "(train_softmax / train_tripletloss)"),
+    frozen_description="davidsandberg/facenet frozen GraphDef (.pb from freeze_graph.py)")

@@ -8,15 +8,12 @@ transforms as Inception-ResNet-V1's table (conv kernels HWIO -> OIHW, dense IO -
 
 from __future__ import annotations
 
-from facenet_convert.converter.mapping import Rule, Table
+from facenet_convert.converter.mapping import Rule
 from facenet_convert.converter.tables import (
-    BN_FILLS,
     CONV_BIAS,
     CONV_BN,
-    EMA_PATTERN,
-    FROZEN_GRAPH_DROPS,
-    TF_TRAINING_DROPS,
     expand,
+    slim_tables,
 )
 
 _R = "InceptionResnetV2"
@@ -90,22 +87,7 @@ HEAD = (
 
 NETWORK_RULES = expand(LAYERS) + HEAD
 
-CHECKPOINT = Table(
-    name="inception_resnet_v2.tf_slim",
-    architecture="inception_resnet_v2",
-    scheme="tf-slim",
-    rules=TF_TRAINING_DROPS + NETWORK_RULES,
-    fills=BN_FILLS,
-    ema_pattern=EMA_PATTERN,
-    description="davidsandberg/facenet TF-slim checkpoint of models.inception_resnet_v2",
-)
-
-FROZEN = Table(
-    name="inception_resnet_v2.tf_slim_frozen",
-    architecture="inception_resnet_v2",
-    scheme="tf-slim-frozen",
-    rules=NETWORK_RULES + FROZEN_GRAPH_DROPS,
-    fills=BN_FILLS,
-    ema_pattern=None,
-    description="davidsandberg/facenet frozen GraphDef of models.inception_resnet_v2",
-)
+CHECKPOINT, FROZEN = slim_tables(
+    "inception_resnet_v2", NETWORK_RULES,
+    checkpoint_description="davidsandberg/facenet TF-slim checkpoint of models.inception_resnet_v2",
+    frozen_description="davidsandberg/facenet frozen GraphDef of models.inception_resnet_v2")

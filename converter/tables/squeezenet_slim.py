@@ -9,15 +9,12 @@ Inception-ResNet-V1's table. ``CHECKPOINT`` reads a training checkpoint, ``FROZE
 
 from __future__ import annotations
 
-from facenet_convert.converter.mapping import Rule, Table
+from facenet_convert.converter.mapping import Rule
 from facenet_convert.converter.tables import (
-    BN_FILLS,
     CONV_BIAS,
     CONV_BN,
-    EMA_PATTERN,
-    FROZEN_GRAPH_DROPS,
-    TF_TRAINING_DROPS,
     expand,
+    slim_tables,
 )
 
 _S = "squeezenet"
@@ -47,22 +44,7 @@ HEAD = (
 
 NETWORK_RULES = expand(LAYERS) + HEAD
 
-CHECKPOINT = Table(
-    name="squeezenet.tf_slim",
-    architecture="squeezenet",
-    scheme="tf-slim",
-    rules=TF_TRAINING_DROPS + NETWORK_RULES,
-    fills=BN_FILLS,
-    ema_pattern=EMA_PATTERN,
-    description="davidsandberg/facenet TF-slim checkpoint of models.squeezenet",
-)
-
-FROZEN = Table(
-    name="squeezenet.tf_slim_frozen",
-    architecture="squeezenet",
-    scheme="tf-slim-frozen",
-    rules=NETWORK_RULES + FROZEN_GRAPH_DROPS,
-    fills=BN_FILLS,
-    ema_pattern=None,
-    description="davidsandberg/facenet frozen GraphDef of models.squeezenet",
-)
+CHECKPOINT, FROZEN = slim_tables(
+    "squeezenet", NETWORK_RULES,
+    checkpoint_description="davidsandberg/facenet TF-slim checkpoint of models.squeezenet",
+    frozen_description="davidsandberg/facenet frozen GraphDef of models.squeezenet")
