@@ -109,7 +109,12 @@ def summary_line(report: ParityReport) -> str:
     """One line for the terminal: verdict (float64) and the headline figures."""
     head = report.outputs[0] if report.outputs else None
     parts = [f"parity {'PASS' if report.passed else 'FAIL'} ({report.model})"]
-    if head is not None:
+    if head is not None and not report.inputs.get("float64_count"):
+        # an ONNX model runs in float32 only: its gate is float32 max abs / scale
+        parts.append(f"{head.name}: float32 max abs / scale {_num(head.rel_max_abs)} "
+                     f"(gate {_num(report.tolerance)}, no float64 run); float32 L2 "
+                     f"{_num(head.l2)}, max abs {_num(head.max_abs)}")
+    elif head is not None:
         parts.append(f"{head.name}: float64 max abs / scale {_num(head.rel_max_abs64)} "
                      f"(gate {_num(report.tolerance)}, {report.inputs.get('float64_count')} "
                      f"inputs); float32 L2 {_num(head.l2)}, max abs {_num(head.max_abs)}, "

@@ -25,7 +25,7 @@ from facenet_convert.converter.evaluation import (
     write_report,
 )
 
-FUSE_FROM = 256  # images; below this the unfused model finishes before fusion would
+FUSE_FROM = 256  # images; below this the plain model finishes before an engine is ready
 
 
 @click.command("evaluate")
@@ -95,7 +95,7 @@ def evaluate_command(pairs: str, images_dir: str, weights: str | None, pretraine
              f"image (first: line {line}, {what})")
     loaded = detector = None
     if embeddings_file is None or weights or pretrained:
-        # fusing BatchNorm into oneDNN convolutions takes seconds: worth it for LFW's 13k
+        # an engine (export + self-check) takes seconds to start: worth it for LFW's 13k
         loaded = load_embedding_model(weights, pretrained, preprocessing, device,
                                       fuse=len(plan.unique_paths) >= FUSE_FROM, **engine)
         if loaded.note:
