@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facenet_convert.converter.core.errors import EmbedError, OutputError
-from facenet_convert.converter.registry import get_architecture, head_sizes, match_state, names
+from facenet_convert.converter.registry import get_architecture, match_state, names
 
 if TYPE_CHECKING:
     import numpy as np
@@ -91,7 +91,7 @@ def load_embedding_model(weights: str | os.PathLike[str] | None = None,
         standardization,
     )
     from facenet_convert.models.releases import RELEASES, get_release
-    from facenet_convert.models.weights import load_strict, load_weights_file
+    from facenet_convert.models.weights import build_model, load_weights_file
 
     if (weights is None) == (pretrained is None):
         raise EmbedError("pass exactly one of --weights FILE or --pretrained NAME")
@@ -124,9 +124,7 @@ def load_embedding_model(weights: str | os.PathLike[str] | None = None,
             raise EmbedError(f"these weights fit {what} architecture, not an embedding model "
                              f"({', '.join(names('embedding'))}); give weights converted "
                              "from a FaceNet checkpoint", path=path)
-        embedding, classes = head_sizes(record, shapes)
-        model = record.model_class()(embedding_size=embedding, num_classes=classes)
-        load_strict(model, state, path)
+        model = build_model(record, state, path)
         source = str(path)
         chosen = preprocessing
         if chosen is None:

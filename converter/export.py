@@ -69,13 +69,8 @@ class ExportReport:
 def load_for_export(weights: str | os.PathLike[str], model: str = "auto"
                     ) -> tuple[Architecture, nn.Module]:
     """The registry record and our model (eval, strictly loaded) for converted ``weights``."""
-    from facenet_convert.converter.registry import (
-        get_architecture,
-        head_sizes,
-        match_state,
-        names,
-    )
-    from facenet_convert.models.weights import load_strict, load_weights_file
+    from facenet_convert.converter.registry import get_architecture, match_state, names
+    from facenet_convert.models.weights import build_model, load_weights_file
 
     path = Path(weights)
     if not path.is_file():
@@ -91,13 +86,7 @@ def load_for_export(weights: str | os.PathLike[str], model: str = "auto"
     if found is not None and found.name != record.name:
         raise ExportError(f"--model {record.name} but the weights are for {found.name}",
                           path=path)
-    if record.task == "embedding":
-        embedding, classes = head_sizes(record, shapes)
-        net = record.model_class()(embedding_size=embedding, num_classes=classes)
-    else:
-        net = record.model_class()()
-    load_strict(net, state, path)
-    return record, net.eval()
+    return record, build_model(record, state, path)
 
 
 def _standardizer(record: Architecture, weights: Path, net: nn.Module) -> str:

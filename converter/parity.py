@@ -46,7 +46,6 @@ from facenet_convert.converter.architecture import Architecture, LayerRow
 from facenet_convert.converter.core.errors import ParityError
 from facenet_convert.converter.registry import (
     get_architecture,
-    head_sizes,
     match_state,
     names,
 )
@@ -381,19 +380,9 @@ def detect_model(state: Mapping[str, Any], path: str | os.PathLike[str]) -> str:
 
 def build_torch_model(model: str, state: Mapping[str, Any], path: Path) -> Any:
     """Our model for ``model`` with ``state`` loaded strictly, in eval mode."""
-    from facenet_convert.models.weights import load_strict
+    from facenet_convert.models.weights import build_model
 
-    record = get_architecture(model)
-    if record.task == "embedding":
-        embedding, classes = head_sizes(record, {k: tuple(v.shape) for k, v in state.items()})
-        if embedding is None:
-            raise ParityError(f"expected a {model} state dict with a 2-d "
-                              f"{record.embedding_key}", path=path, key=record.embedding_key)
-        net = record.model_class()(embedding_size=embedding, num_classes=classes)
-    else:
-        net = record.model_class()()
-    load_strict(net, state, path)
-    return net.eval()
+    return build_model(get_architecture(model), state, path)
 
 
 # ---------------------------------------------------------------------------------- check
