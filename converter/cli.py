@@ -28,6 +28,7 @@ from facenet_convert.converter.core.atomic import INTERRUPTED_LINE, install_inte
 from facenet_convert.converter.core.errors import ConverterError, Interrupted, one_line
 from facenet_convert.converter.core.inputs import describe_os_error
 from facenet_convert.converter.core.version import __version__
+from facenet_convert.models.preprocessing import MAX_PIXELS, MAX_PIXELS_ENV
 
 
 class OneLineError(click.ClickException):
@@ -82,9 +83,14 @@ class ConverterGroup(click.Group):
 
 @click.group(cls=ConverterGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="facenet-convert")
-def main() -> None:
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None, metavar="N",
+              help=f"Largest image any command decodes, in pixels, checked from the header "
+                   f"(default {MAX_PIXELS:,}; also ${MAX_PIXELS_ENV}).")
+def main(max_pixels: int | None) -> None:
     """Convert TensorFlow FaceNet weights (checkpoints, frozen graphs, Keras .h5, MTCNN .npy)
     into PyTorch state_dicts, and prove the result computes the same thing."""
+    if max_pixels is not None:
+        os.environ[MAX_PIXELS_ENV] = str(max_pixels)  # read by models.preprocessing.max_pixels
 
 
 main.add_command(inspect_command)

@@ -100,3 +100,21 @@ def test_help_does_not_import_torch_or_tensorflow() -> None:
     result = run(sys.executable, "-c", code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_max_pixels_option_raises_or_lowers_the_image_cap(tmp_path, monkeypatch) -> None:
+    """``--max-pixels`` reaches the image reader: a 40x30 image fails under a 1000 px cap and
+    loads under a 2000 px one."""
+    from PIL import Image
+
+    from facenet_convert.converter.core.errors import ImageReadError
+    from facenet_convert.models.preprocessing import MAX_PIXELS_ENV, load_image
+
+    monkeypatch.delenv(MAX_PIXELS_ENV, raising=False)
+    image = tmp_path / "face.png"
+    Image.new("RGB", (40, 30)).save(image)
+    CliRunner().invoke(main, ["--max-pixels", "1000", "inspect", str(image)])
+    with pytest.raises(ImageReadError, match="1000"):
+        load_image(image)
+    CliRunner().invoke(main, ["--max-pixels", "2000", "inspect", str(image)])
+    assert load_image(image).shape == (30, 40, 3)
