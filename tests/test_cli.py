@@ -110,7 +110,11 @@ def test_max_pixels_option_raises_or_lowers_the_image_cap(tmp_path, monkeypatch)
     from facenet_convert.converter.core.errors import ImageReadError
     from facenet_convert.models.preprocessing import MAX_PIXELS_ENV, load_image
 
-    monkeypatch.delenv(MAX_PIXELS_ENV, raising=False)
+    # the CLI sets the variable for its process: restore it, and Pillow's global limit that
+    # load_image derives from it, after this test
+    monkeypatch.setenv(MAX_PIXELS_ENV, "1")
+    monkeypatch.delenv(MAX_PIXELS_ENV)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
     image = tmp_path / "face.png"
     Image.new("RGB", (40, 30)).save(image)
     CliRunner().invoke(main, ["--max-pixels", "1000", "inspect", str(image)])
@@ -118,3 +122,10 @@ def test_max_pixels_option_raises_or_lowers_the_image_cap(tmp_path, monkeypatch)
         load_image(image)
     CliRunner().invoke(main, ["--max-pixels", "2000", "inspect", str(image)])
     assert load_image(image).shape == (30, 40, 3)
+
+
+def test_max_pixels_test_leaves_the_default_cap() -> None:
+    """Runs after the test above: the cap it set through the CLI is gone again."""
+    from facenet_convert.models.preprocessing import MAX_PIXELS, max_pixels
+
+    assert max_pixels() == MAX_PIXELS
