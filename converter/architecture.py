@@ -141,3 +141,33 @@ def embedding_head(features: int, embedding_size: int, num_classes: int | None
     if num_classes is not None:
         entries += linear("logits", embedding_size, num_classes)
     return entries
+
+
+# --------------------------------------------------------------------------- upstream's head
+
+#: The logits row of every upstream embedding graph (train_softmax.py builds ``Logits``
+#: outside the network's scope).
+LOGITS_END_POINT = LayerRow("Logits", ("Logits/BiasAdd:0",), "logits", "nc")
+
+
+def head_end_points(scope: str) -> tuple[LayerRow, ...]:
+    """The end points upstream's embedding head adds under ``scope``: bottleneck, its
+    BatchNorm (fused 4-d between two reshapes in newer tf_slim, unfused in older: either is
+    the (N, E) prelogits tensor) and the embeddings."""
+    return (
+        LayerRow("Bottleneck", (f"{scope}/Bottleneck/MatMul:0",), "last_linear", "nc"),
+        LayerRow("Bottleneck/BatchNorm", (f"{scope}/Bottleneck/BatchNorm/Reshape_1:0",
+                                          f"{scope}/Bottleneck/BatchNorm/batchnorm/add_1:0"),
+                 "last_bn", "nc"),
+        LayerRow("embeddings", ("embeddings:0",), "", "nc"),
+    )
+
+
+def slim_schemes(checkpoint: Table, frozen: Table, scope: str) -> tuple[Scheme, Scheme]:
+    """A TF-slim embedding network's two schemes, both recognised by ``scope``'s bottleneck:
+    training checkpoints (not GraphDefs) and frozen graphs (GraphDefs only)."""
+    bottleneck = f"{scope}/Bottleneck/weights"
+    return (Scheme(checkpoint, bottleneck, graph=False, embedding_tensor=bottleneck,
+                   classes_tensor="Logits/weights"),
+            Scheme(frozen, bottleneck, graph=True, embedding_tensor=bottleneck,
+                   classes_tensor="Logits/weights"))

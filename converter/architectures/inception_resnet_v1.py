@@ -11,12 +11,15 @@ placeholder and as a Python bool build slightly different graphs).
 from __future__ import annotations
 
 from facenet_convert.converter.architecture import (
+    LOGITS_END_POINT,
     Architecture,
     LayerRow,
     Scheme,
     conv,
     conv_bn,
     embedding_head,
+    head_end_points,
+    slim_schemes,
 )
 from facenet_convert.converter.mapping import TargetEntry
 from facenet_convert.converter.tables import inception_resnet_v1_keras as keras
@@ -100,13 +103,7 @@ END_POINTS: tuple[LayerRow, ...] = (
     *(_block_row("Repeat_2", "block8", i, "repeat_3") for i in range(1, 6)),
     LayerRow("Block8", (f"{_P}Block8/add:0",), "block8", "nhwc"),  # end point Mixed_8b
     LayerRow("AvgPool_1a_8x8", (f"{_P}Logits/AvgPool_1a_8x8/AvgPool:0",), "avgpool_1a", "nhwc"),
-    LayerRow("Bottleneck", (f"{_P}Bottleneck/MatMul:0",), "last_linear", "nc"),
-    # slim runs the 2-d BatchNorm as a fused 4-d one between two reshapes (newer tf_slim), or
-    # unfused (older); either way this is the (N, E) prelogits tensor.
-    LayerRow("Bottleneck/BatchNorm", (f"{_P}Bottleneck/BatchNorm/Reshape_1:0",
-                                      f"{_P}Bottleneck/BatchNorm/batchnorm/add_1:0"),
-             "last_bn", "nc"),
-    LayerRow("embeddings", ("embeddings:0",), "", "nc"),
+    *head_end_points("InceptionResnetV1"),
 )
 
 RECORDS = (
@@ -116,12 +113,7 @@ RECORDS = (
         model="facenet_convert.models.inception_resnet_v1:InceptionResNetV1",
         layout=layout,
         schemes=(
-            Scheme(slim.CHECKPOINT, "InceptionResnetV1/Bottleneck/weights", graph=False,
-                   embedding_tensor="InceptionResnetV1/Bottleneck/weights",
-                   classes_tensor="Logits/weights"),
-            Scheme(slim.FROZEN, "InceptionResnetV1/Bottleneck/weights", graph=True,
-                   embedding_tensor="InceptionResnetV1/Bottleneck/weights",
-                   classes_tensor="Logits/weights"),
+            *slim_schemes(slim.CHECKPOINT, slim.FROZEN, "InceptionResnetV1"),
             Scheme(keras.TABLE, "Bottleneck/kernel", embedding_tensor="Bottleneck/kernel"),
         ),
         description="FaceNet Inception-ResNet-V1 (davidsandberg releases, keras-facenet)",
@@ -129,7 +121,7 @@ RECORDS = (
         preprocessing="fixed_standardization",
         default_embedding_size=512,
         end_points=END_POINTS,
-        logits_end_point=LayerRow("Logits", ("Logits/BiasAdd:0",), "logits", "nc"),
+        logits_end_point=LOGITS_END_POINT,
         upstream_model_def="inception_resnet_v1",
         upstream_scope="InceptionResnetV1",
         embedding_key="last_linear.weight",

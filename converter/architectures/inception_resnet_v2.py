@@ -9,12 +9,14 @@ the pool, the bottleneck before and after its BatchNorm and the embeddings.
 from __future__ import annotations
 
 from facenet_convert.converter.architecture import (
+    LOGITS_END_POINT,
     Architecture,
     LayerRow,
-    Scheme,
     conv,
     conv_bn,
     embedding_head,
+    head_end_points,
+    slim_schemes,
 )
 from facenet_convert.converter.mapping import TargetEntry
 from facenet_convert.converter.tables import inception_resnet_v2_slim as slim
@@ -106,12 +108,7 @@ END_POINTS: tuple[LayerRow, ...] = (
     _row("Block8", "add", "block8"),
     _row("Conv2d_7b_1x1", "Relu", "conv2d_7b"),  # also the end point PrePool
     LayerRow("AvgPool_1a_8x8", (f"{_P}Logits/AvgPool_1a_8x8/AvgPool:0",), "avgpool_1a", "nhwc"),
-    LayerRow("Bottleneck", (f"{_P}Bottleneck/MatMul:0",), "last_linear", "nc"),
-    # fused 4-d BatchNorm between two reshapes (newer tf_slim) or unfused (older)
-    LayerRow("Bottleneck/BatchNorm", (f"{_P}Bottleneck/BatchNorm/Reshape_1:0",
-                                      f"{_P}Bottleneck/BatchNorm/batchnorm/add_1:0"),
-             "last_bn", "nc"),
-    LayerRow("embeddings", ("embeddings:0",), "", "nc"),
+    *head_end_points("InceptionResnetV2"),
 )
 
 RECORDS = (
@@ -121,12 +118,7 @@ RECORDS = (
         model="facenet_convert.models.inception_resnet_v2:InceptionResNetV2",
         layout=layout,
         schemes=(
-            Scheme(slim.CHECKPOINT, "InceptionResnetV2/Bottleneck/weights", graph=False,
-                   embedding_tensor="InceptionResnetV2/Bottleneck/weights",
-                   classes_tensor="Logits/weights"),
-            Scheme(slim.FROZEN, "InceptionResnetV2/Bottleneck/weights", graph=True,
-                   embedding_tensor="InceptionResnetV2/Bottleneck/weights",
-                   classes_tensor="Logits/weights"),
+            *slim_schemes(slim.CHECKPOINT, slim.FROZEN, "InceptionResnetV2"),
         ),
         description="FaceNet-trained Inception-ResNet-V2 (davidsandberg train_softmax.py "
                     "--model_def models.inception_resnet_v2)",
@@ -134,7 +126,7 @@ RECORDS = (
         preprocessing="fixed_standardization",
         default_embedding_size=DEFAULT_EMBEDDING_SIZE,
         end_points=END_POINTS,
-        logits_end_point=LayerRow("Logits", ("Logits/BiasAdd:0",), "logits", "nc"),
+        logits_end_point=LOGITS_END_POINT,
         upstream_model_def="inception_resnet_v2",
         upstream_scope="InceptionResnetV2",
         embedding_key="last_linear.weight",

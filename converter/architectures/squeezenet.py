@@ -8,12 +8,14 @@ every layer scope in network order (``conv1``, the pools, each ``fireN`` concat,
 from __future__ import annotations
 
 from facenet_convert.converter.architecture import (
+    LOGITS_END_POINT,
     Architecture,
     LayerRow,
-    Scheme,
     conv,
     conv_bn,
     embedding_head,
+    head_end_points,
+    slim_schemes,
 )
 from facenet_convert.converter.mapping import TargetEntry
 from facenet_convert.converter.tables import squeezenet_slim as slim
@@ -55,12 +57,7 @@ END_POINTS: tuple[LayerRow, ...] = (
     _row("fire9", "concat"),
     _row("conv10", "BiasAdd"),
     _row("avgpool10", "AvgPool"),
-    LayerRow("Bottleneck", (f"{_P}Bottleneck/MatMul:0",), "last_linear", "nc"),
-    # fused 4-d BatchNorm between two reshapes (newer tf_slim) or unfused (older)
-    LayerRow("Bottleneck/BatchNorm", (f"{_P}Bottleneck/BatchNorm/Reshape_1:0",
-                                      f"{_P}Bottleneck/BatchNorm/batchnorm/add_1:0"),
-             "last_bn", "nc"),
-    LayerRow("embeddings", ("embeddings:0",), "", "nc"),
+    *head_end_points("squeezenet"),
 )
 
 RECORDS = (
@@ -70,12 +67,7 @@ RECORDS = (
         model="facenet_convert.models.squeezenet:SqueezeNet",
         layout=layout,
         schemes=(
-            Scheme(slim.CHECKPOINT, "squeezenet/Bottleneck/weights", graph=False,
-                   embedding_tensor="squeezenet/Bottleneck/weights",
-                   classes_tensor="Logits/weights"),
-            Scheme(slim.FROZEN, "squeezenet/Bottleneck/weights", graph=True,
-                   embedding_tensor="squeezenet/Bottleneck/weights",
-                   classes_tensor="Logits/weights"),
+            *slim_schemes(slim.CHECKPOINT, slim.FROZEN, "squeezenet"),
         ),
         description="FaceNet-trained SqueezeNet (davidsandberg train_softmax.py "
                     "--model_def models.squeezenet)",
@@ -83,7 +75,7 @@ RECORDS = (
         preprocessing="fixed_standardization",
         default_embedding_size=DEFAULT_EMBEDDING_SIZE,
         end_points=END_POINTS,
-        logits_end_point=LayerRow("Logits", ("Logits/BiasAdd:0",), "logits", "nc"),
+        logits_end_point=LOGITS_END_POINT,
         upstream_model_def="squeezenet",
         upstream_scope="squeezenet",
         embedding_key="last_linear.weight",
