@@ -96,6 +96,7 @@ def test_candidate_crops_equal_opencv_inter_area() -> None:
         x1, y1 = int(rng.integers(-40, 420)), int(rng.integers(-40, 320))
         boxes.append([x1, y1, x1 + side - 1 + int(rng.integers(0, 3)), y1 + side - 1])
     boxes += [[1, 1, 48, 48], [5, 5, 100, 100], [3, 3, 26, 26], [1, 1, 24, 48], [7, 9, 30, 32]]
+    boxes += [[-200, -190, -171, -161], [430, 330, 459, 359], [-60, 100, -20, 140]]  # outside
     boxes_np = np.array(boxes)
     for size in (24, 48):                # small boxes: dense weights; large: prefix sums
         got = resize_boxes(photo, boxes_np, size)
