@@ -403,3 +403,47 @@ def test_evaluate_compare_with_tf_graph(lfw_set: tuple[Path, Path], tmp_path: Pa
     parity = json.loads(report.read_text())["task_parity"]
     assert parity["all_decisions_equal"] and parity["max_abs_embedding_difference"] <= 1e-5
     assert parity["accuracy_ours"] == parity["accuracy_tf"]
+
+
+def test_evaluate_detect_embeds_the_best_face_of_each_photo(lfw_set: tuple[Path, Path],
+                                                           weights: Path,
+                                                           tmp_path: Path) -> None:
+    """``evaluate --detect``: each photo's best face (as ``embed_paths`` picks it) feeds
+    validate_on_lfw's protocol; a photo without a face is reported and its pairs dropped."""
+    import shutil
+
+    from PIL import Image
+
+    from facenet_convert.converter.embedding import embed_paths, load_detector
+
+    pairs, source = lfw_set
+    root = tmp_path / "set"
+    shutil.copytree(source, root)
+    faceless = min((root / "camera").iterdir())
+    Image.fromarray(np.full((160, 160, 3), 128, dtype=np.uint8)).save(faceless)
+    report = tmp_path / "detect.json"
+    result = _run("evaluate", pairs, root, "--weights", weights, "--detect", "--folds", "4",
+                  "--json", report)
+    assert result.exit_code == 0, result.output
+    assert f"{faceless}: " in result.stderr and "no face" in result.stderr
+    assert "pairs dropped: an image could not be embedded" in result.stderr
+
+    plan = ev.plan_pairs(pairs, root, None)
+    expected = embed_paths(load_embedding_model(weights, fuse=False), plan.unique_paths,
+                           detector=load_detector(None, 32, 20, "cpu"))
+    skipped = [p for p, _ in expected.skipped]     # tight crops can hold no whole face too
+    assert str(faceless) in skipped and len(expected.paths) > len(skipped)
+    assert all(f"{p}: " in result.stderr for p in skipped)
+    rows = {p: i for i, p in enumerate(expected.paths)}
+    resolved = plan.resolved
+    keep = [k for k in range(len(resolved.issame))
+            if resolved.paths[2 * k] in rows and resolved.paths[2 * k + 1] in rows]
+    assert 0 < len(keep) < len(resolved.issame)
+    order = [rows[resolved.paths[2 * k + side]] for k in keep for side in (0, 1)]
+    want = ev.evaluate(expected.embeddings[order],
+                       np.asarray([resolved.issame[k] for k in keep]), nrof_folds=4)
+    got = json.loads(report.read_text())
+    assert got["pairs"] == len(keep) and got["pairs_unembeddable"] == (
+        len(resolved.issame) - len(keep))
+    assert got["accuracy_per_fold"] == want.roc.accuracy.tolist()
+    assert (got["val"], got["far"], got["auc"]) == (want.val.val, want.val.far, want.auc)
