@@ -32,17 +32,19 @@ _EXPORTS = {
     "PNet": "facenet_convert.models.mtcnn",
     "RNet": "facenet_convert.models.mtcnn",
     "ONet": "facenet_convert.models.mtcnn",
+    "scale": "facenet_convert.converter.scale",     # a module: the Ray Data engine's API
 }
 
 __all__ = ["MTCNN", "InceptionResNetV1", "InceptionResnetV1", "ONet", "PNet", "RNet", "__version__",
-           "convert", "open_source"]
+           "convert", "open_source", "scale"]
 
 
 def __getattr__(name: str) -> Any:
     home = _EXPORTS.get(name)
     if home is None:
         raise AttributeError(f"module 'facenet_convert' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
+    module = importlib.import_module(home)
+    value = module if home.rpartition(".")[2] == name else getattr(module, name)
     globals()[name] = value
     return value
 

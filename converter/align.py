@@ -193,6 +193,27 @@ def _write_png(path: Path, pixels: Any) -> None:
         handle.write(buffer.getvalue())
 
 
+def make_folders(out: Path, classes: Sequence[tuple[str, list[Path]]]) -> None:
+    """``out`` and one sub-folder per class (also for classes that get no crop, as upstream)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, _ in classes:
+            (out / name).mkdir(exist_ok=True)
+    except OSError as error:
+        raise AlignError(f"cannot create the output folders ({error.strerror or error})",
+                         path=out) from error
+
+
+def write_photo(result: PhotoResult) -> list[str]:
+    """Write one photo's crops (the marker crop last) and return its bounding_boxes lines;
+    shared by the local and the Ray engine (``converter/scale.py``)."""
+    if result.problem is not None:
+        return [f"{result.target}\n"]
+    for name, pixels, _ in reversed(result.crops):     # the marker crop last
+        _write_png(Path(name), pixels)
+    return [f"{name} {bb[0]} {bb[1]} {bb[2]} {bb[3]}\n" for name, _, bb in result.crops]
+
+
 def _tasks(classes: Sequence[tuple[str, list[Path]]], output_dir: Path, options: AlignOptions,
            resume: bool, force: bool, summary: AlignSummary) -> list[tuple[str, str]]:
     tasks = []
@@ -248,23 +269,13 @@ def align_dataset(input_dir: str | os.PathLike[str], output_dir: str | os.PathLi
     tasks = _tasks(classes, out, options, resume, force, summary)
     if on_total is not None:
         on_total(len(tasks))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for name, _ in classes:
-            (out / name).mkdir(exist_ok=True)
-    except OSError as error:
-        raise AlignError(f"cannot create the output folders ({error.strerror or error})",
-                         path=out) from error
+    make_folders(out, classes)
     lines: list[str] = []
     for result in _results(tasks, options, workers):
+        lines += write_photo(result)
         if result.problem is not None:
             summary.failed.append({"path": result.source, "reason": result.problem})
-            lines.append(f"{result.target}\n")
         else:
-            for name, pixels, _ in reversed(result.crops):     # the marker crop last
-                _write_png(Path(name), pixels)
-            for name, _, bb in result.crops:
-                lines.append(f"{name} {bb[0]} {bb[1]} {bb[2]} {bb[3]}\n")
             summary.aligned += 1
             summary.faces += len(result.crops)
         if on_done is not None:

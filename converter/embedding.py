@@ -276,7 +276,7 @@ def embed_detected(loaded: LoadedModel, detector: MTCNN, paths: Sequence[Path], 
         pending.clear()
 
     queued = 0
-    for path in paths:
+    for index, path in enumerate(paths):
         try:
             faces = detect_faces(detector, path, loaded.preprocessing)
         except ImageReadError as error:
@@ -287,9 +287,11 @@ def embed_detected(loaded: LoadedModel, detector: MTCNN, paths: Sequence[Path], 
             else:
                 pending.append(faces)
                 queued += len(faces.names)
-                if queued >= batch_size:
-                    flush()
-                    queued = 0
+        # also every batch_size images: batches then never span a multiple of batch_size, so
+        # shards of such a size (converter/scale.py) embed exactly the batches run here
+        if queued >= batch_size or (index + 1) % batch_size == 0:
+            flush()
+            queued = 0
         if on_done is not None:
             on_done(1)
     flush()

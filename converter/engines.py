@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from facenet_convert.converter.core.errors import ConverterError
+from facenet_convert.converter.core.errors import EngineError
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -54,10 +54,6 @@ verification decisions: see ``scripts/bench_embed.py``)."""
 DEFAULT_OPSET = 18
 METADATA_PREFIX = "facenet_convert."
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-class EngineError(ConverterError):
-    """An inference engine cannot be built as asked (backend, precision, ONNX file)."""
 
 
 # ----------------------------------------------------------------------------- capabilities
@@ -329,8 +325,17 @@ def _evict(folder: Path, keep: int = CACHE_KEEP) -> None:
         old.unlink(missing_ok=True)
 
 
+def _session_threads() -> int:
+    """ONNX Runtime's intra-op threads: torch's setting, so that one knob (``OMP_NUM_THREADS``,
+    ``torch.set_num_threads``; a Ray actor sets 1) bounds every backend. ORT's own default
+    takes every core, and actors sharing a node would then fight over them."""
+    import torch
+
+    return max(1, torch.get_num_threads())
+
+
 def _onnxruntime(model: nn.Module, probe: Tensor) -> Callable[[Any], Any]:
-    return OnnxModel(_cached_onnx(model, probe))
+    return OnnxModel(_cached_onnx(model, probe), threads=_session_threads())
 
 
 def calibration_batches(size: tuple[int, int], count: int = 8) -> list[Any]:
@@ -360,7 +365,7 @@ def _onnxruntime_int8(model: nn.Module, probe: Tensor) -> Callable[[Any], Any]:
     source = _cached_onnx(model, probe)
     path = source.with_name(source.stem + "-int8.onnx")
     if path.is_file():
-        return OnnxModel(path)
+        return OnnxModel(path, threads=_session_threads())
     name = OnnxModel(source).input_name
     batches = iter(calibration_batches(tuple(probe.shape[2:])))
 
@@ -377,7 +382,7 @@ def _onnxruntime_int8(model: nn.Module, probe: Tensor) -> Callable[[Any], Any]:
                         weight_type=QuantType.QInt8)
         with atomic_output(path, force=True) as handle:
             handle.write(quantized.read_bytes())
-    return OnnxModel(path)
+    return OnnxModel(path, threads=_session_threads())
 
 
 def _plain(model: nn.Module, probe: Tensor | None = None) -> Callable[[Any], Any]:

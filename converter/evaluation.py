@@ -817,9 +817,10 @@ def evaluate_pairs(plan: PairsPlan, *, loaded: Any = None, embeddings_file: str 
                    subtract_mean: bool = False, flipped: bool = False,
                    far_target: float = DEFAULT_FAR, compare_with: str | None = None,
                    batch_size: int = 32, workers: int = 0, fit: str = "resize",
-                   on_done: Any = None) -> PairsEvaluation:
+                   on_done: Any = None, embed: Any = None) -> PairsEvaluation:
     """Embed the pairs' images (or take them from ``embeddings_file``) and evaluate them as
-    upstream's validate_on_lfw.py does; with ``compare_with`` also with the TF graph."""
+    upstream's validate_on_lfw.py does; with ``compare_with`` also with the TF graph.
+    ``embed`` replaces ``embedding.embed_paths`` (same call; e.g. ``scale.path_embedder``)."""
     from contextlib import nullcontext
 
     if (loaded is None) == (embeddings_file is None):
@@ -846,9 +847,10 @@ def evaluate_pairs(plan: PairsPlan, *, loaded: Any = None, embeddings_file: str 
 
         context = tf_reference(compare_with) if compare_with else nullcontext(None)
         with context as run_tf:
-            result = embed_paths(loaded, plan.unique_paths, detector=detector, flip=flipped,
-                                 batch_size=batch_size, workers=workers, fit=fit,
-                                 reference=run_tf, on_done=on_done)
+            result = (embed or embed_paths)(loaded, plan.unique_paths, detector=detector,
+                                            flip=flipped, batch_size=batch_size,
+                                            workers=workers, fit=fit, reference=run_tf,
+                                            on_done=on_done)
         matrix, flips, skipped = result.embeddings, result.flipped, result.skipped
         reference, reference_flipped = result.reference, result.reference_flipped
         rows = {p: i for i, p in enumerate(result.paths)}

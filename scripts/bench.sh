@@ -17,4 +17,5 @@ $py scripts/bench_convert.py --runs "$runs" --checkpoint-dir "$release" \
 $py scripts/bench_readers.py --runs "$runs" --checkpoint "$release" --json "$out/readers.json"
 $py scripts/bench_embed.py --json "$out/embed.json"
 $py scripts/bench_detect.py --runs "$runs" --json "$out/detect.json"
+$py scripts/bench_scale.py --json "$out/scale.json"
 $py scripts/bench_summary.py "$out"

@@ -3,7 +3,8 @@
 
 Reads ``convert.json`` (scripts/bench_convert.py), ``readers.json`` (scripts/bench_readers.py)
 and ``embed.json`` (scripts/bench_embed.py) from the folder given, and names the machine;
-``detect.json`` (scripts/bench_detect.py) adds the MTCNN rows when present.
+``detect.json`` (scripts/bench_detect.py) adds the MTCNN rows when present, ``scale.json``
+(scripts/bench_scale.py) the local vs Ray engine rows.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def render(folder: Path) -> str:
         lines += ["", f"{name} vs fp32: {json.dumps(figures)}"]
     if (folder / "detect.json").is_file():
         lines += _detection_rows(json.loads((folder / "detect.json").read_text()))
+    if (folder / "scale.json").is_file():
+        lines += _scale_rows(json.loads((folder / "scale.json").read_text()))
     return "\n".join(lines) + "\n"
 
 
@@ -73,14 +76,32 @@ def _detection_rows(detect: dict) -> list[str]:
     """MTCNN rows (scripts/bench_detect.py): ours vs upstream TF detect_face, ms per image."""
     lines = ["", ("**MTCNN detection**, CPU, ms per image (medians; upstream = davidsandberg's "
              f"detect_face on TF; load average {detect['load_average'][0]:.1f}):"), "",
-             "| photos | TF ms | ours ms | ours / TF | ours batched ms |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+             ("| photos | TF ms | TF nets ms | ours ms | ours / TF | ours batched ms "
+              "| nets floor ms |"),
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in detect["rows"]:
         lines.append(f"| {row['size']} ({row['photos']} photos, {row['faces']} faces) "
-                     f"| {row['tf_ms']:.1f} | {row['ours_ms']:.1f} | {row['ratio']:.2f}x "
-                     f"| {row['ours_batched_ms']:.1f} |")
+                     f"| {row['tf_ms']:.1f} | {row['tf_nets_ms']:.1f} | {row['ours_ms']:.1f} "
+                     f"| {row['ratio']:.2f}x | {row['ours_batched_ms']:.1f} "
+                     f"| {row['nets_floor_ms']:.1f} |")
     lines += ["", (f"detect -> crop -> embed: {detect['chain_faces_per_s']:.1f} faces/s "
               f"({detect['chain_faces']} faces in {detect['chain_photos']} photos).")]
+    return lines
+
+
+def _scale_rows(scale: dict) -> list[str]:
+    """Local engine vs --engine ray (scripts/bench_scale.py): CLI wall and steady rates."""
+    lines = ["", (f"**Local vs `--engine ray`** ({scale['actors']} actors on {scale['cores']} "
+             f"cores; CLI wall = process start to exit; steady = models loaded; load average "
+             f"{scale['load_average'][0]:.1f}):"), "",
+             ("| step | inputs | local s | ray s | ray / local | steady local /s/core "
+              "| steady ray /s/actor | identical |"),
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for row in scale["rows"]:
+        lines.append(f"| {row['step']} | {row['count']} {row['unit']} | {row['local_s']:.1f} "
+                     f"| {row['ray_s']:.1f} | {row['overhead']:.2f}x "
+                     f"| {row['steady_local_per_core_s']:.1f} "
+                     f"| {row['steady_ray_per_actor_s']:.1f} | {row['identical']} |")
     return lines
 
 

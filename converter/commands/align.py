@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from facenet_convert.converter.align import SELECTIONS, AlignOptions, align_dataset, mtcnn_nets
-from facenet_convert.converter.commands.options import warn
+from facenet_convert.converter.commands.options import scale_options, warn
 
 
 @click.command("align")
@@ -39,15 +39,27 @@ from facenet_convert.converter.commands.options import warn
 @click.option("--mtcnn", "mtcnn_dir", type=click.Path(path_type=str, file_okay=False),
               default=None, help="Folder with pnet/rnet/onet weights (default: the cached "
               "releases, derived from the pinned facenet package when absent).")
+@scale_options
 def align_command(input_dir: str, output_dir: str, image_size: int, margin: float,
                   detect_multiple_faces: bool, selection: str, min_face_size: float,
                   workers: int, resume: bool, force: bool, device: str,
-                  mtcnn_dir: str | None) -> None:
+                  mtcnn_dir: str | None, scale_engine: str, ray_address: str | None,
+                  actors: int, shard_size: int) -> None:
     """Detect faces in INPUT_DIR/<class>/<photos> and write aligned crops to OUTPUT_DIR."""
     options = AlignOptions(image_size=image_size, margin=margin,
                            detect_multiple_faces=detect_multiple_faces, selection=selection,
                            min_face_size=min_face_size, device=device,
                            nets=mtcnn_nets(mtcnn_dir))
+    if scale_engine == "ray":     # always resumes finished shards; --force recomputes them
+        from facenet_convert.converter.scale import RayOptions, align_to_shards
+
+        scaled = align_to_shards(input_dir, output_dir, options, force=force,
+                                 ray_options=RayOptions(ray_address, actors, shard_size))
+        if scaled.skipped:
+            warn(f"{scaled.skipped} of {scaled.inputs} photos not aligned; reasons in "
+                 f"{scaled.manifest}")
+        click.echo(json.dumps(scaled.as_dict(), indent=2))
+        return
     bar: Any = None
 
     def start(total: int) -> None:

@@ -15,6 +15,7 @@ import click
 from facenet_convert.converter.commands.options import (
     detect_options,
     model_options,
+    scale_options,
     warn,
 )
 from facenet_convert.converter.core.errors import EmbedError
@@ -29,9 +30,13 @@ from facenet_convert.converter.embedding import (
 
 
 @click.command("embed")
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.argument("images", nargs=-1, type=click.Path(path_type=str))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str),
-              help="Output file: .npz (names + embeddings), .npy (+ .names.txt) or .csv.")
+              help="Output file: .npz (names + embeddings), .npy (+ .names.txt) or .csv; "
+              "with --engine ray a folder (Parquet shards + manifest.json).")
+@click.option("--input-list", type=click.Path(path_type=str, dir_okay=False), default=None,
+              help="Also embed the files listed in this .txt (one path per line) or .parquet "
+              "('path' column); relative paths are relative to the list's folder.")
 @model_options
 @detect_options
 @click.option("--fit", type=click.Choice(["resize", "center_crop"]), default="resize",
@@ -40,17 +45,32 @@ from facenet_convert.converter.embedding import (
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="DataLoader worker processes for decoding (without --detect).")
-@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-def embed_command(images: tuple[str, ...], output: str, weights: str | None,
-                  pretrained: str | None, preprocessing: str | None, device: str,
-                  detect: bool, mtcnn_dir: str | None, margin: float, min_face_size: float,
-                  fit: str, batch_size: int, workers: int, force: bool,
+@click.option("--force", is_flag=True, help="Overwrite existing outputs (--engine ray: "
+              "recompute every shard).")
+@scale_options
+def embed_command(images: tuple[str, ...], output: str, input_list: str | None,
+                  weights: str | None, pretrained: str | None, preprocessing: str | None,
+                  device: str, detect: bool, mtcnn_dir: str | None, margin: float,
+                  min_face_size: float, fit: str, batch_size: int, workers: int, force: bool,
+                  scale_engine: str, ray_address: str | None, actors: int, shard_size: int,
                   **engine: str) -> None:
     """Write FaceNet embeddings of IMAGES (files or folders) to OUTPUT."""
     from facenet_convert.converter.core.atomic import check_output_path
 
+    if not images and input_list is None:
+        raise EmbedError("nothing to embed: give IMAGES (files or folders) or --input-list")
+    if input_list is not None or scale_engine == "ray":
+        from facenet_convert.converter.scale import list_inputs
+
+        paths, missing = list_inputs(images, input_list)
+    else:
+        paths, missing = expand_inputs(images)
+    if scale_engine == "ray":
+        _embed_on_ray(paths, missing, output, weights, pretrained, preprocessing, device, detect,
+                      mtcnn_dir, margin, min_face_size, fit, batch_size, force, ray_address,
+                      actors, shard_size, engine)
+        return
     targets = output_paths(output)
-    paths, missing = expand_inputs(images)
     paths_and_weights = [*paths, *([weights] if weights else [])]
     for target in targets:
         check_output_path(target, force=force, inputs=paths_and_weights)
@@ -84,3 +104,36 @@ def embed_command(images: tuple[str, ...], output: str, weights: str | None,
     click.echo(f"wrote {len(result.names)} embeddings ({loaded.embedding_size}-d, "
                f"{loaded.preprocessing}) of {what} from {len(paths)} images to {output}; "
                f"{len(result.skipped)} skipped")
+
+
+def _embed_on_ray(paths: list[Any], missing: list[tuple[str, str]], output: str,
+                  weights: str | None, pretrained: str | None, preprocessing: str | None,
+                  device: str, detect: bool, mtcnn_dir: str | None, margin: float,
+                  min_face_size: float, fit: str, batch_size: int, force: bool,
+                  ray_address: str | None, actors: int, shard_size: int,
+                  engine: dict[str, str]) -> None:
+    """--engine ray: Parquet shards and manifest.json in the OUTPUT folder (converter/scale.py)."""
+    import json
+
+    from facenet_convert.converter.scale import (
+        EmbedSpec,
+        RayOptions,
+        embed_to_shards,
+        is_loopback,
+        require_ray,
+    )
+
+    require_ray(is_loopback(ray_address))     # before loading any model: say how to install
+    spec = EmbedSpec(weights, pretrained, preprocessing, device, engine["backend"],
+                     engine["precision"], True, detect, mtcnn_dir, margin, min_face_size, fit,
+                     batch_size)
+    loaded, _ = spec.load()
+    for note in (loaded.note, loaded.embedder.note):   # builds the engine (and its cache) once
+        if note:
+            warn(note)
+    summary = embed_to_shards(paths, output, spec, skipped=missing, force=force, loaded=loaded,
+                              options=RayOptions(ray_address, actors, shard_size))
+    if summary.skipped:
+        warn(f"{summary.skipped} of {summary.inputs} inputs skipped; reasons in "
+             f"{summary.manifest}")
+    click.echo(json.dumps(summary.as_dict(), indent=2))

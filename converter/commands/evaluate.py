@@ -14,6 +14,7 @@ import click
 from facenet_convert.converter.commands.options import (
     detect_options,
     model_options,
+    scale_options,
     warn,
 )
 from facenet_convert.converter.core.errors import EvaluationError
@@ -66,6 +67,7 @@ FUSE_FROM = 256  # images; below this the plain model finishes before an engine 
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="DataLoader worker processes for decoding (without --detect).")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@scale_options
 def evaluate_command(pairs: str, images_dir: str, weights: str | None, pretrained: str | None,
                      preprocessing: str | None, device: str, embeddings_file: str | None,
                      detect: bool, mtcnn_dir: str | None, margin: float, min_face_size: float,
@@ -73,6 +75,7 @@ def evaluate_command(pairs: str, images_dir: str, weights: str | None, pretraine
                      use_flipped_images: bool, far: float, calibrate: bool,
                      compare_with: str | None, json_path: str | None, roc_path: str | None,
                      fit: str, batch_size: int, workers: int, force: bool,
+                     scale_engine: str, ray_address: str | None, actors: int, shard_size: int,
                      **engine: str) -> None:
     """Evaluate face verification on PAIRS (LFW pairs.txt format) over IMAGES_DIR
     (name/name_NNNN.jpg) with upstream validate_on_lfw.py's protocol."""
@@ -101,6 +104,14 @@ def evaluate_command(pairs: str, images_dir: str, weights: str | None, pretraine
         if loaded.note:
             warn(loaded.note)
         detector = load_detector(mtcnn_dir, margin, min_face_size, device) if detect else None
+    embed = None
+    if scale_engine == "ray" and loaded is not None:    # the embedding step on Ray actors
+        from facenet_convert.converter.scale import EmbedSpec, RayOptions, path_embedder
+
+        embed = path_embedder(EmbedSpec(weights, pretrained, preprocessing, device,
+                                        engine["backend"], engine["precision"], loaded.fuse,
+                                        detect, mtcnn_dir, margin, min_face_size, fit,
+                                        batch_size), RayOptions(ray_address, actors, shard_size))
 
     bar: Any = None
     if sys.stderr.isatty() and loaded is not None:
@@ -112,7 +123,7 @@ def evaluate_command(pairs: str, images_dir: str, weights: str | None, pretraine
                                 detector=detector, folds=folds, metric=distance_metric,
                                 subtract_mean=subtract_mean, flipped=use_flipped_images,
                                 far_target=far, compare_with=compare_with,
-                                batch_size=batch_size, workers=workers, fit=fit,
+                                batch_size=batch_size, workers=workers, fit=fit, embed=embed,
                                 on_done=bar.update if bar is not None else None)
     finally:
         if bar is not None:

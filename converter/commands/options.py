@@ -54,3 +54,22 @@ def warn(message: str) -> None:
     click.echo(f"facenet-convert: warning: {message}", err=True)
 
 
+
+
+def scale_options(func: Any) -> Any:
+    """--engine local|ray, --ray-address, --actors, --shard-size (converter/scale.py)."""
+    func = click.option("--shard-size", type=click.IntRange(min=1), default=1024,
+                        show_default=True, help="--engine ray: inputs per shard (the unit "
+                        "written, retried and resumed; embed rounds it up to a multiple of "
+                        "--batch-size).")(func)
+    func = click.option("--actors", type=click.IntRange(min=1), default=2, show_default=True,
+                        help="--engine ray: actors (one CPU each), each loading the models "
+                        "once.")(func)
+    func = click.option("--ray-address", default=None, metavar="ADDRESS",
+                        help="--engine ray: a running cluster ('auto', HOST:6379, ray://...); "
+                        "default: start a local Ray bound to 127.0.0.1.")(func)
+    func = click.option("--engine", "scale_engine", type=click.Choice(["local", "ray"]),
+                        default="local", show_default=True, help="local: this process; ray: "
+                        "Ray Data actor pools, writing shards and a manifest.json to a folder "
+                        "(resumable; needs facenet-convert[ray]).")(func)
+    return func

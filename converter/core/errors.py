@@ -130,6 +130,14 @@ class AlignError(ConverterError):
     """The alignment job cannot start (bad folders or options)."""
 
 
+class EngineError(ConverterError):
+    """An inference engine cannot be built as asked (backend, precision, ONNX file)."""
+
+
+class ScaleError(ConverterError):
+    """The Ray engine cannot run as asked (Ray missing, bad list of inputs, bad options)."""
+
+
 class Interrupted(BaseException):
     """SIGINT/SIGTERM arrived; raised where it cannot be swallowed by ``except Exception``."""
 
