@@ -233,14 +233,18 @@ def _write_manifest(out: Path, kind: str, settings: dict[str, Any], records: lis
 
 
 def _run(shards: list[Shard], finished: Callable[[Shard], dict | None], actor: type,
-         kwargs: dict[str, Any], options: RayOptions, force: bool
-         ) -> tuple[list[dict], int]:
-    """Records of every shard: reused when finished (unless ``force``), else computed on Ray."""
+         kwargs: dict[str, Any], options: RayOptions, force: bool,
+         on_done: Callable[[int], Any] | None = None) -> tuple[list[dict], int]:
+    """Records of every shard: reused when finished (unless ``force``), else computed on Ray.
+    ``on_done(k)``: k more inputs are finished (a reused or returned shard's inputs)."""
     records: dict[int, dict] = {}
+    sizes = {shard.index: len(shard.inputs) for shard in shards}
     for shard in shards:
         record = None if force else finished(shard)
         if record is not None:
             records[shard.index] = record
+            if on_done is not None:
+                on_done(sizes[shard.index])
     reused = len(records)
     todo = [s for s in shards if s.index not in records]
     if todo:
@@ -248,6 +252,8 @@ def _run(shards: list[Shard], finished: Callable[[Shard], dict | None], actor: t
         try:
             for row in _map_shards(todo, actor, kwargs, options).iter_rows():
                 record = json.loads(row["record"])
+                if on_done is not None and record["index"] not in records:
+                    on_done(sizes.get(record["index"], 0))
                 records[record["index"]] = record       # a retried shard: same file, same row
         except ConverterError:
             raise
@@ -539,9 +545,11 @@ def embed_dataset(paths: Sequence[str | os.PathLike[str]], spec: EmbedSpec | Non
 def embed_to_shards(paths: Sequence[Path], output_dir: str | os.PathLike[str],
                     spec: EmbedSpec, *, skipped: Sequence[tuple[str, str]] = (),
                     options: RayOptions | None = None, force: bool = False,
-                    loaded: Any = None) -> ScaleSummary:
+                    loaded: Any = None,
+                    on_done: Callable[[int], Any] | None = None) -> ScaleSummary:
     """Embed ``paths`` on Ray into Parquet shards + ``manifest.json`` in ``output_dir``
-    (see the module docstring); ``skipped`` (inputs the driver refused) go to the manifest."""
+    (see the module docstring); ``skipped`` (inputs the driver refused) go to the manifest.
+    ``on_done(k)`` reports k more inputs finished, a shard at a time (progress)."""
     options = options or RayOptions()
     require_ray(loopback=is_loopback(options.address))
     began = time.perf_counter()
@@ -556,7 +564,7 @@ def embed_to_shards(paths: Sequence[Path], output_dir: str | os.PathLike[str],
     shards = plan_shards(inputs, shard_size_for(options.shard_size, spec.batch_size),
                          _identity("embed", settings))
     records, reused = _run(shards, _finished_embed_shard(out), EmbedShards,
-                           {"spec": spec, "output_dir": str(out)}, options, force)
+                           {"spec": spec, "output_dir": str(out)}, options, force, on_done)
     manifest = _write_manifest(out, "embed", settings, records, list(skipped),
                                len(inputs) + len(skipped))
     return ScaleSummary(str(out), str(out / MANIFEST), manifest["inputs"], manifest["rows"],
@@ -800,9 +808,11 @@ def align_dataset(input_dir: str | os.PathLike[str], output_dir: str | os.PathLi
 
 def align_to_shards(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str],
                     options: AlignOptions | None = None, *, ray_options: RayOptions | None = None,
-                    force: bool = False) -> ScaleSummary:
+                    force: bool = False, on_total: Callable[[int], Any] | None = None,
+                    on_done: Callable[[int], Any] | None = None) -> ScaleSummary:
     """Align on Ray: the local engine's crops and bounding_boxes lines, plus shard records and
-    ``manifest.json``; finished shards of an earlier run are kept (see the module docstring)."""
+    ``manifest.json``; finished shards of an earlier run are kept (see the module docstring).
+    ``on_total(n)`` once the photos are listed, ``on_done(k)`` per finished shard (progress)."""
     from facenet_convert.converter.align import AlignOptions, make_folders
 
     options = options or AlignOptions()
@@ -815,8 +825,11 @@ def align_to_shards(input_dir: str | os.PathLike[str], output_dir: str | os.Path
     check_output_path(out / MANIFEST, force=True)
     identity = _identity("align", settings)
     shards = plan_shards(tasks, ray_options.shard_size, identity)
+    if on_total is not None:
+        on_total(len(tasks))
     records, reused = _run(shards, _finished_align_shard(out), AlignShards,
-                           {"options": options, "output_dir": str(out)}, ray_options, force)
+                           {"options": options, "output_dir": str(out)}, ray_options, force,
+                           on_done)
     key = int(hashlib.sha256(identity.encode()).hexdigest(), 16) % 100000   # rerun: same file
     boxes_file = out / f"bounding_boxes_{key:05d}.txt"
     with atomic_output(boxes_file, force=True) as handle:

@@ -307,11 +307,14 @@ def test_killed_actor_loses_and_duplicates_nothing(cluster: str, align_photos: P
                                                    tmp_path: Path) -> None:
     out = tmp_path / "ray"
     outcome: dict[str, Any] = {}
+    totals: list[int] = []
+    done: list[int] = []
 
     def job() -> None:
         try:
             outcome["summary"] = align_to_shards(align_photos, out, _options(published_mtcnn),
-                                                 ray_options=RayOptions(actors=1, shard_size=1))
+                                                 ray_options=RayOptions(actors=1, shard_size=1),
+                                                 on_total=totals.append, on_done=done.append)
         except BaseException as error:  # noqa: BLE001 - reported by the test thread
             outcome["error"] = error
 
@@ -332,6 +335,7 @@ def test_killed_actor_loses_and_duplicates_nothing(cluster: str, align_photos: P
     assert "error" not in outcome, outcome.get("error")
     summary = outcome["summary"]
     assert (summary.inputs, summary.rows, summary.skipped, summary.shards) == (8, 6, 2, 8)
+    assert totals == [8] and sum(done) == 8      # progress: the retried shard counted once
     assert _tree(out) == _tree(local_aligned)
     _check_manifest(out, _inputs(align_photos))
 

@@ -8,13 +8,11 @@ prints the JSON summary on stdout.
 from __future__ import annotations
 
 import json
-import sys
-from typing import Any
 
 import click
 
 from facenet_convert.converter.align import SELECTIONS, AlignOptions, align_dataset, mtcnn_nets
-from facenet_convert.converter.commands.options import scale_options, warn
+from facenet_convert.converter.commands.options import Progress, scale_options, warn
 
 
 @click.command("align")
@@ -53,28 +51,19 @@ def align_command(input_dir: str, output_dir: str, image_size: int, margin: floa
     if scale_engine == "ray":     # always resumes finished shards; --force recomputes them
         from facenet_convert.converter.scale import RayOptions, align_to_shards
 
-        scaled = align_to_shards(input_dir, output_dir, options, force=force,
-                                 ray_options=RayOptions(ray_address, actors, shard_size))
+        with Progress("aligning (ray)") as progress:
+            scaled = align_to_shards(input_dir, output_dir, options, force=force,
+                                     ray_options=RayOptions(ray_address, actors, shard_size),
+                                     on_total=progress.start, on_done=progress.update)
         if scaled.skipped:
             warn(f"{scaled.skipped} of {scaled.inputs} photos not aligned; reasons in "
                  f"{scaled.manifest}")
         click.echo(json.dumps(scaled.as_dict(), indent=2))
         return
-    bar: Any = None
-
-    def start(total: int) -> None:
-        nonlocal bar
-        if sys.stderr.isatty() and total:
-            bar = click.progressbar(length=total, label="aligning", file=sys.stderr)
-            bar.__enter__()
-
-    try:
+    with Progress("aligning") as progress:
         summary = align_dataset(input_dir, output_dir, options=options, workers=workers,
-                                resume=resume, force=force, on_total=start,
-                                on_done=lambda n: bar.update(n) if bar is not None else None)
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
+                                resume=resume, force=force, on_total=progress.start,
+                                on_done=progress.update)
     for failure in summary.failed:
         reason = failure["reason"]
         warn(reason if reason.startswith(failure["path"]) else f"{failure['path']}: {reason}")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from typing import Any
-
 import click
 
+from facenet_convert.converter.commands.options import Progress
 from facenet_convert.converter.registry import names
 
 
@@ -32,20 +30,12 @@ def convert_command(source: str, output: str, model: str, weights: str, format_:
     into a PyTorch state_dict that accounts for every tensor."""
     from facenet_convert.converter.conversion import convert
 
-    bar: Any = None
-    progress = None
-    if sys.stderr.isatty():
+    with Progress("converting") as bar:
         def progress(done: int, total: int, key: str) -> None:
-            nonlocal bar
-            if bar is None:
-                bar = click.progressbar(length=total, label="converting", file=sys.stderr)
-                bar.__enter__()
+            bar.start(total)
             bar.update(1)
-    try:
+
         result = convert(source, model, weights=weights, strict=strict, output=output,
                          format=format_, split=split, force=force, report=report,
                          progress=progress)
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
     click.echo(result.summary())

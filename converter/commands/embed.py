@@ -7,12 +7,12 @@ on stderr and skipped; the run fails (and writes nothing) only when no embedding
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
 
 from facenet_convert.converter.commands.options import (
+    Progress,
     detect_options,
     model_options,
     scale_options,
@@ -81,17 +81,10 @@ def embed_command(images: tuple[str, ...], output: str, input_list: str | None,
         warn(loaded.embedder.note)
     detector = load_detector(mtcnn_dir, margin, min_face_size, device) if detect else None
 
-    bar: Any = None
-    if sys.stderr.isatty() and paths:
-        bar = click.progressbar(length=len(paths), label="embedding", file=sys.stderr)
-        bar.__enter__()
-    try:
+    with Progress("embedding", len(paths)) as progress:
         result = embed_images(loaded, paths, skipped=missing, detector=detector,
                               batch_size=batch_size, workers=workers, fit=fit,
-                              on_done=bar.update if bar is not None else None)
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
+                              on_done=progress.update)
     for path, message in result.skipped:
         warn(message if message.startswith(path) else f"{path}: {message}")
     if not result.names:
@@ -131,8 +124,11 @@ def _embed_on_ray(paths: list[Any], missing: list[tuple[str, str]], output: str,
     for note in (loaded.note, loaded.embedder.note):   # builds the engine (and its cache) once
         if note:
             warn(note)
-    summary = embed_to_shards(paths, output, spec, skipped=missing, force=force, loaded=loaded,
-                              options=RayOptions(ray_address, actors, shard_size))
+    with Progress("embedding (ray)", len(paths)) as progress:
+        summary = embed_to_shards(paths, output, spec, skipped=missing, force=force,
+                                  loaded=loaded, options=RayOptions(ray_address, actors,
+                                                                    shard_size),
+                                  on_done=progress.update)
     if summary.skipped:
         warn(f"{summary.skipped} of {summary.inputs} inputs skipped; reasons in "
              f"{summary.manifest}")

@@ -6,12 +6,10 @@ numbers, equal to the last digit); this module parses options, shows progress an
 
 from __future__ import annotations
 
-import sys
-from typing import Any
-
 import click
 
 from facenet_convert.converter.commands.options import (
+    Progress,
     detect_options,
     model_options,
     scale_options,
@@ -113,21 +111,14 @@ def evaluate_command(pairs: str, images_dir: str, weights: str | None, pretraine
                                         detect, mtcnn_dir, margin, min_face_size, fit,
                                         batch_size), RayOptions(ray_address, actors, shard_size))
 
-    bar: Any = None
-    if sys.stderr.isatty() and loaded is not None:
-        bar = click.progressbar(length=len(plan.unique_paths), label="embedding",
-                                file=sys.stderr)
-        bar.__enter__()
-    try:
+    with Progress("embedding", len(plan.unique_paths) if loaded is not None else 0
+                  ) as progress:
         result = evaluate_pairs(plan, loaded=loaded, embeddings_file=embeddings_file,
                                 detector=detector, folds=folds, metric=distance_metric,
                                 subtract_mean=subtract_mean, flipped=use_flipped_images,
                                 far_target=far, compare_with=compare_with,
                                 batch_size=batch_size, workers=workers, fit=fit, embed=embed,
-                                on_done=bar.update if bar is not None else None)
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
+                                on_done=progress.update)
     for path, message in result.skipped_images:
         warn(message if message.startswith(path) else f"{path}: {message}")
     if result.dropped_pairs:

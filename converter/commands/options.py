@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import Any, Self
 
 import click
 
 from facenet_convert.models.releases import release_names
+
+
+class Progress:
+    """A progress bar on stderr, drawn only on a terminal and started once the total is known
+    (``start``, or ``Progress(label, total)``); ``update(n)`` is safe either way. A context
+    manager: the bar is closed however the work ends."""
+
+    def __init__(self, label: str, total: int | None = None) -> None:
+        self.label = label
+        self._bar: Any = None
+        if total is not None:
+            self.start(total)
+
+    def start(self, total: int) -> None:
+        if self._bar is None and total > 0 and sys.stderr.isatty():
+            self._bar = click.progressbar(length=total, label=self.label, file=sys.stderr)
+            self._bar.__enter__()
+
+    def update(self, done: int) -> None:
+        if self._bar is not None:
+            self._bar.update(done)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
 
 
 def model_options(func: Any) -> Any:
