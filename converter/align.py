@@ -30,6 +30,7 @@ from typing import Any
 
 from facenet_convert.converter.core.atomic import atomic_output
 from facenet_convert.converter.core.errors import AlignError
+from facenet_convert.converter.core.inputs import LIST_SUFFIXES, read_input_list
 
 SELECTIONS = ("upstream", "probability", "largest", "largest_over_threshold",
               "center_weighted_size")
@@ -77,10 +78,58 @@ class AlignSummary:
         return asdict(self)
 
 
+Classes = list[tuple[str, list[Path]]]
+
+
+def photo_classes(source: Path) -> tuple[Classes, list[tuple[str, str]]]:
+    """The photos to align by class, and list entries skipped with their reasons.
+
+    ``source`` is a folder (:func:`dataset`) or a ``.txt`` / ``.parquet`` list of photo paths
+    (for shared storage): there each photo's class is its parent folder's name, classes come
+    sorted, photos in list order. Entries that are missing, not regular files, repeated, or
+    would write the same crop as an earlier one (``<class>/<stem>.png``) are skipped.
+    """
+    if not (source.is_file() and source.suffix.lower() in LIST_SUFFIXES):
+        return dataset(source), []
+    paths, skipped = read_input_list(source, AlignError)
+    groups: dict[str, list[Path]] = {}
+    taken: dict[tuple[str, str], Path] = {}
+    for path in paths:
+        name = path.parent.name
+        if not name:
+            skipped.append((str(path), f"{path}: no parent folder to name its class"))
+            continue
+        if (name, path.stem) in taken:
+            reason = f"{path}: same crop {name}/{path.stem}.png as {taken[name, path.stem]}"
+            skipped.append((str(path), reason))
+            continue
+        taken[name, path.stem] = path
+        groups.setdefault(name, []).append(path)
+    if not groups:
+        raise AlignError("lists no photo that can be aligned", path=source)
+    return sorted(groups.items()), skipped
+
+
+def check_output_outside(source: Path, out: Path, classes: Classes) -> None:
+    """The output folder is neither the input folder nor inside it, and holds no listed photo
+    (a rerun would read its own crops)."""
+    target = out.resolve()
+    if source.is_dir():
+        inputs = [source.resolve()]
+    else:
+        inputs = [photo.resolve() for _, photos in classes for photo in photos]
+    for item in inputs:
+        if item == target or target in item.parents or (source.is_dir()
+                                                         and item in target.parents):
+            raise AlignError("the output folder must not be (inside) the input folder, nor "
+                             "hold a listed photo", path=out)
+
+
 def dataset(input_dir: Path) -> list[tuple[str, list[Path]]]:
     """``(class name, sorted image paths)`` per sorted sub-folder (upstream ``get_dataset``)."""
     if not input_dir.is_dir():
-        raise AlignError("not a folder; expected INPUT_DIR/<class>/<images>", path=input_dir)
+        raise AlignError("not a folder (nor a .txt / .parquet list of photos); expected "
+                         "INPUT_DIR/<class>/<images>", path=input_dir)
     classes = sorted(p for p in input_dir.iterdir() if p.is_dir())
     if not classes:
         raise AlignError("holds no class sub-folders; expected INPUT_DIR/<class>/<images> as "
@@ -260,12 +309,13 @@ def align_dataset(input_dir: str | os.PathLike[str], output_dir: str | os.PathLi
                          f"{', '.join(SELECTIONS)}")
     source = Path(input_dir)
     out = Path(output_dir)
-    classes = dataset(source)
-    if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
-        raise AlignError("the output folder must not be (inside) the input folder", path=out)
+    classes, listed_skips = photo_classes(source)
+    check_output_outside(source, out, classes)
     key = random.randint(0, 99999)                      # as upstream: one file per run
     boxes_file = out / f"bounding_boxes_{key:05d}.txt"
     summary = AlignSummary(str(source), str(out), str(boxes_file))
+    summary.images += len(listed_skips)
+    summary.failed += [{"path": path, "reason": reason} for path, reason in listed_skips]
     tasks = _tasks(classes, out, options, resume, force, summary)
     if on_total is not None:
         on_total(len(tasks))

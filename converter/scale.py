@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 from facenet_convert.converter.core.atomic import atomic_output, check_output_path
 from facenet_convert.converter.core.errors import ConverterError, ScaleError
 from facenet_convert.converter.core.hashing import sha256_file
+from facenet_convert.converter.core.inputs import read_input_list
 from facenet_convert.converter.core.version import __version__
 
 if TYPE_CHECKING:
@@ -64,7 +65,6 @@ MANIFEST = "manifest.json"
 DEFAULT_SHARD_SIZE = 1024
 SHARD_KEY = "facenet_convert.shard"
 INSTALL_HINT = "pip install 'facenet-convert[ray]'"
-LIST_SUFFIXES = (".txt", ".parquet")
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"     # "0": Ray binds and talks on loopback
 
 
@@ -298,58 +298,6 @@ def _mkdir(out: Path) -> None:
 # ----------------------------------------------------------------------------- inputs
 
 
-def read_input_list(list_file: str | os.PathLike[str]) -> tuple[list[Path], list[tuple[str,
-                                                                                       str]]]:
-    """Paths of a ``.txt`` (one per line, UTF-8) or ``.parquet`` (column ``path``) list, in
-    order; relative paths are relative to the list's folder. Entries that are not regular
-    files, or repeat an earlier entry, are returned as ``(entry, reason)`` skips."""
-    path = Path(list_file)
-    suffix = path.suffix.lower()
-    if suffix not in LIST_SUFFIXES:
-        raise ScaleError(f"unknown list type {path.suffix or '(none)'}; expected a .txt (one "
-                         "path per line) or a .parquet with a 'path' column", path=path)
-    from facenet_convert.converter.core.inputs import open_regular
-
-    try:
-        with open_regular(path, "list of inputs", ScaleError) as handle:   # never a FIFO
-            data = handle.read()
-        if suffix == ".txt":
-            entries = [line.rstrip("\r") for line in data.decode("utf-8").split("\n")]
-        else:
-            try:
-                import pyarrow as pa
-                import pyarrow.parquet as pq
-            except ImportError:
-                raise ScaleError(f"a .parquet list needs pyarrow: {INSTALL_HINT}") from None
-            table = pq.read_table(pa.BufferReader(data), columns=["path"])
-            entries = [str(v) for v in table.column("path").to_pylist() if v is not None]
-    except ConverterError as error:
-        raise ScaleError(f"cannot read the list of inputs: {error}", path=path) from None
-    except (OSError, UnicodeDecodeError, KeyError, ValueError) as error:
-        raise ScaleError(f"cannot read the list of inputs ({type(error).__name__}: "
-                         f"{' '.join(str(error).split())[:200]})", path=path) from None
-    paths: list[Path] = []
-    skipped: list[tuple[str, str]] = []
-    seen: dict[str, int] = {}
-    for number, entry in enumerate(entries, 1):
-        if not entry.strip():
-            continue
-        item = Path(entry) if os.path.isabs(entry) else path.parent / entry
-        key = str(item)
-        if key in seen:
-            skipped.append((f"{key}@{number}",
-                            f"{key}: listed again (first at entry {seen[key]})"))
-            continue
-        seen[key] = number
-        if not item.exists():
-            skipped.append((key, f"{key}: no such file"))
-        elif not item.is_file():
-            skipped.append((key, f"{key}: not a regular file"))
-        else:
-            paths.append(item)
-    return paths, skipped
-
-
 def list_inputs(items: Sequence[str], input_list: str | None = None
                 ) -> tuple[list[Path], list[tuple[str, str]]]:
     """IMAGES expanded as the local engine does (:func:`embedding.expand_inputs`), then the
@@ -358,7 +306,7 @@ def list_inputs(items: Sequence[str], input_list: str | None = None
 
     paths, skipped = expand_inputs(items)
     if input_list is not None:
-        listed, listed_skips = read_input_list(input_list)
+        listed, listed_skips = read_input_list(input_list, ScaleError)
         paths += listed
         skipped += listed_skips
     unique: list[Path] = []
@@ -763,21 +711,26 @@ def _finished_align_shard(out: Path) -> Callable[[Shard], dict | None]:
 
 
 def _align_plan(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str],
-                options: AlignOptions) -> tuple[list[tuple[str, list[Path]]],
-                                                list[tuple[str, str]], Path]:
-    from facenet_convert.converter.align import SELECTIONS, dataset
+                options: AlignOptions
+                ) -> tuple[list[tuple[str, list[Path]]], list[tuple[str, str]], Path,
+                           list[tuple[str, str]]]:
+    """Classes, (photo, crop) tasks, the output folder and skipped list entries."""
+    from facenet_convert.converter.align import (
+        SELECTIONS,
+        check_output_outside,
+        photo_classes,
+    )
     from facenet_convert.converter.core.errors import AlignError
 
     if options.selection not in SELECTIONS:
         raise AlignError(f"unknown selection {options.selection!r}; expected one of "
                          f"{', '.join(SELECTIONS)}")
     source, out = Path(input_dir), Path(output_dir)
-    classes = dataset(source)
-    if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
-        raise AlignError("the output folder must not be (inside) the input folder", path=out)
+    classes, skipped = photo_classes(source)
+    check_output_outside(source, out, classes)
     tasks = [(str(image), str(out / name / f"{image.stem}.png"))
              for name, images in classes for image in images]
-    return classes, tasks, out
+    return classes, tasks, out, skipped
 
 
 def _align_settings(options: AlignOptions) -> dict[str, Any]:
@@ -797,7 +750,7 @@ def align_dataset(input_dir: str | os.PathLike[str], output_dir: str | os.PathLi
 
     options = options or AlignOptions()
     ray_options = ray_options or RayOptions()
-    classes, tasks, out = _align_plan(input_dir, output_dir, options)
+    classes, tasks, out, _ = _align_plan(input_dir, output_dir, options)
     make_folders(out, classes)
     shards = plan_shards(tasks, ray_options.shard_size, _identity("align",
                                                                   _align_settings(options)))
@@ -819,7 +772,7 @@ def align_to_shards(input_dir: str | os.PathLike[str], output_dir: str | os.Path
     ray_options = ray_options or RayOptions()
     require_ray(loopback=is_loopback(ray_options.address))
     began = time.perf_counter()
-    classes, tasks, out = _align_plan(input_dir, output_dir, options)
+    classes, tasks, out, skipped = _align_plan(input_dir, output_dir, options)
     settings = _align_settings(options)
     make_folders(out, classes)
     check_output_path(out / MANIFEST, force=True)
@@ -836,8 +789,8 @@ def align_to_shards(input_dir: str | os.PathLike[str], output_dir: str | os.Path
         handle.write("".join(line for r in records for line in r["lines"]).encode("utf-8"))
     manifest = _write_manifest(out, "align", settings,
                                [{k: v for k, v in r.items() if k != "lines"} for r in records],
-                               [], len(tasks))
-    return ScaleSummary(str(out), str(out / MANIFEST), len(tasks), manifest["rows"],
+                               skipped, len(tasks) + len(skipped))
+    return ScaleSummary(str(out), str(out / MANIFEST), manifest["inputs"], manifest["rows"],
                         len(manifest["skipped"]), len(shards), reused,
                         round(time.perf_counter() - began, 3),
                         {"faces": sum(r["faces"] for r in records),

@@ -130,3 +130,42 @@ def test_bad_folders_are_one_line_errors(tmp_path: Path) -> None:
     (tmp_path / "flat").mkdir()
     result = CliRunner().invoke(align_command, [str(tmp_path / "flat"), str(tmp_path / "o")])
     assert result.exit_code != 0 and "class sub-folders" in str(result.exception)
+
+
+def test_a_list_of_photos_aligns_as_their_folders(photos: Path, tmp_path: Path,
+                                                  published_mtcnn: dict[str, Path]) -> None:
+    """INPUT_DIR as a .txt list (shared storage): classes from parent folder names, the
+    folder run's crops byte for byte; bad entries are reported, never fatal."""
+    elsewhere = tmp_path / "elsewhere" / "people"
+    elsewhere.mkdir(parents=True)
+    Image.fromarray(PHOTOS["astronaut"]()).save(elsewhere / "t1.jpg")    # same crop name
+    listed = sorted(str(p.relative_to(photos)) for p in photos.rglob("*") if p.is_file())
+    entries = [str(photos / e) for e in listed]
+    entries += [entries[0], str(photos / "solo" / "gone.png"), str(photos / "solo"),
+                str(elsewhere / "t1.jpg"), ""]
+    photo_list = tmp_path / "photos.txt"
+    photo_list.write_text("\n".join(entries) + "\n")
+
+    folder = align_dataset(photos, tmp_path / "by_folder", options=_options(published_mtcnn))
+    listing = align_dataset(photo_list, tmp_path / "by_list", options=_options(published_mtcnn))
+    crops = sorted(p.relative_to(tmp_path / "by_folder")
+                   for p in (tmp_path / "by_folder").rglob("*.png"))
+    assert crops and crops == sorted(p.relative_to(tmp_path / "by_list")
+                                     for p in (tmp_path / "by_list").rglob("*.png"))
+    for crop in crops:
+        assert (tmp_path / "by_folder" / crop).read_bytes() == \
+            (tmp_path / "by_list" / crop).read_bytes()
+    assert (listing.aligned, listing.faces) == (folder.aligned, folder.faces)
+    reasons = {f["path"]: f["reason"] for f in listing.failed}
+    assert listing.images == folder.images + 4
+    assert "listed again" in reasons[f"{entries[0]}@{len(listed) + 1}"]
+    assert "no such file" in reasons[str(photos / "solo" / "gone.png")]
+    assert "not a regular file" in reasons[str(photos / "solo")]
+    assert "same crop people/t1.png" in reasons[str(elsewhere / "t1.jpg")]
+
+    inside = CliRunner().invoke(align_command, [str(photo_list), str(photos / "solo")])
+    assert inside.exit_code != 0 and "hold a listed photo" in str(inside.exception)
+    empty = tmp_path / "empty.txt"
+    empty.write_text(str(tmp_path / "nothing.png") + "\n")
+    result = CliRunner().invoke(align_command, [str(empty), str(tmp_path / "o")])
+    assert result.exit_code != 0 and "lists no photo" in str(result.exception)

@@ -277,6 +277,25 @@ def test_align_ray_equals_local_byte_for_byte(cluster: str, align_photos: Path,
     assert {Path(s["path"]).name for s in manifest["skipped"]} == {"coffee.jpg", "broken.jpg"}
 
 
+def test_align_ray_from_a_list_equals_local(cluster: str, align_photos: Path,
+                                            local_aligned: Path,
+                                            published_mtcnn: dict[str, Path],
+                                            tmp_path: Path) -> None:
+    """INPUT_DIR as a .txt list (shared storage): the folder run's crops; a missing entry is a
+    manifest skip, and every listed input is accounted for once."""
+    photo_list = tmp_path / "photos.txt"
+    missing = str(align_photos / "solo" / "gone.png")
+    photo_list.write_text("\n".join([*_inputs(align_photos), missing]) + "\n")
+    out = tmp_path / "ray"
+    result = _run("align", photo_list, out, "--mtcnn", published_mtcnn["pnet"].parent,
+                  "--engine", "ray", "--shard-size", 4)
+    assert result.exit_code == 0, result.output
+    assert _tree(out) == _tree(local_aligned)
+    manifest = _check_manifest(out, [*_inputs(align_photos), missing])
+    assert any(s["path"] == missing and "no such file" in s["reason"]
+               for s in manifest["skipped"])
+
+
 def _ray_workers(tag: str) -> list[int]:
     """PIDs of this test process's Ray actor processes whose title holds ``tag``."""
     parents: dict[int, int] = {}

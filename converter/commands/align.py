@@ -16,7 +16,7 @@ from facenet_convert.converter.commands.options import Progress, scale_options, 
 
 
 @click.command("align")
-@click.argument("input_dir", type=click.Path(path_type=str, file_okay=False))
+@click.argument("input_dir", type=click.Path(path_type=str))
 @click.argument("output_dir", type=click.Path(path_type=str, file_okay=False))
 @click.option("--image-size", type=click.IntRange(min=1), default=160, show_default=True,
               help="Side of the square crops (upstream's script default is 182).")
@@ -43,7 +43,10 @@ def align_command(input_dir: str, output_dir: str, image_size: int, margin: floa
                   workers: int, resume: bool, force: bool, device: str,
                   mtcnn_dir: str | None, scale_engine: str, ray_address: str | None,
                   actors: int, shard_size: int) -> None:
-    """Detect faces in INPUT_DIR/<class>/<photos> and write aligned crops to OUTPUT_DIR."""
+    """Detect faces in INPUT_DIR/<class>/<photos> and write aligned crops to OUTPUT_DIR.
+
+    INPUT_DIR may also be a .txt (one path per line) or .parquet ('path' column) list of
+    photos, e.g. on shared storage: each photo's class is its parent folder's name."""
     options = AlignOptions(image_size=image_size, margin=margin,
                            detect_multiple_faces=detect_multiple_faces, selection=selection,
                            min_face_size=min_face_size, device=device,

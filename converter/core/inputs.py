@@ -15,7 +15,8 @@ from typing import BinaryIO
 
 from facenet_convert.converter.core.errors import ConverterError, SourceError
 
-__all__ = ["describe_os_error", "file_identity", "kind_of", "open_regular", "require_regular"]
+__all__ = ["LIST_SUFFIXES", "describe_os_error", "file_identity", "kind_of", "open_regular",
+           "read_input_list", "require_regular"]
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
           (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
@@ -82,3 +83,59 @@ def file_identity(path: str | os.PathLike[str]) -> tuple[str, tuple[int, int] | 
     except OSError:
         return real, None
     return real, (info.st_dev, info.st_ino)
+
+
+LIST_SUFFIXES = (".txt", ".parquet")
+
+
+def read_input_list(list_file: str | os.PathLike[str],
+                    error: type[ConverterError] = ConverterError
+                    ) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Paths of a ``.txt`` (one per line, UTF-8) or ``.parquet`` (column ``path``) list, in
+    order; relative paths are relative to the list's folder. Entries that are not regular
+    files, or repeat an earlier entry, are returned as ``(entry, reason)`` skips; a list that
+    cannot be read raises ``error`` (the caller's class)."""
+    path = Path(list_file)
+    suffix = path.suffix.lower()
+    if suffix not in LIST_SUFFIXES:
+        raise error(f"unknown list type {path.suffix or '(none)'}; expected a .txt (one "
+                    "path per line) or a .parquet with a 'path' column", path=path)
+    try:
+        with open_regular(path, "list of inputs", error) as handle:   # never a FIFO
+            data = handle.read()
+        if suffix == ".txt":
+            entries = [line.rstrip("\r") for line in data.decode("utf-8").split("\n")]
+        else:
+            try:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise error("a .parquet list needs pyarrow: pip install pyarrow (the ray extra "
+                            "brings it)") from None
+            table = pq.read_table(pa.BufferReader(data), columns=["path"])
+            entries = [str(v) for v in table.column("path").to_pylist() if v is not None]
+    except ConverterError as problem:
+        raise error(f"cannot read the list of inputs: {problem}", path=path) from None
+    except (OSError, UnicodeDecodeError, KeyError, ValueError) as problem:
+        raise error(f"cannot read the list of inputs ({type(problem).__name__}: "
+                    f"{' '.join(str(problem).split())[:200]})", path=path) from None
+    paths: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}
+    for number, entry in enumerate(entries, 1):
+        if not entry.strip():
+            continue
+        item = Path(entry) if os.path.isabs(entry) else path.parent / entry
+        key = str(item)
+        if key in seen:
+            skipped.append((f"{key}@{number}",
+                            f"{key}: listed again (first at entry {seen[key]})"))
+            continue
+        seen[key] = number
+        if not item.exists():
+            skipped.append((key, f"{key}: no such file"))
+        elif not item.is_file():
+            skipped.append((key, f"{key}: not a regular file"))
+        else:
+            paths.append(item)
+    return paths, skipped
