@@ -30,7 +30,7 @@ from typing import Any
 
 from facenet_convert.converter.core.atomic import atomic_output
 from facenet_convert.converter.core.errors import AlignError
-from facenet_convert.converter.core.inputs import LIST_SUFFIXES, read_input_list
+from facenet_convert.converter.core.inputs import LIST_SUFFIXES, input_inside, read_input_list
 
 SELECTIONS = ("upstream", "probability", "largest", "largest_over_threshold",
               "center_weighted_size")
@@ -113,16 +113,24 @@ def photo_classes(source: Path) -> tuple[Classes, list[tuple[str, str]]]:
 def check_output_outside(source: Path, out: Path, classes: Classes) -> None:
     """The output folder is neither the input folder nor inside it, and holds no listed photo
     (a rerun would read its own crops)."""
-    target = out.resolve()
-    if source.is_dir():
-        inputs = [source.resolve()]
-    else:
-        inputs = [photo.resolve() for _, photos in classes for photo in photos]
-    for item in inputs:
-        if item == target or target in item.parents or (source.is_dir()
-                                                         and item in target.parents):
-            raise AlignError("the output folder must not be (inside) the input folder, nor "
-                             "hold a listed photo", path=out)
+    inputs = [source] if source.is_dir() else [p for _, photos in classes for p in photos]
+    inside_input = source.is_dir() and source.resolve() in out.resolve().parents
+    if inside_input or input_inside(out, inputs) is not None:
+        raise AlignError("the output folder must not be (inside) the input folder, nor "
+                         "hold a listed photo", path=out)
+
+
+def plan_alignment(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str],
+                   options: AlignOptions) -> tuple[Classes, list[tuple[str, str]], Path]:
+    """A run's checked inputs, shared by the local and the Ray engine: the photos by class,
+    skipped list entries with their reasons, and the output folder."""
+    if options.selection not in SELECTIONS:
+        raise AlignError(f"unknown selection {options.selection!r}; expected one of "
+                         f"{', '.join(SELECTIONS)}")
+    source, out = Path(input_dir), Path(output_dir)
+    classes, skipped = photo_classes(source)
+    check_output_outside(source, out, classes)
+    return classes, skipped, out
 
 
 def dataset(input_dir: Path) -> list[tuple[str, list[Path]]]:
@@ -304,16 +312,10 @@ def align_dataset(input_dir: str | os.PathLike[str], output_dir: str | os.PathLi
                   on_total: Callable[[int], Any] | None = None) -> AlignSummary:
     """Align every photo of ``input_dir`` into ``output_dir`` (see the module docstring)."""
     options = options or AlignOptions()
-    if options.selection not in SELECTIONS:
-        raise AlignError(f"unknown selection {options.selection!r}; expected one of "
-                         f"{', '.join(SELECTIONS)}")
-    source = Path(input_dir)
-    out = Path(output_dir)
-    classes, listed_skips = photo_classes(source)
-    check_output_outside(source, out, classes)
+    classes, listed_skips, out = plan_alignment(input_dir, output_dir, options)
     key = random.randint(0, 99999)                      # as upstream: one file per run
     boxes_file = out / f"bounding_boxes_{key:05d}.txt"
-    summary = AlignSummary(str(source), str(out), str(boxes_file))
+    summary = AlignSummary(str(Path(input_dir)), str(out), str(boxes_file))
     summary.images += len(listed_skips)
     summary.failed += [{"path": path, "reason": reason} for path, reason in listed_skips]
     tasks = _tasks(classes, out, options, resume, force, summary)

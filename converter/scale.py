@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 from facenet_convert.converter.core.atomic import atomic_output, check_output_path
 from facenet_convert.converter.core.errors import ConverterError, ScaleError
 from facenet_convert.converter.core.hashing import sha256_file
-from facenet_convert.converter.core.inputs import read_input_list
+from facenet_convert.converter.core.inputs import input_inside, read_input_list
 from facenet_convert.converter.core.version import __version__
 
 if TYPE_CHECKING:
@@ -278,12 +278,10 @@ def _last_line(error: BaseException) -> str:
 
 def _check_outside(out: Path, inputs: Sequence[str | os.PathLike[str]]) -> None:
     """Outputs never alias inputs: no input may be the output folder or lie inside it."""
-    target = out.resolve()
-    for item in inputs:
-        path = Path(item).resolve()
-        if path == target or target in path.parents:
-            raise ScaleError("an input lies inside the output folder; write the shards to a "
-                             "folder of their own", path=item)
+    item = input_inside(out, inputs)
+    if item is not None:
+        raise ScaleError("an input lies inside the output folder; write the shards to a "
+                         "folder of their own", path=item)
 
 
 def _mkdir(out: Path) -> None:
@@ -715,19 +713,9 @@ def _align_plan(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike
                 ) -> tuple[list[tuple[str, list[Path]]], list[tuple[str, str]], Path,
                            list[tuple[str, str]]]:
     """Classes, (photo, crop) tasks, the output folder and skipped list entries."""
-    from facenet_convert.converter.align import (
-        SELECTIONS,
-        check_output_outside,
-        photo_classes,
-    )
-    from facenet_convert.converter.core.errors import AlignError
+    from facenet_convert.converter.align import plan_alignment
 
-    if options.selection not in SELECTIONS:
-        raise AlignError(f"unknown selection {options.selection!r}; expected one of "
-                         f"{', '.join(SELECTIONS)}")
-    source, out = Path(input_dir), Path(output_dir)
-    classes, skipped = photo_classes(source)
-    check_output_outside(source, out, classes)
+    classes, skipped, out = plan_alignment(input_dir, output_dir, options)
     tasks = [(str(image), str(out / name / f"{image.stem}.png"))
              for name, images in classes for image in images]
     return classes, tasks, out, skipped

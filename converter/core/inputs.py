@@ -10,13 +10,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
 from facenet_convert.converter.core.errors import ConverterError, SourceError
 
-__all__ = ["LIST_SUFFIXES", "describe_os_error", "file_identity", "kind_of", "open_regular",
-           "read_input_list", "require_regular"]
+__all__ = ["LIST_SUFFIXES", "describe_os_error", "file_identity", "input_inside", "kind_of",
+           "open_regular", "read_input_list", "require_regular"]
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
           (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
@@ -139,3 +140,15 @@ def read_input_list(list_file: str | os.PathLike[str],
         else:
             paths.append(item)
     return paths, skipped
+
+
+def input_inside(folder: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]]
+                 ) -> str | os.PathLike[str] | None:
+    """The first of ``inputs`` that is ``folder`` or lies inside it (paths resolved), else None:
+    an output folder must hold no input (a rerun would read its own outputs)."""
+    target = Path(folder).resolve()
+    for item in inputs:
+        path = Path(item).resolve()
+        if path == target or target in path.parents:
+            return item
+    return None
