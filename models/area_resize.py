@@ -20,11 +20,14 @@ upstream's padding.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 
 import numpy as np
 import torch
 from numpy.lib.stride_tricks import as_strided
+from torch import Tensor
 
 _EPS = 1e-3  # OpenCV's threshold for a partial edge pixel
 
@@ -122,105 +125,156 @@ def summed_area_table(image: np.ndarray) -> np.ndarray:
     return table
 
 
-def _resize_by_table(table: np.ndarray, boxes: np.ndarray, size: int, chunk: int = 32
-                     ) -> np.ndarray:
-    """``(n, size, size, C)`` float64: upstream's padded crop of each box, INTER_AREA-resized.
-
-    ``boxes`` are integer ``[x1, y1, x2, y2]`` in upstream's 1-based inclusive convention
-    (``pad``): the crop spans image rows ``y1 - 1 .. y2 - 1``, zeros outside the image. Each
-    output pixel is 16 weighted prefix sums (4 row by 4 column positions), gathered for a chunk
-    of boxes at a time.
-    """
-    n = boxes.shape[0]
-    channels = table.shape[2]
-    out = np.empty((n, size, size, channels), dtype=np.float64)
-    if n == 0:
-        return out
-    boxes = boxes.astype(np.int64)
-    rows, cols = table.shape[0] - 1, table.shape[1] - 1
-    ends_y, w_y, ends_x, w_x, factor = crop_taps(boxes[:, 3] - boxes[:, 1] + 1,
-                                                 boxes[:, 2] - boxes[:, 0] + 1, size)
-    ends_y = np.clip(ends_y + (boxes[:, 1, None, None] - 1), 0, rows) * (cols + 1)
-    ends_x = np.clip(ends_x + (boxes[:, 0, None, None] - 1), 0, cols)
-    flat = table.reshape(-1, channels)
-    for start in range(0, n, chunk):
-        part = slice(start, start + chunk)
-        m = ends_y[part].shape[0]
-        acc = np.zeros((m * size * size, channels))
-        vals = np.empty_like(acc)
-        for i in range(4):
-            row = ends_y[part, :, i][:, :, None]
-            for j in range(4):
-                np.multiply(np.take(flat, (row + ends_x[part, :, j][:, None, :]).ravel(),
-                                    axis=0),
-                            (w_y[part, :, i][:, :, None] * w_x[part, :, j][:, None, :]
-                             ).reshape(-1, 1), out=vals)
-                acc += vals
-        out[part] = acc.reshape(m, size, size, channels) * factor[part, None, None, None]
+@functools.cache
+def dense_weights(size: int) -> np.ndarray:
+    """``(3, 2 * size + 1, size, 2 * size)`` float64: for each kind (area-linear, area,
+    resizeAreaFast blocks) and side length up to ``2 * size``, OpenCV's weight of every pixel
+    of the side for every output pixel (zero past the side). Built once per output size."""
+    lengths = np.arange(2 * size + 1)
+    pixels = np.arange(2 * size)
+    out = np.zeros((3, lengths.size, size, pixels.size))
+    for kind, taps in enumerate((_linear_taps, _area_taps, _fast_taps)):
+        valid = lengths[1:] if kind == 0 else lengths[size:]
+        ends, weights = taps(valid, size)
+        out[kind, valid] = (weights[:, :, :, None] * (ends[:, :, :, None] > pixels)).sum(axis=2)
+    out.flags.writeable = False
     return out
 
 
-def _resize_by_bmm(source: CropSource, boxes: np.ndarray, size: int, span: int,
-                   chunk: int = 256) -> np.ndarray:
+class _DenseGroup:
     """Boxes no larger than ``span``: ``span`` x ``span`` padded patches times each box's
-    dense OpenCV weights (zero past the box), two batched matrix products per chunk.
+    dense OpenCV weights (zero past the box), two batched matrix products.
 
     The patches are one gather from a strided window view of the zero-padded image (~7x
-    faster than indexing rows and columns and masking the outside). torch's GEMM runs
-    single-threaded on MTCNN's workers (numpy's BLAS would start a thread team for every
-    small product).
+    faster than indexing rows and columns and masking the outside). The weights are planned
+    for all boxes at once, so that :meth:`compute` is a few large calls.
     """
-    height, width, channels = source.image.shape
-    pad = 2 * size
-    if span > pad:
-        raise ValueError(f"patch side {span} exceeds the padding {pad}")
-    padded = source.padded(pad)
-    step_y, step_x, step_c = padded.strides
-    windows = as_strided(padded, shape=(height + pad + 1, width + pad + 1, span, span, channels),
-                         strides=(step_y, step_x, step_y, step_x, step_c), writeable=False)
-    n = boxes.shape[0]
-    out = np.empty((n, size, size, channels), dtype=np.float64)
-    box_h = boxes[:, 3] - boxes[:, 1] + 1
-    box_w = boxes[:, 2] - boxes[:, 0] + 1
-    factor = crop_taps(box_h, box_w, size)[4]
-    # one dense (size, span) matrix per side length: taps depend on the length alone
-    # (the area-linear case is per axis, so mixed boxes take the length pair's kind)
-    pixels = np.arange(span)
-    shrink = (box_h >= size) & (box_w >= size)
-    fast = shrink & (box_h % size == 0) & (box_w % size == 0)
-    kinds = np.where(fast, 2, np.where(shrink, 1, 0))
-    dense = {}
-    for kind in np.unique(kinds).tolist():
-        lengths = np.unique(np.concatenate([box_h[kinds == kind], box_w[kinds == kind]]))
-        taps = (_linear_taps, _area_taps, _fast_taps)[kind]
-        ends, weights = taps(lengths, size)
-        table = (weights[:, :, :, None] * (ends[:, :, :, None] > pixels)).sum(axis=2)
-        dense[kind] = (lengths, table)
 
-    def weights_of(lengths: np.ndarray, kind: np.ndarray) -> np.ndarray:
-        out_w = np.empty((lengths.shape[0], size, span))
-        for k, (known, table) in dense.items():
-            mask = kind == k
-            out_w[mask] = table[np.searchsorted(known, lengths[mask])]
-        return out_w
-
-    for start in range(0, n, chunk):
-        part = slice(start, start + chunk)
-        count = boxes[part].shape[0]
-        weight_y = weights_of(box_h[part], kinds[part])
-        weight_x = weights_of(box_w[part], kinds[part])
+    def __init__(self, source: CropSource, boxes: np.ndarray, size: int, span: int) -> None:
+        height, width, channels = source.image.shape
+        pad = 2 * size
+        if span > pad:
+            raise ValueError(f"patch side {span} exceeds the padding {pad}")
+        padded = source.padded(pad)
+        step_y, step_x, step_c = padded.strides
+        self.windows = as_strided(padded, shape=(height + pad + 1, width + pad + 1, span, span,
+                                                 channels),
+                                  strides=(step_y, step_x, step_y, step_x, step_c),
+                                  writeable=False)
+        self.size, self.span, self.channels = size, span, channels
+        box_h = boxes[:, 3] - boxes[:, 1] + 1
+        box_w = boxes[:, 2] - boxes[:, 0] + 1
+        # dense weights depend on the side length and the box's kind alone (the area-linear
+        # case is per axis, so mixed boxes take the length pair's kind): one cached table
+        shrink = (box_h >= size) & (box_w >= size)
+        fast = shrink & (box_h % size == 0) & (box_w % size == 0)
+        kinds = np.where(fast, 2, np.where(shrink, 1, 0))
+        table = dense_weights(size)
+        self.weight_y = table[kinds, box_h, :, :span]
+        self.weight_x = table[kinds, box_w, :, :span]
+        # resizeAreaFast's block sums times float32(1 / block area), as crop_taps
+        blocks = np.where(fast, (box_h // size) * (box_w // size), 1)
+        self.weight_y *= np.where(fast, (1.0 / blocks).astype(np.float32), 1.0)[:, None, None]
         # a window starting above/left of -span (or past the image) holds only padding
-        top = np.clip(boxes[part, 1] - 1, -span, height) + pad
-        left = np.clip(boxes[part, 0] - 1, -span, width) + pad
-        patch = torch.from_numpy(windows[top, left]).to(torch.float64)
-        mixed = torch.bmm(torch.from_numpy(weight_y),
+        self.top = np.clip(boxes[:, 1] - 1, -span, height) + pad
+        self.left = np.clip(boxes[:, 0] - 1, -span, width) + pad
+
+    def compute(self, part: slice) -> Tensor:
+        """``(k, size, size, C)`` float64 crops of the boxes in ``part``."""
+        size, span, channels = self.size, self.span, self.channels
+        patch = torch.from_numpy(self.windows[self.top[part], self.left[part]]).to(torch.float64)
+        count = patch.shape[0]
+        mixed = torch.bmm(torch.from_numpy(self.weight_y[part]),
                           patch.reshape(count, span, span * channels))
         mixed = mixed.reshape(count, size, span, channels).permute(0, 1, 3, 2)
         result = torch.bmm(mixed.reshape(count, size * channels, span),
-                           torch.from_numpy(weight_x).transpose(1, 2))   # (k, size * C, size)
-        result = result.reshape(count, size, channels, size).permute(0, 1, 3, 2)
-        out[part] = (result * torch.from_numpy(factor[part])[:, None, None, None]).numpy()
-    return out
+                           torch.from_numpy(self.weight_x[part]).transpose(1, 2))
+        return result.reshape(count, size, channels, size).permute(0, 1, 3, 2)
+
+
+class _TableGroup:
+    """Boxes of any size: each output pixel is 16 weighted prefix sums (4 row by 4 column
+    positions) of the image's summed-area table, gathered ``chunk`` boxes at a time."""
+
+    def __init__(self, table: np.ndarray, boxes: np.ndarray, size: int) -> None:
+        rows, cols = table.shape[0] - 1, table.shape[1] - 1
+        ends_y, w_y, ends_x, self.w_x, factor = crop_taps(
+            boxes[:, 3] - boxes[:, 1] + 1, boxes[:, 2] - boxes[:, 0] + 1, size)
+        self.w_y = w_y * factor[:, None, None]
+        self.ends_y = np.clip(ends_y + (boxes[:, 1, None, None] - 1), 0, rows) * (cols + 1)
+        self.ends_x = np.clip(ends_x + (boxes[:, 0, None, None] - 1), 0, cols)
+        self.flat = table.reshape(-1, table.shape[2])
+        self.size = size
+
+    def compute(self, part: slice, chunk: int = 32) -> Tensor:
+        """``(k, size, size, C)`` float64 crops of the boxes in ``part``."""
+        size, flat = self.size, self.flat
+        channels = flat.shape[1]
+        ends_y, ends_x, w_y, w_x = (self.ends_y[part], self.ends_x[part], self.w_y[part],
+                                    self.w_x[part])
+        n = ends_y.shape[0]
+        out = np.empty((n, size, size, channels), dtype=np.float64)
+        for start in range(0, n, chunk):
+            piece = slice(start, start + chunk)
+            m = ends_y[piece].shape[0]
+            acc = np.zeros((m * size * size, channels))
+            vals = np.empty_like(acc)
+            for i in range(4):
+                row = ends_y[piece, :, i][:, :, None]
+                for j in range(4):
+                    np.multiply(np.take(flat, (row + ends_x[piece, :, j][:, None, :]).ravel(),
+                                        axis=0),
+                                (w_y[piece, :, i][:, :, None] * w_x[piece, :, j][:, None, :]
+                                 ).reshape(-1, 1), out=vals)
+                    acc += vals
+            out[piece] = acc.reshape(m, size, size, channels)
+        return torch.from_numpy(out)
+
+
+class CropPlan:
+    """Upstream's padded INTER_AREA crops of many boxes of one image, planned once (box
+    classes, weights, gather positions) and computed in independent parts.
+
+    ``boxes`` are integer ``[x1, y1, x2, y2]`` in upstream's 1-based inclusive convention
+    (``pad``): the crop spans image rows ``y1 - 1 .. y2 - 1``, zeros outside the image. Boxes
+    up to twice ``size`` take dense weight matrices over padded patches (cost ~ patch side
+    squared, so they are grouped by side); larger ones 16 weighted prefix sums per output
+    pixel, whatever their size. Planning is small numpy work that holds the GIL, so it runs
+    in the calling thread; each part is then a few large numpy/torch calls that release it
+    (worker threads compute parts side by side).
+    """
+
+    SPANS = (1, 4 / 3, 5 / 3, 2)      # patch sides in units of the output size
+
+    def __init__(self, source: CropSource, boxes: np.ndarray, size: int) -> None:
+        boxes = np.asarray(boxes).astype(np.int64).reshape(-1, 4)
+        self.count, self.size = boxes.shape[0], size
+        side = np.maximum(boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]) + 1
+        spans = [int(size * share) for share in self.SPANS]
+        self.groups: list[tuple[np.ndarray, _DenseGroup | _TableGroup]] = []
+        for low, high in itertools.pairwise([0, *spans]):
+            chosen = np.flatnonzero((side > low) & (side <= high))
+            if chosen.size:
+                self.groups.append((chosen, _DenseGroup(source, boxes[chosen], size, high)))
+        large = np.flatnonzero(side > 2 * size)
+        if large.size:
+            self.groups.append((large, _TableGroup(source.table, boxes[large], size)))
+
+    def parts(self, step: int) -> list[tuple[int, slice]]:
+        """The plan cut into parts of at most ``step`` boxes, each within one group, of
+        near-equal sizes within a group: ``(group, slice of the group's boxes)``."""
+        out = []
+        for number, (chosen, _) in enumerate(self.groups):
+            pieces = math.ceil(chosen.size / step)
+            edges = np.linspace(0, chosen.size, pieces + 1).round().astype(int).tolist()
+            out.extend((number, slice(first, last))
+                       for first, last in itertools.pairwise(edges))
+        return out
+
+    def compute(self, part: tuple[int, slice]) -> tuple[np.ndarray, Tensor]:
+        """Positions (into ``boxes``) and ``(k, size, size, C)`` float64 crops of one part."""
+        chosen, group = self.groups[part[0]]
+        return chosen[part[1]], group.compute(part[1])
 
 
 class CropSource:
@@ -248,27 +302,13 @@ class CropSource:
 
 
 def resize_boxes(source: CropSource | np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
-    """``(n, size, size, C)`` float64: upstream's padded crop of each box, INTER_AREA-resized.
-
-    ``boxes`` are integer ``[x1, y1, x2, y2]`` in upstream's 1-based inclusive convention
-    (``pad``): the crop spans image rows ``y1 - 1 .. y2 - 1``, zeros outside the image. Boxes
-    up to twice ``size`` take dense weight matrices over padded patches (batched matrix
-    products); larger ones 16 weighted prefix sums per output pixel, whatever their size.
-    """
+    """``(n, size, size, C)`` float64: upstream's padded crop of each box, INTER_AREA-resized
+    (see :class:`CropPlan`), in one thread."""
     if isinstance(source, np.ndarray):
         source = CropSource(source)
-    boxes = boxes.astype(np.int64)
-    channels = source.image.shape[2]
-    out = np.empty((boxes.shape[0], size, size, channels), dtype=np.float64)
-    if boxes.shape[0] == 0:
-        return out
-    side = np.maximum(boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]) + 1
-    spans = [size, size * 4 // 3, size * 5 // 3, 2 * size]     # patch sides: cost ~ span**2
-    for low, high in itertools.pairwise([0, *spans]):
-        chosen = (side > low) & (side <= high)
-        if chosen.any():
-            out[chosen] = _resize_by_bmm(source, boxes[chosen], size, high)
-    large = side > 2 * size
-    if large.any():
-        out[large] = _resize_by_table(source.table, boxes[large], size)
+    plan = CropPlan(source, boxes, size)
+    out = np.empty((plan.count, size, size, source.image.shape[2]), dtype=np.float64)
+    for part in plan.parts(max(plan.count, 1)):
+        positions, pixels = plan.compute(part)
+        out[positions] = pixels.numpy()
     return out

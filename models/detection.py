@@ -44,7 +44,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from facenet_convert.converter.core.errors import DetectionInputError
-from facenet_convert.models.area_resize import CropSource, resize_boxes
+from facenet_convert.models.area_resize import CropPlan, CropSource
 from facenet_convert.models.mtcnn import ONet, PNet, RNet
 from facenet_convert.models.preprocessing import (
     ImageLike,
@@ -61,6 +61,7 @@ from facenet_convert.models.preprocessing import (
     resize_uint8,
     to_rgb_array,
 )
+from facenet_convert.models.workers import TorchWorkers
 
 MIN_FACE_SIZE = 20
 THRESHOLDS = (0.6, 0.7, 0.7)
@@ -73,6 +74,7 @@ _CELL = 12      # PNet's receptive field
 _STRIDE = 2     # PNet's output stride
 _MTCNN_SCALE = 0.0078125
 _NET_BATCH = 64
+_MIN_NET_PART = 8
 _MIN_BAND = 150_000   # uint8 values (~220x220 RGB) per PNet band at least
 
 
@@ -129,37 +131,56 @@ def upstream_order(scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
 
-def _suppressors(boxes: np.ndarray, threshold: float, mode: str, rows: int = 256
-                 ) -> list[np.ndarray]:
+Mapper = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
+"""Runs a function over items, maybe on worker threads: ``mapper(function, items)``."""
+
+
+def _serial(function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    return [function(item) for item in items]
+
+
+def _suppressors(boxes: np.ndarray, threshold: float, mode: str, mapper: Mapper = _serial,
+                 rows: int = 256) -> np.ndarray:
     """For boxes in visiting order: which later boxes each one suppresses (upstream drops a
-    box unless ``overlap <= threshold``), pairwise with upstream's formula, in row blocks."""
+    box unless ``overlap <= threshold``), pairwise with upstream's formula, as a boolean
+    matrix. Row blocks are independent large array operations (``mapper`` may run them on
+    worker threads); only the upper triangle is computed."""
+    if mode not in ("union", "min"):
+        raise ValueError(f"NMS mode must be 'union' or 'min', not {mode!r}")
     count = boxes.shape[0]
-    area = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
-    later = []
-    for start in range(0, count, rows):
-        block = boxes[start:start + rows, None, :]
-        rest = boxes[start:]                  # only later boxes matter: the upper triangle
-        inter_w = np.maximum(0.0, np.minimum(block[..., 2], rest[:, 2])
-                             - np.maximum(block[..., 0], rest[:, 0]) + 1)
-        inter_h = np.maximum(0.0, np.minimum(block[..., 3], rest[:, 3])
-                             - np.maximum(block[..., 1], rest[:, 1]) + 1)
-        inter = inter_w * inter_h
-        mine = area[start:start + rows, None]
+    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[:, k]) for k in range(4))
+    area = (x2 - x1 + 1) * (y2 - y1 + 1)
+
+    def block(start: int) -> np.ndarray:
+        mine = slice(start, start + rows)
+        width = np.minimum(x2[mine, None], x2[None, start:])
+        width -= np.maximum(x1[mine, None], x1[None, start:])
+        width += 1
+        np.maximum(width, 0.0, out=width)
+        height = np.minimum(y2[mine, None], y2[None, start:])
+        height -= np.maximum(y1[mine, None], y1[None, start:])
+        height += 1
+        np.maximum(height, 0.0, out=height)
+        inter = np.multiply(width, height, out=width)
         with np.errstate(divide="ignore", invalid="ignore"):
             if mode == "min":
-                overlap = inter / np.minimum(mine, area[start:])
-            elif mode == "union":
-                overlap = inter / (mine + area[start:] - inter)
+                denominator = np.minimum(area[mine, None], area[None, start:], out=height)
             else:
-                raise ValueError(f"NMS mode must be 'union' or 'min', not {mode!r}")
-        hits = np.zeros((block.shape[0], count), dtype=bool)
-        hits[:, start:] = ~(overlap <= threshold)
-        hits &= np.arange(count)[None, :] > np.arange(start, start + hits.shape[0])[:, None]
-        later.append(hits)
-    return later
+                denominator = np.add(area[mine, None], area[None, start:], out=height)
+                denominator -= inter
+            overlap = np.divide(inter, denominator, out=inter)
+        hits = np.zeros((overlap.shape[0], count), dtype=bool)
+        np.logical_not(overlap <= threshold, out=hits[:, start:])
+        # only later boxes: the diagonal block's lower triangle and diagonal are cleared
+        local = hits[:, start:start + overlap.shape[0]]
+        local &= np.triu(np.ones((local.shape[0], local.shape[0]), dtype=bool), 1)
+        return hits
+
+    return np.concatenate(mapper(block, range(0, count, rows)))
 
 
-def _greedy_keep(boxes: np.ndarray, threshold: float, mode: str) -> np.ndarray:
+def _greedy_keep(boxes: np.ndarray, threshold: float, mode: str, mapper: Mapper = _serial
+                 ) -> np.ndarray:
     """Upstream's greedy picks of boxes already in visiting order, as a boolean mask.
 
     Box i is kept iff no kept box before it suppresses it. Iterating ``keep = not any(kept
@@ -169,7 +190,7 @@ def _greedy_keep(boxes: np.ndarray, threshold: float, mode: str) -> np.ndarray:
     count = boxes.shape[0]
     if count <= 1:
         return np.ones(count, dtype=bool)
-    matrix = np.concatenate(_suppressors(boxes, threshold, mode))
+    matrix = _suppressors(boxes, threshold, mode, mapper)
     keep = np.ones(count, dtype=bool)
     for _ in range(count):
         suppressed = matrix[keep].any(axis=0)
@@ -181,12 +202,13 @@ def _greedy_keep(boxes: np.ndarray, threshold: float, mode: str) -> np.ndarray:
 
 
 def batched_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, threshold: float,
-                mode: str = "union") -> np.ndarray:
+                mode: str = "union", mapper: Mapper = _serial) -> np.ndarray:
     """Upstream's greedy NMS run independently within each group.
 
     ``groups`` is non-decreasing. Within a group boxes are visited in :func:`upstream_order`
     and a box is dropped when a kept earlier one overlaps it by more than ``threshold``.
     Returns indices into ``boxes``: by group, then in picking order (as upstream's ``pick``).
+    ``mapper`` may spread the pairwise overlaps over worker threads.
     """
     count = int(boxes.shape[0])
     if count == 0:
@@ -197,7 +219,7 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, thres
     kept = []
     for first, last in itertools.pairwise([0, *bounds.tolist(), count]):
         chosen = order[first:last]
-        kept.append(chosen[_greedy_keep(boxes[chosen], threshold, mode)])
+        kept.append(chosen[_greedy_keep(boxes[chosen], threshold, mode, mapper)])
     return np.concatenate(kept)
 
 
@@ -338,8 +360,7 @@ class MTCNN(nn.Module):
         self.keep_all = bool(keep_all)
         for net in (self.pnet, self.rnet, self.onet):     # 2-4x faster convs on CPU
             net.to(memory_format=torch.channels_last)
-        self.threads = max(1, torch.get_num_threads())
-        self._pool: Any = None
+        self._workers = TorchWorkers(torch.get_num_threads(), "mtcnn")
         self.eval()
         if device is not None:
             self.to(device)
@@ -380,35 +401,22 @@ class MTCNN(nn.Module):
                 landmarks=torch.from_numpy(np.ascontiguousarray(marks[mask]))))
         return results
 
-    def _parallel(self, function: Any, items: Sequence[Any]) -> list[Any]:
-        """``function`` over ``items`` on CPU worker threads with one intra-op thread each.
-
-        Pyramid bands and net batches are independent; one OpenMP team per call spends most
-        of its time waiting at barriers when other work shares the cores, separate
-        single-threaded workers do not (as :class:`models.inference.Embedder`).
-        """
-        def run(item: Any) -> Any:
+    def _parallel(self, function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        """``function`` over ``items`` on CPU worker threads with one intra-op thread each
+        (:class:`models.workers.TorchWorkers`): pyramid levels, bands, NMS blocks and net
+        slices are independent."""
+        if self.device.type != "cpu":
             with torch.inference_mode():
-                return function(item)
+                return [function(item) for item in items]
+        return self._workers.map(function, items)
 
-        if self.threads <= 1 or self.device.type != "cpu" or len(items) == 0:
-            return [run(item) for item in items]
-        main_threads = torch.get_num_threads()
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="mtcnn",
-                                            initializer=torch.set_num_threads, initargs=(1,))
-        try:
-            return list(self._pool.map(run, items))
-        finally:
-            torch.set_num_threads(main_threads)   # MKL's setting is process-wide
-
-    def _pnet_levels(self, arrays: list[np.ndarray]) -> list[tuple[int, float, Tensor, Tensor]]:
-        """(image, scale, face map, regression map) per level; equal sizes share a forward.
+    def _pnet_candidates(self, arrays: list[np.ndarray]) -> list[tuple[int, np.ndarray]]:
+        """(image, candidates) per pyramid level, per image in upstream's scale order; the
+        candidates are :meth:`_level_candidates` rows. Equal level sizes share a forward.
 
         Large levels are cut into bands of output rows (output row r sees input rows
-        2r .. 2r + 11), so that every worker gets a similar share of the pyramid.
+        2r .. 2r + 11), so that every worker gets a similar share of the pyramid; a level
+        in one piece has its candidates found in the same task as its forward.
         """
         import cv2
 
@@ -426,7 +434,8 @@ class MTCNN(nn.Module):
         for (index, scale, hs, ws), level in zip(jobs, self._parallel(resize, jobs),
                                                  strict=True):
             levels.setdefault((hs, ws), []).append((index, scale, level))
-        batches = [np.stack([level for _, _, level in items]) for items in levels.values()]
+        groups = list(levels.values())
+        batches = [np.stack([level for _, _, level in items]) for items in groups]
         work = sum(batch.size for batch in batches)
         # not by thread count: same bands, same numbers; small pyramids in whole levels (a
         # band costs a dozen op dispatches and 10 recomputed input rows)
@@ -438,93 +447,110 @@ class MTCNN(nn.Module):
             edges = np.linspace(0, rows, bands + 1).round().astype(int).tolist()
             for first, last in itertools.pairwise(edges):
                 stop = batch.shape[1] if last == rows else 2 * last + 10
-                tasks.append((number, batch[:, 2 * first:stop]))
+                tasks.append((number, batch[:, 2 * first:stop], bands == 1))
         device = self.device
         pnet = self.pnet.detect_forward if type(self.pnet) is PNet else self.pnet
 
-        def forward(task: tuple[int, np.ndarray]) -> tuple[Tensor, Tensor]:
-            band = task[1]
+        def forward(task: tuple[int, np.ndarray, bool]) -> Any:
+            number, band, whole = task
             x = torch.from_numpy(np.ascontiguousarray(band)).to(device)
             x = x.permute(0, 3, 1, 2).to(torch.float32)
             x = ((x - 127.5) * _MTCNN_SCALE).contiguous(memory_format=torch.channels_last)
             reg, prob = pnet(x)
-            return reg.cpu().contiguous(), prob[:, 1].cpu().contiguous()
+            reg, face = reg.cpu().contiguous(), prob[:, 1].cpu().contiguous()
+            if whole:
+                return [self._level_candidates(scale, face[k], reg[k])
+                        for k, (_, scale, _) in enumerate(groups[number])]
+            return reg, face
 
         results = self._parallel(forward, tasks)
-        parts: dict[int, list[tuple[Tensor, Tensor]]] = {}
-        for (number, _), result in zip(tasks, results, strict=True):
-            parts.setdefault(number, []).append(result)
-        out = []
-        for number, items in enumerate(levels.values()):
-            reg = torch.cat([r for r, _ in parts[number]], dim=2)
-            face = torch.cat([f for _, f in parts[number]], dim=1)
-            for k, (index, scale, _) in enumerate(items):
-                out.append((index, scale, face[k], reg[k]))
-        out.sort(key=lambda item: (item[0], -item[1]))   # per image, in upstream's scale order
-        return out
+        found: dict[tuple[int, int], np.ndarray] = {}
+        banded: dict[int, list[tuple[Tensor, Tensor]]] = {}
+        for (number, _, whole), result in zip(tasks, results, strict=True):
+            if whole:
+                found.update(((number, k), boxes) for k, boxes in enumerate(result))
+            else:
+                banded.setdefault(number, []).append(result)
+        pieces = []
+        for number, parts in banded.items():
+            reg = torch.cat([r for r, _ in parts], dim=2)
+            face = torch.cat([f for _, f in parts], dim=1)
+            pieces.extend((number, k, groups[number][k][1], face[k], reg[k])
+                          for k in range(len(groups[number])))
+        for (number, k, *_), boxes in zip(pieces, self._parallel(
+                lambda piece: self._level_candidates(*piece[2:]), pieces), strict=True):
+            found[(number, k)] = boxes
+        order = sorted(found, key=lambda key: (groups[key[0]][key[1]][0],
+                                               -groups[key[0]][key[1]][1]))
+        return [(groups[number][k][0], found[(number, k)]) for number, k in order]
+
+    def _level_candidates(self, scale: float, face: Tensor, reg: Tensor) -> np.ndarray:
+        """One level's PNet candidates as upstream's ``generateBoundingBox`` + ``nms(0.5)``:
+        rows ``[q1 (2), q2 (2), score, regression (4)]`` in picking order."""
+        # upstream's order: np.where over the transposed map, i.e. column-major
+        cols, rows = torch.nonzero(face.T >= self.thresholds[0], as_tuple=True)
+        if cols.numel() == 0:
+            return np.empty((0, 9))
+        cols_np, rows_np = cols.numpy(), rows.numpy()
+        reg_cols = cols_np
+        if cols_np.size == 1:             # upstream's np.flipud on a single candidate
+            reg_cols = face.shape[1] - 1 - cols_np
+        cells = np.stack([cols_np, rows_np], axis=1).astype(np.int64)
+        q1 = np.fix((_STRIDE * cells + 1) / scale)
+        q2 = np.fix((_STRIDE * cells + _CELL - 1 + 1) / scale)
+        score = face.numpy()[rows_np, cols_np].astype(np.float64)
+        regs = reg.numpy()[:, rows_np, reg_cols].T.astype(np.float64)
+        boxes = np.hstack([q1, q2, score[:, None], regs])
+        keep = batched_nms(boxes[:, :4], boxes[:, 4], np.zeros(len(boxes), dtype=np.int64),
+                           0.5, "union")
+        return boxes[keep]
 
     def _stage_one(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        candidates, groups, group_image = [], [], []
-        for index, scale, face, reg in self._pnet_levels(arrays):
-            # upstream's order: np.where over the transposed map, i.e. column-major
-            cols, rows = torch.nonzero(face.T >= self.thresholds[0], as_tuple=True)
-            if cols.numel() == 0:
-                continue
-            cols_np, rows_np = cols.numpy(), rows.numpy()
-            reg_cols = cols_np
-            if cols_np.size == 1:             # upstream's np.flipud on a single candidate
-                reg_cols = face.shape[1] - 1 - cols_np
-            cells = np.stack([cols_np, rows_np], axis=1).astype(np.int64)
-            q1 = np.fix((_STRIDE * cells + 1) / scale)
-            q2 = np.fix((_STRIDE * cells + _CELL - 1 + 1) / scale)
-            score = face.numpy()[rows_np, cols_np].astype(np.float64)
-            regs = reg.numpy()[:, rows_np, reg_cols].T.astype(np.float64)
-            candidates.append(np.hstack([q1, q2, score[:, None], regs]))
-            groups.append(np.full(cols_np.size, len(group_image), dtype=np.int64))
-            group_image.append(index)
-        if not candidates:
+        levels = self._pnet_candidates(arrays)
+        if not any(len(boxes) for _, boxes in levels):
             return np.empty((0, 4)), np.empty(0, dtype=np.int64)
-        boxes = np.concatenate(candidates)
-        group = np.concatenate(groups)
-        keep = batched_nms(boxes[:, :4], boxes[:, 4], group, 0.5, "union")
-        boxes = boxes[keep]
-        image_of = np.asarray(group_image, dtype=np.int64)[group[keep]]
-        keep = batched_nms(boxes[:, :4], boxes[:, 4], image_of, 0.7, "union")
+        boxes = np.concatenate([found for _, found in levels])
+        image_of = np.concatenate([np.full(len(found), index, dtype=np.int64)
+                                   for index, found in levels])
+        keep = batched_nms(boxes[:, :4], boxes[:, 4], image_of, 0.7, "union", self._parallel)
         boxes, image_of = boxes[keep], image_of[keep]
         boxes = _rerec(_regress(boxes[:, :4], boxes[:, 5:9], plus_one=False))
         return np.fix(boxes).astype(np.int32).astype(np.float64), image_of
 
-    def _crops(self, sources: dict[int, CropSource], boxes: np.ndarray,
-               image_of: np.ndarray, size: int) -> Tensor:
-        """Net inputs: upstream's padded INTER_AREA crops, ``(x - 127.5) * 0.0078125``, in
-        float32 NHWC memory (a channels-last NCHW view).
+    def _classify(self, net: nn.Module, sources: dict[int, CropSource], boxes: np.ndarray,
+                  image_of: np.ndarray, size: int) -> list[np.ndarray]:
+        """``net`` over upstream's candidate crops of ``boxes``: its outputs in box order.
 
-        Computed in this thread with one intra-op thread: mostly numpy indexing, which holds
-        the GIL, so worker threads would only queue behind each other (measured slower).
+        Crops are planned here for all boxes (:class:`CropPlan`); each worker then makes one
+        part's crops (large numpy/torch calls that release the GIL) and runs the net on them,
+        so crops and nets of different parts proceed side by side. Parts depend on the boxes
+        alone, not on the thread count.
         """
-        out = np.empty((boxes.shape[0], size, size, 3), dtype=np.float32)
-        main_threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            for index in np.unique(image_of).tolist():
-                chosen = np.flatnonzero(image_of == index)
-                pixels = resize_boxes(sources[index], boxes[chosen], size)
-                out[chosen] = (pixels - 127.5) * _MTCNN_SCALE
-        finally:
-            torch.set_num_threads(main_threads)
-        return torch.from_numpy(out).permute(0, 3, 1, 2)
-
-    def _run(self, net: nn.Module, crops: Tensor) -> list[np.ndarray]:
-        """A net over all crops, in slices spread over the workers."""
-        count = int(crops.shape[0])
-        step = _NET_BATCH        # fixed slices: results do not depend on the thread count
+        count = int(boxes.shape[0])
+        step = min(_NET_BATCH, max(_MIN_NET_PART, math.ceil(count / 8)))
+        tasks = []
+        for index in np.unique(image_of).tolist():
+            chosen = np.flatnonzero(image_of == index)
+            plan = CropPlan(sources[index], boxes[chosen], size)
+            tasks.extend((chosen, plan, part) for part in plan.parts(step))
         device = self.device
 
-        def forward(start: int) -> list[Tensor]:
-            return [t.cpu() for t in net(crops[start:start + step].to(device))]
+        def forward(task: tuple[np.ndarray, CropPlan, Any]) -> tuple[np.ndarray, list[Tensor]]:
+            chosen, plan, part = task
+            positions, pixels = plan.compute(part)
+            crops = ((pixels - 127.5) * _MTCNN_SCALE).to(torch.float32).permute(0, 3, 1, 2)
+            return chosen[positions], [t.cpu() for t in net(crops.to(device))]
 
-        outputs = self._parallel(forward, range(0, count, step))
-        return [torch.cat(parts).numpy() for parts in zip(*outputs, strict=True)]
+        results = self._parallel(forward, tasks)
+        order = np.concatenate([positions for positions, _ in results])
+        outputs = [torch.cat(parts).numpy() for parts in zip(*(o for _, o in results),
+                                                             strict=True)]
+        placed = []
+        for output in outputs:
+            out = np.empty_like(output)
+            out[order] = output
+            placed.append(out)
+        return placed
 
     def _stage_two(self, sources: dict[int, CropSource], boxes: np.ndarray,
                    image_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -532,12 +558,12 @@ class MTCNN(nn.Module):
         boxes, image_of = boxes[valid], image_of[valid]
         if boxes.shape[0] == 0:
             return boxes, image_of
-        reg, prob = self._run(self.rnet, self._crops(sources, boxes, image_of, 24))
+        reg, prob = self._classify(self.rnet, sources, boxes, image_of, 24)
         score = prob[:, 1]
         passed = score > np.float32(self.thresholds[1])
         boxes, score, reg, image_of = boxes[passed], score[passed].astype(np.float64), \
             reg[passed], image_of[passed]
-        keep = batched_nms(boxes, score, image_of, 0.7, "union")
+        keep = batched_nms(boxes, score, image_of, 0.7, "union", self._parallel)
         boxes = _rerec(_regress(boxes[keep], reg[keep].astype(np.float64), plus_one=True))
         return boxes, image_of[keep]
 
@@ -550,7 +576,7 @@ class MTCNN(nn.Module):
         if boxes.shape[0] == 0:
             return (np.empty((0, 4)), np.empty(0, dtype=np.float32), np.empty((0, 5, 2)),
                     image_of)
-        reg, marks, prob = self._run(self.onet, self._crops(sources, boxes, image_of, 48))
+        reg, marks, prob = self._classify(self.onet, sources, boxes, image_of, 48)
         score = prob[:, 1]
         passed = score > np.float32(self.thresholds[2])
         boxes, score, reg, marks, image_of = boxes[passed], score[passed], reg[passed], \
@@ -561,7 +587,7 @@ class MTCNN(nn.Module):
         ys = (h * marks[:, 5:10] + boxes[:, 1:2] - 1).astype(np.float32)
         landmarks = np.stack([xs, ys], axis=2).astype(np.float64)
         boxes = _regress(boxes, reg.astype(np.float64), plus_one=True)
-        keep = batched_nms(boxes, score.astype(np.float64), image_of, 0.7, "min")
+        keep = batched_nms(boxes, score.astype(np.float64), image_of, 0.7, "min", self._parallel)
         return boxes[keep], score[keep], landmarks[keep], image_of[keep]
 
     def crop_box(self, box: Sequence[float], height: int, width: int) -> tuple[int, int, int, int]:

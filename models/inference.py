@@ -9,10 +9,10 @@ on the same machine and is a public, maintained runtime (issue 16).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
+
+from facenet_convert.models.workers import TorchWorkers
 
 
 class Embedder:
@@ -30,7 +30,7 @@ class Embedder:
         self.threads = max(1, int(threads if threads is not None else torch.get_num_threads()))
         if self.device.type != "cpu":
             self.threads = 1
-        self._pool: Any = None
+        self._workers = TorchWorkers(self.threads, "embed")
 
     def _run(self, images: Tensor) -> Tensor:
         with torch.inference_mode():
@@ -44,20 +44,8 @@ class Embedder:
         parts = min(self.threads, int(images.shape[0]))
         if parts <= 1:
             return self._run(images)
-        main_threads = torch.get_num_threads()
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="embed",
-                                            initializer=torch.set_num_threads, initargs=(1,))
-        try:
-            return torch.cat(list(self._pool.map(self._run, images.chunk(parts))))
-        finally:
-            # OpenMP's setting is per thread, MKL's is process-wide: give the caller its own back
-            torch.set_num_threads(main_threads)
+        return torch.cat(self._workers.map(self._run, images.chunk(parts)))
 
     def close(self) -> None:
         """Stop the worker threads (also done at interpreter exit)."""
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+        self._workers.close()

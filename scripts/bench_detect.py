@@ -6,7 +6,8 @@ small size (300x250) and to 1080p (1920x1080). Upstream is davidsandberg's own `
 with det1/2/3.npy on TensorFlow (``third_party.facenet.testing.reference.UpstreamDetector``,
 OpenCV resizes, as align_dataset_mtcnn runs it); ours is ``models.detection.MTCNN`` on the
 derived PNet/RNet/ONet. After one unmeasured warm-up each, calls alternate TF / ours and the
-median milliseconds per image are reported with the ratio ours / TF, plus ours on a batch of
+median milliseconds per image are reported (each call after a 50 ms pause, so that neither side
+is timed while the other's pool threads still spin) with the ratio ours / TF, plus ours on a batch of
 same-size photos in one call. Last, faces per second through the whole detect -> crop ->
 standardize -> embed chain (``embed --detect``'s path, InceptionResNetV1 via ``Embedder``).
 The 1-minute load average is printed: on a shared machine the figures move with it.
@@ -35,6 +36,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SIZES = {"small 300x250": (300, 250), "1080p 1920x1080": (1920, 1080)}
+SETTLE_S = 0.05
+"""Pause before each timed call: TF's pool threads spin for a while after a call and ours
+must not be timed against them (nor TF against ours)."""
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -53,6 +57,7 @@ def _photos() -> dict[str, dict[str, object]]:
 
 
 def _timed(function: object, *args: object) -> float:
+    time.sleep(SETTLE_S)
     start = time.perf_counter()
     function(*args)  # type: ignore[operator]
     return time.perf_counter() - start

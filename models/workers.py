@@ -1,0 +1,59 @@
+"""Worker threads for torch CPU work: each task runs on one intra-op thread.
+
+Independent pieces of work (pyramid levels, net slices, embedding batches) run faster side by
+side on single-threaded Python workers than one after another on one OpenMP team, whose
+threads wait at a barrier after every op. torch ops release the GIL, so the workers overlap.
+
+Pinning a worker to one intra-op thread has a trap: ATen sizes a thread's OpenMP team lazily,
+at the thread's first parallel region, from the value that the last ``torch.set_num_threads``
+call in *any* thread stored. A worker that called ``set_num_threads(1)`` once at start-up
+took the caller's value (2 on a 2-core machine) as soon as the caller restored its own
+setting, so every worker ran 2-thread teams: 4 busy threads on 2 cores, and results that
+depended on which thread had started first. Here every task sets one thread itself, and the
+caller's setting is given back after each :meth:`TorchWorkers.map`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+
+class TorchWorkers:
+    """``map(function, items)`` on ``count`` worker threads (started on first use), each
+    task on one intra-op thread and under ``torch.inference_mode``. One item, or a count of
+    1, runs in the calling thread with its own thread setting."""
+
+    def __init__(self, count: int, name: str) -> None:
+        self.count = max(1, int(count))
+        self.name = name
+        self._pool: Any = None
+
+    def map(self, function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        """``[function(item) for item in items]``, in order, the items side by side."""
+        if self.count <= 1 or len(items) <= 1:
+            with torch.inference_mode():
+                return [function(item) for item in items]
+
+        def task(item: Any) -> Any:
+            torch.set_num_threads(1)
+            with torch.inference_mode():
+                return function(item)
+
+        caller_threads = torch.get_num_threads()
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.count, thread_name_prefix=self.name)
+        try:
+            return list(self._pool.map(task, items))
+        finally:
+            torch.set_num_threads(caller_threads)   # the process-wide value, and MKL's
+
+    def close(self) -> None:
+        """Stop the worker threads (also done at interpreter exit)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
