@@ -271,6 +271,12 @@ class CropPlan:
                        for first, last in itertools.pairwise(edges))
         return out
 
+    def cost(self, part: tuple[int, slice]) -> float:
+        """A rough relative cost of a part: boxes times their group's work per box."""
+        chosen, group = self.groups[part[0]]
+        per_box = 4.0 if isinstance(group, _TableGroup) else (group.span / self.size) ** 2
+        return len(range(*part[1].indices(chosen.size))) * per_box
+
     def compute(self, part: tuple[int, slice]) -> tuple[np.ndarray, Tensor]:
         """Positions (into ``boxes``) and ``(k, size, size, C)`` float64 crops of one part."""
         chosen, group = self.groups[part[0]]

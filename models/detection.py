@@ -21,11 +21,17 @@ real upstream code on TensorFlow):
 * RNet/ONet crops: upstream's zero-padded float64 crop resized with INTER_AREA, computed for all
   boxes at once by :mod:`models.area_resize` (equal to OpenCV's to ~1e-9 of a pixel level).
 
-What is left are the nets' own float32 rounding differences (TF vs PyTorch, ~1e-6). On CPU,
-pyramid levels and bands and net batches run on worker threads with one intra-op thread each.
-Speed-ups that change no bit: the crops' summed-area table comes from ``cv2.integral``, PNet's
-pool is two strided maxima (:meth:`PNet.detect_forward`), NMS computes only the upper triangle
-of its pairwise overlaps, and small pyramids run in whole levels rather than bands.
+What is left are the nets' own float32 rounding differences (TF vs PyTorch, ~1e-6).
+
+On CPU the work runs on worker threads with one intra-op thread each
+(:class:`models.workers.TorchWorkers`): the pyramid resizes, PNet levels and bands with each
+level's candidates and NMS, the row blocks of the cross-level NMS, and for RNet/ONet the
+candidate crops together with the net, part by part (the crops are planned in the calling
+thread, where small numpy work does not fight over the GIL). Bands and parts are cut by the
+input alone, so results do not depend on the number of workers. Speed-ups that change no bit:
+the crops' summed-area table comes from ``cv2.integral``, PNet's pool is two strided maxima
+(:meth:`PNet.detect_forward`), NMS computes only the upper triangle of its pairwise overlaps,
+and small pyramids run in whole levels rather than bands.
 
 Face crops follow ``align_dataset_mtcnn.py``: the box grown by ``margin / 2`` pixels *of the
 original image* on each side, clipped, truncated to integers, resized to ``image_size`` with
@@ -533,6 +539,9 @@ class MTCNN(nn.Module):
             chosen = np.flatnonzero(image_of == index)
             plan = CropPlan(sources[index], boxes[chosen], size)
             tasks.extend((chosen, plan, part) for part in plan.parts(step))
+        # dearest parts first (summed-area boxes, then larger patches): the workers finish
+        # together instead of one waiting on a late large part
+        tasks.sort(key=lambda task: -task[1].cost(task[2]))
         device = self.device
 
         def forward(task: tuple[np.ndarray, CropPlan, Any]) -> tuple[np.ndarray, list[Tensor]]:

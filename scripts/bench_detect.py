@@ -5,11 +5,13 @@ Photos: insightface's ``t1.jpg`` (six people) and scikit-image's ``astronaut``, 
 small size (300x250) and to 1080p (1920x1080). Upstream is davidsandberg's own ``detect_face``
 with det1/2/3.npy on TensorFlow (``third_party.facenet.testing.reference.UpstreamDetector``,
 OpenCV resizes, as align_dataset_mtcnn runs it); ours is ``models.detection.MTCNN`` on the
-derived PNet/RNet/ONet. After one unmeasured warm-up each, calls alternate TF / ours and the
-median milliseconds per image are reported (each call after a 50 ms pause, so that neither side
-is timed while the other's pool threads still spin) with the ratio ours / TF, plus ours on a batch of
-same-size photos in one call. Last, faces per second through the whole detect -> crop ->
-standardize -> embed chain (``embed --detect``'s path, InceptionResNetV1 via ``Embedder``).
+derived PNet/RNet/ONet. Each side runs in blocks of back-to-back calls (as ``align`` runs a
+folder), blocks alternating TF / ours, each after a pause and one untimed call, so that neither
+side is timed while the other's pool threads still spin; the milliseconds per image (mean over
+the photos of each one's median) and the ratio ours / TF are reported, plus ours on a batch of
+same-size photos in one call. Last,
+faces per second through the whole detect -> crop -> standardize -> embed chain (``embed
+--detect``'s path, InceptionResNetV1 via ``Embedder``).
 The 1-minute load average is printed: on a shared machine the figures move with it.
 
 Two more columns say where the time goes: TF's time inside its three net calls, and the floor
@@ -36,14 +38,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SIZES = {"small 300x250": (300, 250), "1080p 1920x1080": (1920, 1080)}
-SETTLE_S = 0.05
-"""Pause before each timed call: TF's pool threads spin for a while after a call and ours
-must not be timed against them (nor TF against ours)."""
+BLOCK = 3
+"""Timed calls per block: each side runs back to back (as ``align`` runs photos), in blocks
+that alternate TF / ours, each after a pause and one untimed call, so that neither side is
+timed while the other's pool threads still spin or its own are asleep."""
+SETTLE_S = 0.2
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5, help="measured calls per side and photo")
+    parser.add_argument("--runs", type=int, default=5,
+                        help=f"blocks of {BLOCK} measured calls per side and photo")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     return parser.parse_args(argv)
 
@@ -57,10 +62,16 @@ def _photos() -> dict[str, dict[str, object]]:
 
 
 def _timed(function: object, *args: object) -> float:
-    time.sleep(SETTLE_S)
     start = time.perf_counter()
     function(*args)  # type: ignore[operator]
     return time.perf_counter() - start
+
+
+def _block(function: object, *args: object) -> object:
+    """After a pause and one untimed call: ``count`` timed calls back to back."""
+    time.sleep(SETTLE_S)
+    function(*args)  # type: ignore[operator]
+    return lambda count: [_timed(function, *args) for _ in range(count)]
 
 
 def _net_floor_ms(ours: object, image: object) -> float:
@@ -137,31 +148,42 @@ def run(args: argparse.Namespace) -> int:
     with UpstreamDetector() as upstream:
         tf_nets = _timed_tf_nets(upstream)
         for size, images in photos.items():
-            tf_times, our_times, faces, floors, tf_net_times = [], [], 0, [], []
-            for image in images.values():
+            tf_ms, our_ms, faces, floors, tf_nets_ms, per_photo = [], [], 0, [], [], []
+            for name, image in images.items():
                 upstream.detect(image)
                 ours.detect_faces(image)
+                tf_times, our_times, tf_net_times = [], [], []
                 for _ in range(args.runs):
+                    tf_block = _block(upstream.detect, image)
                     before = tf_nets["seconds"]
-                    tf_times.append(_timed(upstream.detect, image))
-                    tf_net_times.append(tf_nets["seconds"] - before)
-                    our_times.append(_timed(ours.detect_faces, image))
+                    tf_times.extend(tf_block(BLOCK))
+                    tf_net_times.append((tf_nets["seconds"] - before) / BLOCK)
+                    our_times.extend(_block(ours.detect_faces, image)(BLOCK))
+                tf_ms.append(statistics.median(tf_times) * 1e3)
+                our_ms.append(statistics.median(our_times) * 1e3)
+                tf_nets_ms.append(statistics.median(tf_net_times) * 1e3)
+                per_photo.append(f"{name} {tf_ms[-1]:.1f} / {our_ms[-1]:.1f}")
                 faces += len(ours.detect_faces(image)[0])
                 floors.append(_net_floor_ms(ours, image))
             batch = list(images.values())
-            batched = [_timed(ours.detect_faces, batch) / len(batch) for _ in range(args.runs)]
-            tf_ms = statistics.median(tf_times) * 1e3
-            our_ms = statistics.median(our_times) * 1e3
+            batched = [seconds / len(batch) for _ in range(args.runs)
+                       for seconds in _block(ours.detect_faces, batch)(BLOCK)]
+            # per image: the mean over the photos of each photo's median (the time per photo
+            # of the whole set; a pooled median would jump between unlike photos)
             rows.append({"size": size, "photos": len(images), "faces": faces,
-                         "tf_ms": tf_ms, "ours_ms": our_ms, "ratio": our_ms / tf_ms,
+                         "tf_ms": statistics.mean(tf_ms), "ours_ms": statistics.mean(our_ms),
+                         "ratio": statistics.mean(our_ms) / statistics.mean(tf_ms),
                          "ours_batched_ms": statistics.median(batched) * 1e3,
-                         "tf_nets_ms": statistics.median(tf_net_times) * 1e3,
-                         "nets_floor_ms": statistics.mean(floors)})
+                         "tf_nets_ms": statistics.mean(tf_nets_ms),
+                         "nets_floor_ms": statistics.mean(floors),
+                         "per_photo_tf_ours_ms": per_photo})
+            tf_mean, our_mean = rows[-1]["tf_ms"], rows[-1]["ours_ms"]
             floor = rows[-1]["nets_floor_ms"]
-            print(f"{size}: TF {tf_ms:.1f} ms/image (its nets {rows[-1]['tf_nets_ms']:.1f}), "
-                  f"ours {our_ms:.1f} ms/image ({our_ms / tf_ms:.2f}x), ours batched "
+            print(f"{size}: TF {tf_mean:.1f} ms/image (its nets {rows[-1]['tf_nets_ms']:.1f}), "
+                  f"ours {our_mean:.1f} ms/image ({our_mean / tf_mean:.2f}x), ours batched "
                   f"{rows[-1]['ours_batched_ms']:.1f} ms/image; our nets' CPU time / cores "
-                  f"{floor:.1f} ms ({floor / tf_ms:.2f}x TF)", flush=True)
+                  f"{floor:.1f} ms ({floor / tf_mean:.2f}x TF); TF / ours per photo: "
+                  f"{', '.join(per_photo)}", flush=True)
 
     embedder = Embedder(InceptionResNetV1().eval())
     chain_images = [image for images in photos.values() for image in images.values()]

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from facenet_convert.models.area_resize import resize_boxes, summed_area_table
+from facenet_convert.models.area_resize import CropPlan, CropSource, resize_boxes, summed_area_table
 from facenet_convert.models.detection import MTCNN, _IntegralSource, batched_nms
 from facenet_convert.models.mtcnn import max_pool_2x2_ceil
+from facenet_convert.models.workers import TorchWorkers
 from facenet_convert.third_party.wheels import FACENET, cache_dir, wheel_member
 from tests.detection_photos import EXPECTED_FACES, PHOTOS, insightface_image, variants
 
@@ -103,6 +104,40 @@ def test_candidate_crops_equal_opencv_inter_area() -> None:
         for k, box in enumerate(boxes_np):
             np.testing.assert_allclose(got[k], _upstream_crop(photo, box, size), rtol=0,
                                        atol=1e-6, err_msg=f"{box} -> {size}")
+
+
+def test_crop_plan_parts_equal_one_pass() -> None:
+    """Worker threads compute crops in parts: every part size gives the same crops."""
+    photo = PHOTOS["t1"]()
+    rng = np.random.default_rng(1)
+    side = rng.integers(5, 200, 300)
+    x1, y1 = rng.integers(-30, 1250, 300), rng.integers(-30, 860, 300)
+    boxes = np.stack([x1, y1, x1 + side - 1, y1 + side - 1 + rng.integers(0, 3, 300)], axis=1)
+    for size in (24, 48):
+        whole = resize_boxes(photo, boxes, size)
+        plan = CropPlan(CropSource(photo), boxes, size)
+        pieces = np.full_like(whole, np.nan)
+        parts = plan.parts(7)
+        assert len(parts) > len(plan.groups) and min(plan.cost(p) for p in parts) > 0
+        for part in parts:
+            positions, pixels = plan.compute(part)
+            pieces[positions] = pixels.numpy()
+        np.testing.assert_allclose(pieces, whole, rtol=0, atol=1e-9)
+
+
+def test_detections_do_not_depend_on_the_worker_count(detector: MTCNN) -> None:
+    """Bands, parts and NMS blocks are cut by the input alone and each runs on one thread:
+    2 or 3 workers give the same bits (a worker once inherited its caller's thread count)."""
+    photo = cv2.resize(PHOTOS["t1"](), (960, 664), interpolation=cv2.INTER_AREA)
+    results = []
+    for count in (2, 3):
+        twin = MTCNN(margin=32, pnet=detector.pnet, rnet=detector.rnet, onet=detector.onet)
+        twin._workers = TorchWorkers(count, "test")
+        results.append(twin.detect_faces(photo)[0])
+        twin._workers.close()
+    assert len(results[0]) == 6
+    for name in ("boxes", "probs", "landmarks"):
+        assert torch.equal(getattr(results[0], name), getattr(results[1], name)), name
 
 
 def test_fast_paths_are_bit_exact(detector: MTCNN) -> None:
