@@ -15,6 +15,7 @@ caller's setting is given back after each :meth:`TorchWorkers.map`.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,23 +25,34 @@ import torch
 class TorchWorkers:
     """``map(function, items)`` on ``count`` worker threads (started on first use), each
     task on one intra-op thread and under ``torch.inference_mode``. One item, or a count of
-    1, runs in the calling thread with its own thread setting."""
+    1, runs in the calling thread with its own thread setting; a task's own ``map`` runs in
+    the task's thread (nested work cannot wait for itself)."""
 
     def __init__(self, count: int, name: str) -> None:
         self.count = max(1, int(count))
         self.name = name
         self._pool: Any = None
+        self._inside = threading.local()
+
+    @property
+    def busy_here(self) -> bool:
+        """Whether the calling thread is running one of this pool's tasks."""
+        return bool(getattr(self._inside, "task", False))
 
     def map(self, function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         """``[function(item) for item in items]``, in order, the items side by side."""
-        if self.count <= 1 or len(items) <= 1:
-            with torch.inference_mode():
+        if self.count <= 1 or len(items) <= 1 or self.busy_here:
+            with torch.inference_mode():          # a task's own map runs in its thread
                 return [function(item) for item in items]
 
         def task(item: Any) -> Any:
             torch.set_num_threads(1)
-            with torch.inference_mode():
-                return function(item)
+            self._inside.task = True
+            try:
+                with torch.inference_mode():
+                    return function(item)
+            finally:
+                self._inside.task = False
 
         caller_threads = torch.get_num_threads()
         if self._pool is None:

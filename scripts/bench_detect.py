@@ -8,9 +8,9 @@ OpenCV resizes, as align_dataset_mtcnn runs it); ours is ``models.detection.MTCN
 derived PNet/RNet/ONet. Each side runs in blocks of back-to-back calls (as ``align`` runs a
 folder), blocks alternating TF / ours, each after a pause and one untimed call, so that neither
 side is timed while the other's pool threads still spin; the milliseconds per image (mean over
-the photos of each one's median) and the ratio ours / TF are reported, plus ours on a batch of
-same-size photos in one call. Last,
-faces per second through the whole detect -> crop -> standardize -> embed chain (``embed
+the photos of each one's median) and the ratio ours / TF are reported, plus ours per photo on
+a list of 8 same-size photos in one call (the photos, their mirror images, twice). Last, faces
+per second through the whole detect -> crop -> standardize -> embed chain (``embed
 --detect``'s path, InceptionResNetV1 via ``Embedder``).
 The 1-minute load average is printed: on a shared machine the figures move with it.
 
@@ -165,7 +165,9 @@ def run(args: argparse.Namespace) -> int:
                 per_photo.append(f"{name} {tf_ms[-1]:.1f} / {our_ms[-1]:.1f}")
                 faces += len(ours.detect_faces(image)[0])
                 floors.append(_net_floor_ms(ours, image))
-            batch = list(images.values())
+            # a list as align or embed --detect sees a folder: each photo and its mirror, twice
+            batch = [*images.values(), *(np.ascontiguousarray(i[:, ::-1]) for i in images.values())]
+            batch = batch * 2
             batched = [seconds / len(batch) for _ in range(args.runs)
                        for seconds in _block(ours.detect_faces, batch)(BLOCK)]
             # per image: the mean over the photos of each photo's median (the time per photo

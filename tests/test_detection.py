@@ -125,6 +125,19 @@ def test_crop_plan_parts_equal_one_pass() -> None:
         np.testing.assert_allclose(pieces, whole, rtol=0, atol=1e-9)
 
 
+def test_large_photos_of_a_list_get_their_results_alone(detector: MTCNN) -> None:
+    """Lists of large photos are detected photo by photo on the workers: the same bits as
+    one call per photo, in order."""
+    photo = PHOTOS["t1"]()                                        # 1280x886: side by side
+    photos = [photo, np.ascontiguousarray(photo[:, ::-1]), photo[:600]]
+    together = detector.detect_faces(photos)
+    for image, found in zip(photos, together, strict=True):
+        alone = detector.detect_faces(image)[0]
+        for name in ("boxes", "probs", "landmarks"):
+            assert torch.equal(getattr(found, name), getattr(alone, name)), name
+    assert len(together[0]) == 6 and min(len(found) for found in together) > 0
+
+
 def test_detections_do_not_depend_on_the_worker_count(detector: MTCNN) -> None:
     """Bands, parts and NMS blocks are cut by the input alone and each runs on one thread:
     2 or 3 workers give the same bits (a worker once inherited its caller's thread count)."""

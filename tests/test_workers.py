@@ -30,6 +30,9 @@ def test_tasks_run_single_threaded_and_the_caller_keeps_its_setting() -> None:
             assert torch.get_num_threads() == 2
             torch.set_num_threads(2)
         assert workers.map(lambda item: item * 2, [4, 5, 6]) == [8, 10, 12]     # in order
+        nested = workers.map(lambda item: workers.map(_observe, [item, item]), [0, 1, 2, 3])
+        for inner in nested:                  # a task's own map runs in the task's thread
+            assert len({name for name, _ in inner}) == 1 and inner[0][0].startswith("probe")
         assert workers.map(_observe, [0])[0] == (threading.current_thread().name, 2)  # inline
     finally:
         workers.close()
