@@ -34,6 +34,13 @@ class TorchWorkers:
         self._pool: Any = None
         self._inside = threading.local()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles (of a model holding workers) take the settings, not threads."""
+        return {"count": self.count, "name": self.name}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["count"], state["name"])  # type: ignore[misc]
+
     @property
     def busy_here(self) -> bool:
         """Whether the calling thread is running one of this pool's tasks."""

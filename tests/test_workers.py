@@ -39,3 +39,16 @@ def test_tasks_run_single_threaded_and_the_caller_keeps_its_setting() -> None:
         torch.set_num_threads(before)
     assert workers.map(lambda item: item + 1, [1, 2]) == [2, 3]      # restarts after close
     workers.close()
+
+
+def test_copies_and_pickles_carry_settings_not_threads() -> None:
+    import copy
+    import pickle
+
+    workers = TorchWorkers(3, "copied")
+    assert workers.map(lambda item: item, [1, 2]) == [1, 2]          # threads started
+    for twin in (copy.deepcopy(workers), pickle.loads(pickle.dumps(workers))):
+        assert (twin.count, twin.name, twin.busy_here) == (3, "copied", False)
+        assert twin.map(lambda item: -item, [1, 2]) == [-1, -2]
+        twin.close()
+    workers.close()
