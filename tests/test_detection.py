@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from facenet_convert.converter.core.errors import DetectionInputError
 from facenet_convert.models.area_resize import CropPlan, CropSource, resize_boxes, summed_area_table
 from facenet_convert.models.detection import MTCNN, _IntegralSource, batched_nms
 from facenet_convert.models.mtcnn import max_pool_2x2_ceil
@@ -136,6 +137,30 @@ def test_large_photos_of_a_list_get_their_results_alone(detector: MTCNN) -> None
         for name in ("boxes", "probs", "landmarks"):
             assert torch.equal(getattr(found, name), getattr(alone, name)), name
     assert len(together[0]) == 6 and min(len(found) for found in together) > 0
+
+
+def test_opencv_threads_are_given_back(detector: MTCNN, monkeypatch: pytest.MonkeyPatch
+                                       ) -> None:
+    """Detection runs OpenCV single-threaded (the workers split the pyramid) and gives the
+    caller's OpenCV thread count back, also after an error."""
+    seen = []
+    resize = cv2.resize
+
+    def recording_resize(*args: Any, **kwargs: Any) -> np.ndarray:
+        seen.append(cv2.getNumThreads())
+        return resize(*args, **kwargs)
+
+    monkeypatch.setattr(cv2, "resize", recording_resize)
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(3)
+        detector.detect_faces(PHOTOS["astronaut"]()[:200, :200])
+        assert seen and set(seen) == {1} and cv2.getNumThreads() == 3
+        with pytest.raises(DetectionInputError):
+            detector.detect_faces(np.zeros((20, 20, 3), np.uint16))
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)
 
 
 def test_detections_do_not_depend_on_the_worker_count(detector: MTCNN) -> None:
