@@ -51,6 +51,7 @@ import contextlib
 import itertools
 import math
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -312,24 +313,34 @@ class _IntegralSource(CropSource):
         return self._table
 
 
+_OPENCV_LOCK = threading.Lock()
+_OPENCV_USERS = [0, 1]    # detections running now, the thread count to give back after them
+
+
 @contextlib.contextmanager
 def _single_threaded_opencv() -> Iterator[None]:
-    """OpenCV's own thread pool off for the call, the caller's setting back after.
+    """OpenCV's own thread pool off while detections run, the caller's setting back after.
 
     Our workers already run the pyramid resizes side by side; OpenCV splitting each resize
     over all cores as well put twice as many threads as cores to work (8 large photos side
     by side, two runs on 2 cores: 10-17% slower, 8-20% more CPU with OpenCV's threads on;
-    single photos: no difference measured). ``cv2.setNumThreads`` is process-wide:
-    concurrent callers in other threads see 1 for the duration.
+    single photos: no difference measured). ``cv2.setNumThreads`` is process-wide: the first
+    of concurrent detections saves the setting and the last gives it back.
     """
     import cv2
 
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(1)
+    with _OPENCV_LOCK:
+        if _OPENCV_USERS[0] == 0:
+            _OPENCV_USERS[1] = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+        _OPENCV_USERS[0] += 1
     try:
         yield
     finally:
-        cv2.setNumThreads(before)
+        with _OPENCV_LOCK:
+            _OPENCV_USERS[0] -= 1
+            if _OPENCV_USERS[0] == 0:
+                cv2.setNumThreads(_OPENCV_USERS[1])
 
 
 def _as_net(net: nn.Module | str | os.PathLike[str] | None, cls: type[nn.Module]) -> nn.Module:

@@ -12,6 +12,7 @@ import ast
 import hashlib
 import itertools
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,9 @@ def test_opencv_threads_are_given_back(detector: MTCNN, monkeypatch: pytest.Monk
         assert seen and set(seen) == {1} and cv2.getNumThreads() == 3
         with pytest.raises(DetectionInputError):
             detector.detect_faces(np.zeros((20, 20, 3), np.uint16))
+        assert cv2.getNumThreads() == 3
+        with ThreadPoolExecutor(4) as callers:         # overlapping calls from other threads
+            list(callers.map(detector.detect_faces, [PHOTOS["astronaut"]()[:150, :150]] * 8))
         assert cv2.getNumThreads() == 3
     finally:
         cv2.setNumThreads(before)
