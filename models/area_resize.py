@@ -87,6 +87,10 @@ def _fast_taps(src: np.ndarray, dst: int) -> tuple[np.ndarray, np.ndarray]:
     return _endpoints(start, start + k, zero, np.ones_like(start), zero)
 
 
+KIND_TAPS = (_linear_taps, _area_taps, _fast_taps)
+"""Tap builders by :func:`box_kinds` case."""
+
+
 def crop_taps(heights: np.ndarray, widths: np.ndarray, size: int
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per box: row/column prefix-sum endpoints and weights, and a final per-box factor."""
@@ -97,19 +101,25 @@ def crop_taps(heights: np.ndarray, widths: np.ndarray, size: int
     ends_x = np.zeros((n, size, 4), np.int64)
     w_y = np.zeros((n, size, 4), np.float64)
     w_x = np.zeros((n, size, 4), np.float64)
-    factor = np.ones(n, np.float64)
-    shrink = (heights >= size) & (widths >= size)
-    fast = shrink & (heights % size == 0) & (widths % size == 0)
-    area = shrink & ~fast
-    grow = ~shrink
-    for mask, taps in ((fast, _fast_taps), (area, _area_taps), (grow, _linear_taps)):
+    kinds, factor = box_kinds(heights, widths, size)
+    for kind, taps in enumerate(KIND_TAPS):
+        mask = kinds == kind
         if mask.any():
             ends_y[mask], w_y[mask] = taps(heights[mask], size)
             ends_x[mask], w_x[mask] = taps(widths[mask], size)
-    if fast.any():
-        blocks = (heights[fast] // size) * (widths[fast] // size)
-        factor[fast] = (1.0 / blocks).astype(np.float32)
     return ends_y, w_y, ends_x, w_x, factor
+
+
+def box_kinds(heights: np.ndarray, widths: np.ndarray, size: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV's INTER_AREA case per box (0 area-linear: an axis grows; 1 area; 2
+    resizeAreaFast: both sides whole multiples) and its final factor (resizeAreaFast's
+    ``float32(1 / block area)``, else 1)."""
+    shrink = (heights >= size) & (widths >= size)
+    fast = shrink & (heights % size == 0) & (widths % size == 0)
+    blocks = np.where(fast, (heights // size) * (widths // size), 1)
+    factor = np.where(fast, (1.0 / blocks).astype(np.float32), 1.0)
+    return np.where(fast, 2, np.where(shrink, 1, 0)), factor
 
 
 def summed_area_table(image: np.ndarray) -> np.ndarray:
@@ -133,7 +143,7 @@ def dense_weights(size: int) -> np.ndarray:
     lengths = np.arange(2 * size + 1)
     pixels = np.arange(2 * size)
     out = np.zeros((3, lengths.size, size, pixels.size))
-    for kind, taps in enumerate((_linear_taps, _area_taps, _fast_taps)):
+    for kind, taps in enumerate(KIND_TAPS):
         valid = lengths[1:] if kind == 0 else lengths[size:]
         ends, weights = taps(valid, size)
         out[kind, valid] = (weights[:, :, :, None] * (ends[:, :, :, None] > pixels)).sum(axis=2)
@@ -166,15 +176,11 @@ class _DenseGroup:
         box_w = boxes[:, 2] - boxes[:, 0] + 1
         # dense weights depend on the side length and the box's kind alone (the area-linear
         # case is per axis, so mixed boxes take the length pair's kind): one cached table
-        shrink = (box_h >= size) & (box_w >= size)
-        fast = shrink & (box_h % size == 0) & (box_w % size == 0)
-        kinds = np.where(fast, 2, np.where(shrink, 1, 0))
+        kinds, factor = box_kinds(box_h, box_w, size)
         table = dense_weights(size)
         self.weight_y = table[kinds, box_h, :, :span]
         self.weight_x = table[kinds, box_w, :, :span]
-        # resizeAreaFast's block sums times float32(1 / block area), as crop_taps
-        blocks = np.where(fast, (box_h // size) * (box_w // size), 1)
-        self.weight_y *= np.where(fast, (1.0 / blocks).astype(np.float32), 1.0)[:, None, None]
+        self.weight_y *= factor[:, None, None]     # resizeAreaFast's 1 / block area
         # a window starting above/left of -span (or past the image) holds only padding
         self.top = np.clip(boxes[:, 1] - 1, -span, height) + pad
         self.left = np.clip(boxes[:, 0] - 1, -span, width) + pad
