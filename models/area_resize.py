@@ -29,6 +29,8 @@ import torch
 from numpy.lib.stride_tricks import as_strided
 from torch import Tensor
 
+from facenet_convert.models.kernels import table_crops
+
 _EPS = 1e-3  # OpenCV's threshold for a partial edge pixel
 
 
@@ -200,7 +202,7 @@ class _DenseGroup:
 
 class _TableGroup:
     """Boxes of any size: each output pixel is 16 weighted prefix sums (4 row by 4 column
-    positions) of the image's summed-area table, gathered ``chunk`` boxes at a time."""
+    positions) of the image's summed-area table (:func:`models.kernels.table_crops`)."""
 
     def __init__(self, table: np.ndarray, boxes: np.ndarray, size: int) -> None:
         rows, cols = table.shape[0] - 1, table.shape[1] - 1
@@ -209,31 +211,14 @@ class _TableGroup:
         self.w_y = w_y * factor[:, None, None]
         self.ends_y = np.clip(ends_y + (boxes[:, 1, None, None] - 1), 0, rows) * (cols + 1)
         self.ends_x = np.clip(ends_x + (boxes[:, 0, None, None] - 1), 0, cols)
-        self.flat = table.reshape(-1, table.shape[2])
+        self.flat = np.ascontiguousarray(table).reshape(-1, table.shape[2])
         self.size = size
 
-    def compute(self, part: slice, chunk: int = 32) -> Tensor:
+    def compute(self, part: slice) -> Tensor:
         """``(k, size, size, C)`` float64 crops of the boxes in ``part``."""
-        size, flat = self.size, self.flat
-        channels = flat.shape[1]
-        ends_y, ends_x, w_y, w_x = (self.ends_y[part], self.ends_x[part], self.w_y[part],
-                                    self.w_x[part])
-        n = ends_y.shape[0]
-        out = np.empty((n, size, size, channels), dtype=np.float64)
-        for start in range(0, n, chunk):
-            piece = slice(start, start + chunk)
-            m = ends_y[piece].shape[0]
-            acc = np.zeros((m * size * size, channels))
-            vals = np.empty_like(acc)
-            for i in range(4):
-                row = ends_y[piece, :, i][:, :, None]
-                for j in range(4):
-                    np.multiply(np.take(flat, (row + ends_x[piece, :, j][:, None, :]).ravel(),
-                                        axis=0),
-                                (w_y[piece, :, i][:, :, None] * w_x[piece, :, j][:, None, :]
-                                 ).reshape(-1, 1), out=vals)
-                    acc += vals
-            out[piece] = acc.reshape(m, size, size, channels)
+        ends_y = self.ends_y[part]
+        out = np.empty((ends_y.shape[0], self.size, self.size, self.flat.shape[1]))
+        table_crops(self.flat, ends_y, self.w_y[part], self.ends_x[part], self.w_x[part], out)
         return torch.from_numpy(out)
 
 

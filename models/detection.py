@@ -13,7 +13,7 @@ real upstream code on TensorFlow):
 * every NMS visits boxes in the order of ``np.argsort`` on the very score array upstream sorts
   (so equal scores are broken as upstream breaks them) and keeps a box when
   ``overlap <= threshold`` against every kept earlier one, as upstream; the greedy picks are
-  found from the pairwise suppression matrix in a few vectorized sweeps, not one per box;
+  a compiled loop (:func:`models.kernels.greedy_nms`) with upstream's overlap arithmetic;
 * float64 box arithmetic with upstream's widths (``x2 - x1`` for PNet, ``+ 1`` in ``bbreg``),
   ``rerec``, ``np.fix`` truncation and ``pad``; thresholds compared in float32 (numpy 2 compares
   a float32 array with a Python float in float32); landmarks rounded to float32 as upstream
@@ -25,13 +25,13 @@ What is left are the nets' own float32 rounding differences (TF vs PyTorch, ~1e-
 
 On CPU the work runs on worker threads with one intra-op thread each
 (:class:`models.workers.TorchWorkers`): the pyramid resizes, PNet levels and bands with each
-level's candidates and NMS, the row blocks of the cross-level NMS, and for RNet/ONet the
-candidate crops together with the net, part by part (the crops are planned in the calling
-thread, where small numpy work does not fight over the GIL). Bands and parts are cut by the
-input alone, so results do not depend on the number of workers. Speed-ups that change no bit:
-the crops' summed-area table comes from ``cv2.integral``, PNet's pool is two strided maxima
-(:meth:`PNet.detect_forward`), NMS computes only the upper triangle of its pairwise overlaps,
-and small pyramids run in whole levels rather than bands.
+level's candidates and NMS, and for RNet/ONet the candidate crops together with the net, part
+by part (the crops are planned in the calling thread, where small numpy work does not fight
+over the GIL). Bands and parts are cut by the input alone, so results do not depend on the
+number of workers. Speed-ups that change no bit:
+the crops' summed-area table comes from ``cv2.integral``, each PReLU and the pooling after it
+are one compiled pass (the nets' ``detect_forward``, :mod:`models.kernels`), large crops are
+a compiled loop, and small pyramids run in whole levels rather than bands.
 
 Face crops follow ``align_dataset_mtcnn.py``: the box grown by ``margin / 2`` pixels *of the
 original image* on each side, clipped, truncated to integers, resized to ``image_size`` with
@@ -62,6 +62,7 @@ from torch import Tensor, nn
 
 from facenet_convert.converter.core.errors import DetectionInputError
 from facenet_convert.models.area_resize import CropPlan, CropSource
+from facenet_convert.models.kernels import greedy_nms
 from facenet_convert.models.mtcnn import ONet, PNet, RNet
 from facenet_convert.models.preprocessing import (
     ImageLike,
@@ -83,6 +84,7 @@ _STRIDE = 2     # PNet's output stride
 _MTCNN_SCALE = 0.0078125
 _NET_BATCH = 64
 _MIN_NET_PART = 8
+_NET_PARTS = 8
 _MIN_BAND = 150_000   # uint8 values (~220x220 RGB) per PNet band at least
 _SIDE_BY_SIDE = 500_000
 """Mean pixels per photo from which a list is detected photo by photo side by side on the
@@ -144,95 +146,30 @@ def upstream_order(scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
 
-Mapper = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
-"""Runs a function over items, maybe on worker threads: ``mapper(function, items)``."""
-
-
-def _serial(function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-    return [function(item) for item in items]
-
-
-def _suppressors(boxes: np.ndarray, threshold: float, mode: str, mapper: Mapper = _serial,
-                 rows: int = 256) -> np.ndarray:
-    """For boxes in visiting order: which later boxes each one suppresses (upstream drops a
-    box unless ``overlap <= threshold``), pairwise with upstream's formula, as a boolean
-    matrix. Row blocks are independent large array operations (``mapper`` may run them on
-    worker threads); only the upper triangle is computed."""
-    if mode not in ("union", "min"):
-        raise ValueError(f"NMS mode must be 'union' or 'min', not {mode!r}")
-    count = boxes.shape[0]
-    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[:, k]) for k in range(4))
-    area = (x2 - x1 + 1) * (y2 - y1 + 1)
-
-    def block(start: int) -> np.ndarray:
-        mine = slice(start, start + rows)
-        width = np.minimum(x2[mine, None], x2[None, start:])
-        width -= np.maximum(x1[mine, None], x1[None, start:])
-        width += 1
-        np.maximum(width, 0.0, out=width)
-        height = np.minimum(y2[mine, None], y2[None, start:])
-        height -= np.maximum(y1[mine, None], y1[None, start:])
-        height += 1
-        np.maximum(height, 0.0, out=height)
-        inter = np.multiply(width, height, out=width)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            if mode == "min":
-                denominator = np.minimum(area[mine, None], area[None, start:], out=height)
-            else:
-                denominator = np.add(area[mine, None], area[None, start:], out=height)
-                denominator -= inter
-            overlap = np.divide(inter, denominator, out=inter)
-        hits = np.zeros((overlap.shape[0], count), dtype=bool)
-        np.logical_not(overlap <= threshold, out=hits[:, start:])
-        # only later boxes: the diagonal block's lower triangle and diagonal are cleared
-        local = hits[:, start:start + overlap.shape[0]]
-        local &= np.triu(np.ones((local.shape[0], local.shape[0]), dtype=bool), 1)
-        return hits
-
-    return np.concatenate(mapper(block, range(0, count, rows)))
-
-
-def _greedy_keep(boxes: np.ndarray, threshold: float, mode: str, mapper: Mapper = _serial
-                 ) -> np.ndarray:
-    """Upstream's greedy picks of boxes already in visiting order, as a boolean mask.
-
-    Box i is kept iff no kept box before it suppresses it. Iterating ``keep = not any(kept
-    suppressor)`` from "all kept" fixes one more leading box per sweep and stops at the
-    unique solution, typically after a handful of sweeps instead of one per kept box.
-    """
-    count = boxes.shape[0]
-    if count <= 1:
-        return np.ones(count, dtype=bool)
-    matrix = _suppressors(boxes, threshold, mode, mapper)
-    keep = np.ones(count, dtype=bool)
-    for _ in range(count):
-        suppressed = matrix[keep].any(axis=0)
-        new = ~suppressed
-        if np.array_equal(new, keep):
-            break
-        keep = new
-    return keep
-
-
 def batched_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, threshold: float,
-                mode: str = "union", mapper: Mapper = _serial) -> np.ndarray:
+                mode: str = "union") -> np.ndarray:
     """Upstream's greedy NMS run independently within each group.
 
     ``groups`` is non-decreasing. Within a group boxes are visited in :func:`upstream_order`
-    and a box is dropped when a kept earlier one overlaps it by more than ``threshold``.
-    Returns indices into ``boxes``: by group, then in picking order (as upstream's ``pick``).
-    ``mapper`` may spread the pairwise overlaps over worker threads.
+    and a box is dropped when a kept earlier one overlaps it by more than ``threshold``
+    (:func:`models.kernels.greedy_nms`). Returns indices into ``boxes``: by group, then in
+    picking order (as upstream's ``pick``).
     """
+    if mode not in ("union", "min"):
+        raise ValueError(f"NMS mode must be 'union' or 'min', not {mode!r}")
     count = int(boxes.shape[0])
     if count == 0:
         return np.empty(0, dtype=np.int64)
+    if groups[0] == groups[-1]:             # one group (a level's candidates, one photo)
+        order = np.argsort(np.ascontiguousarray(scores, dtype=np.float64))[::-1]
+        return order[greedy_nms(boxes[order], threshold, mode == "min")]
     order = upstream_order(scores, groups)
     sorted_groups = groups[order]
     bounds = np.flatnonzero(np.diff(sorted_groups)) + 1
     kept = []
     for first, last in itertools.pairwise([0, *bounds.tolist(), count]):
         chosen = order[first:last]
-        kept.append(chosen[_greedy_keep(boxes[chosen], threshold, mode, mapper)])
+        kept.append(chosen[greedy_nms(boxes[chosen], threshold, mode == "min")])
     return np.concatenate(kept)
 
 
@@ -341,6 +278,12 @@ def _single_threaded_opencv() -> Iterator[None]:
             _OPENCV_USERS[0] -= 1
             if _OPENCV_USERS[0] == 0:
                 cv2.setNumThreads(_OPENCV_USERS[1])
+
+
+def _detect_forward(net: nn.Module) -> Callable[[Tensor], Any]:
+    """Our own nets' bit-identical detection path (fused PReLU + pooling on CPU); a net
+    passed in by the caller is called as it is."""
+    return net.detect_forward if type(net) in (PNet, RNet, ONet) else net
 
 
 def _as_net(net: nn.Module | str | os.PathLike[str] | None, cls: type[nn.Module]) -> nn.Module:
@@ -509,7 +452,7 @@ class MTCNN(nn.Module):
                 stop = batch.shape[1] if last == rows else 2 * last + 10
                 tasks.append((number, batch[:, 2 * first:stop], bands == 1))
         device = self.device
-        pnet = self.pnet.detect_forward if type(self.pnet) is PNet else self.pnet
+        pnet = _detect_forward(self.pnet)
 
         def forward(task: tuple[int, np.ndarray, bool]) -> Any:
             number, band, whole = task
@@ -572,13 +515,13 @@ class MTCNN(nn.Module):
         boxes = np.concatenate([found for _, found in levels])
         image_of = np.concatenate([np.full(len(found), index, dtype=np.int64)
                                    for index, found in levels])
-        keep = batched_nms(boxes[:, :4], boxes[:, 4], image_of, 0.7, "union", self._parallel)
+        keep = batched_nms(boxes[:, :4], boxes[:, 4], image_of, 0.7, "union")
         boxes, image_of = boxes[keep], image_of[keep]
         boxes = _rerec(_regress(boxes[:, :4], boxes[:, 5:9], plus_one=False))
         return np.fix(boxes).astype(np.int32).astype(np.float64), image_of
 
-    def _classify(self, net: nn.Module, sources: dict[int, CropSource], boxes: np.ndarray,
-                  image_of: np.ndarray, size: int) -> list[np.ndarray]:
+    def _classify(self, net: Callable[[Tensor], Any], sources: dict[int, CropSource],
+                  boxes: np.ndarray, image_of: np.ndarray, size: int) -> list[np.ndarray]:
         """``net`` over upstream's candidate crops of ``boxes``: its outputs in box order.
 
         Crops are planned here for all boxes (:class:`CropPlan`); each worker then makes one
@@ -587,7 +530,7 @@ class MTCNN(nn.Module):
         alone, not on the thread count.
         """
         count = int(boxes.shape[0])
-        step = min(_NET_BATCH, max(_MIN_NET_PART, math.ceil(count / 8)))
+        step = min(_NET_BATCH, max(_MIN_NET_PART, math.ceil(count / _NET_PARTS)))
         tasks = []
         for index in np.unique(image_of).tolist():
             chosen = np.flatnonzero(image_of == index)
@@ -621,12 +564,12 @@ class MTCNN(nn.Module):
         boxes, image_of = boxes[valid], image_of[valid]
         if boxes.shape[0] == 0:
             return boxes, image_of
-        reg, prob = self._classify(self.rnet, sources, boxes, image_of, 24)
+        reg, prob = self._classify(_detect_forward(self.rnet), sources, boxes, image_of, 24)
         score = prob[:, 1]
         passed = score > np.float32(self.thresholds[1])
         boxes, score, reg, image_of = boxes[passed], score[passed].astype(np.float64), \
             reg[passed], image_of[passed]
-        keep = batched_nms(boxes, score, image_of, 0.7, "union", self._parallel)
+        keep = batched_nms(boxes, score, image_of, 0.7, "union")
         boxes = _rerec(_regress(boxes[keep], reg[keep].astype(np.float64), plus_one=True))
         return boxes, image_of[keep]
 
@@ -639,7 +582,8 @@ class MTCNN(nn.Module):
         if boxes.shape[0] == 0:
             return (np.empty((0, 4)), np.empty(0, dtype=np.float32), np.empty((0, 5, 2)),
                     image_of)
-        reg, marks, prob = self._classify(self.onet, sources, boxes, image_of, 48)
+        reg, marks, prob = self._classify(_detect_forward(self.onet), sources, boxes, image_of,
+                                          48)
         score = prob[:, 1]
         passed = score > np.float32(self.thresholds[2])
         boxes, score, reg, marks, image_of = boxes[passed], score[passed], reg[passed], \
@@ -650,7 +594,7 @@ class MTCNN(nn.Module):
         ys = (h * marks[:, 5:10] + boxes[:, 1:2] - 1).astype(np.float32)
         landmarks = np.stack([xs, ys], axis=2).astype(np.float64)
         boxes = _regress(boxes, reg.astype(np.float64), plus_one=True)
-        keep = batched_nms(boxes, score.astype(np.float64), image_of, 0.7, "min", self._parallel)
+        keep = batched_nms(boxes, score.astype(np.float64), image_of, 0.7, "min")
         return boxes[keep], score[keep], landmarks[keep], image_of[keep]
 
     def crop_box(self, box: Sequence[float], height: int, width: int) -> tuple[int, int, int, int]:

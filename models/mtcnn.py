@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from facenet_convert.models.hub import ensure_weights, resolve_pretrained
+from facenet_convert.models.kernels import prelu_max_pool
 from facenet_convert.models.releases import get_release
 from facenet_convert.models.weights import load_strict, load_weights_file
 
@@ -35,22 +36,22 @@ def _load_pretrained(module: nn.Module, pretrained: bool | str | os.PathLike[str
     load_strict(module, load_weights_file(path), path)
 
 
-def max_pool_2x2_ceil(x: Tensor) -> Tensor:
-    """``max_pool2d(x, 2, 2, ceil_mode=True)``, bit for bit, as two elementwise maxima over
-    strided channels-last views: ~6x faster than torch's pooling kernel on PNet's 10-channel
-    channels-last maps (the biggest pyramid level's pool took as long as its first conv).
-    The result is an NCHW tensor in channels-last memory."""
-    t = x.permute(0, 2, 3, 1)
-    n, h, w, c = t.shape
-    rows = t.new_empty((n, (h + 1) // 2, w, c))
-    torch.maximum(t[:, 0:h - 1:2], t[:, 1:h:2], out=rows[:, :h // 2])
-    if h % 2:
-        rows[:, -1] = t[:, -1]
-    out = t.new_empty((n, (h + 1) // 2, (w + 1) // 2, c))
-    torch.maximum(rows[:, :, 0:w - 1:2], rows[:, :, 1:w:2], out=out[:, :, :w // 2])
-    if w % 2:
-        out[:, :, -1] = rows[:, :, -1]
-    return out.permute(0, 3, 1, 2)
+def prelu_pool(x: Tensor, prelu: nn.PReLU, pool: nn.MaxPool2d) -> Tensor:
+    """``pool(prelu(x))`` bit for bit, in one pass over ``x`` when it is a CPU tensor
+    (:func:`models.kernels.prelu_max_pool`); elsewhere the modules themselves. The result
+    is an NCHW tensor in channels-last memory.
+
+    For detection only: torch's PReLU on PNet's 10-channel channels-last map took longer
+    than the convolution before it, and its pooling kernel as long again."""
+    if x.device.type != "cpu" or pool.padding != 0 or pool.dilation != 1 or not pool.ceil_mode:
+        return pool(prelu(x))
+    kernel, stride = pool.kernel_size, pool.stride
+    if not isinstance(kernel, int) or not isinstance(stride, int):
+        return pool(prelu(x))
+    nhwc = x.permute(0, 2, 3, 1).contiguous()
+    alpha = prelu.weight.detach().expand(nhwc.shape[3])     # one shared slope, or one each
+    out = prelu_max_pool(nhwc.numpy(), alpha.numpy(), kernel, stride)
+    return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 
 class PNet(nn.Module):
@@ -80,9 +81,9 @@ class PNet(nn.Module):
         return self._heads(x)
 
     def detect_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`forward`, bit for bit, with :func:`max_pool_2x2_ceil` for the pool: for
-        eager detection only (its shape-dependent branches would specialize an export)."""
-        return self._heads(max_pool_2x2_ceil(self.prelu1(self.conv1(x))))
+        """:meth:`forward`, bit for bit, with :func:`prelu_pool`: for eager detection only
+        (an export keeps the plain modules)."""
+        return self._heads(prelu_pool(self.conv1(x), self.prelu1, self.pool1))
 
     def _heads(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = self.prelu2(self.conv2(x))
@@ -115,6 +116,14 @@ class RNet(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = self.pool1(self.prelu1(self.conv1(x)))
         x = self.pool2(self.prelu2(self.conv2(x)))
+        return self._heads(x)
+
+    def detect_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`forward`, bit for bit, with :func:`prelu_pool` (eager detection only)."""
+        x = prelu_pool(self.conv1(x), self.prelu1, self.pool1)
+        return self._heads(prelu_pool(self.conv2(x), self.prelu2, self.pool2))
+
+    def _heads(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = self.prelu3(self.conv3(x))
         x = x.permute(0, 3, 2, 1).contiguous()  # to the TF nets' flatten order
         x = self.prelu4(self.dense4(x.flatten(1)))
@@ -153,7 +162,15 @@ class ONet(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x = self.pool1(self.prelu1(self.conv1(x)))
         x = self.pool2(self.prelu2(self.conv2(x)))
-        x = self.pool3(self.prelu3(self.conv3(x)))
+        return self._heads(self.pool3(self.prelu3(self.conv3(x))))
+
+    def detect_forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`forward`, bit for bit, with :func:`prelu_pool` (eager detection only)."""
+        x = prelu_pool(self.conv1(x), self.prelu1, self.pool1)
+        x = prelu_pool(self.conv2(x), self.prelu2, self.pool2)
+        return self._heads(prelu_pool(self.conv3(x), self.prelu3, self.pool3))
+
+    def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x = self.prelu4(self.conv4(x))
         x = x.permute(0, 3, 2, 1).contiguous()  # to the TF nets' flatten order
         x = self.prelu5(self.dense5(x.flatten(1)))

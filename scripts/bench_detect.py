@@ -80,23 +80,21 @@ def _net_floor_ms(ours: object, image: object) -> float:
     import torch
 
     inputs: list[tuple[object, object]] = []
-    pnet = ours.pnet  # type: ignore[attr-defined]
-    plain_pnet = pnet.detect_forward
+    nets = (ours.pnet, ours.rnet, ours.onet)  # type: ignore[attr-defined]
 
-    def record_pnet(x: object) -> object:
-        inputs.append((plain_pnet, x.clone()))  # type: ignore[attr-defined]
-        return plain_pnet(x)
+    def recorder(plain: object) -> object:
+        def record(x: object) -> object:
+            inputs.append((plain, x.clone()))  # type: ignore[attr-defined]
+            return plain(x)  # type: ignore[operator]
+        return record
 
-    hooks = [net.register_forward_pre_hook(
-        lambda module, args: inputs.append((module, args[0].clone())))
-        for net in (ours.rnet, ours.onet)]  # type: ignore[attr-defined]
-    pnet.detect_forward = record_pnet
+    for net in nets:                  # detection calls each net's detect_forward
+        net.detect_forward = recorder(net.detect_forward)
     try:
         ours.detect_faces(image)  # type: ignore[attr-defined]
     finally:
-        del pnet.detect_forward
-        for hook in hooks:
-            hook.remove()
+        for net in nets:
+            del net.detect_forward
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -24,7 +24,7 @@ import torch
 from facenet_convert.converter.core.errors import DetectionInputError
 from facenet_convert.models.area_resize import CropPlan, CropSource, resize_boxes, summed_area_table
 from facenet_convert.models.detection import MTCNN, _IntegralSource, batched_nms
-from facenet_convert.models.mtcnn import max_pool_2x2_ceil
+from facenet_convert.models.mtcnn import prelu_pool
 from facenet_convert.models.workers import TorchWorkers
 from facenet_convert.third_party.wheels import FACENET, cache_dir, wheel_member
 from tests.detection_photos import EXPECTED_FACES, PHOTOS, insightface_image, variants
@@ -74,15 +74,26 @@ def test_batched_nms_equals_upstream_per_group_ties_included() -> None:
                              upstream_mode)
                 want.extend(index[picked].tolist())
             assert got.tolist() == want, (mode, threshold)
+    # degenerate boxes (zero or negative sides: overlaps of 0/0 or x/0) as upstream drops them
+    boxes = np.array([[10, 10, 20, 20], [10, 10, 9, 20], [10, 10, 9, 9], [5, 5, 25, 25],
+                      [30, 30, 28, 31], [30, 30, 40, 40]], dtype=np.float64)
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    for mode, upstream_mode in (("union", "Union"), ("min", "Min")):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            want = nms(np.hstack([boxes, scores[:, None]]), 0.5, upstream_mode).tolist()
+        got = batched_nms(boxes, scores, np.zeros(len(boxes), dtype=np.int64), 0.5, mode)
+        assert got.tolist() == want, mode
     empty = batched_nms(np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=np.int64), 0.5)
     assert empty.size == 0
+    with pytest.raises(ValueError, match="'union' or 'min'"):
+        batched_nms(boxes, scores, np.zeros(len(boxes), dtype=np.int64), 0.5, "Union")
 
 
 def _upstream_crop(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
     """detect_face's candidate crop: zero-padded float64 ``tmp`` and cv2 INTER_AREA."""
     height, width = image.shape[:2]
     x1, y1, x2, y2 = (int(v) for v in box)
-    tmp = np.zeros((y2 - y1 + 1, x2 - x1 + 1, 3))
+    tmp = np.zeros((y2 - y1 + 1, x2 - x1 + 1, image.shape[2]))
     ys0, ys1, xs0, xs1 = max(y1 - 1, 0), min(y2, height), max(x1 - 1, 0), min(x2, width)
     if ys1 > ys0 and xs1 > xs0:
         tmp[ys0 - (y1 - 1):ys1 - (y1 - 1), xs0 - (x1 - 1):xs1 - (x1 - 1)] = \
@@ -106,6 +117,12 @@ def test_candidate_crops_equal_opencv_inter_area() -> None:
         for k, box in enumerate(boxes_np):
             np.testing.assert_allclose(got[k], _upstream_crop(photo, box, size), rtol=0,
                                        atol=1e-6, err_msg=f"{box} -> {size}")
+    for channels in (1, 4):              # the compiled prefix-sum loop for other channel counts
+        image = np.ascontiguousarray(np.resize(photo, (300, 400, channels)))
+        got = resize_boxes(image, boxes_np, 24)
+        for k, box in enumerate(boxes_np):
+            want = _upstream_crop(image, box, 24).reshape(24, 24, channels)
+            np.testing.assert_allclose(got[k], want, rtol=0, atol=1e-6, err_msg=f"{box}")
 
 
 def test_crop_plan_parts_equal_one_pass() -> None:
@@ -183,21 +200,34 @@ def test_detections_do_not_depend_on_the_worker_count(detector: MTCNN) -> None:
 
 
 def test_fast_paths_are_bit_exact(detector: MTCNN) -> None:
-    """Detection's speed-ups change no bit: PNet's strided-max pool equals torch's ceil-mode
-    pooling (odd and even sizes, both memory formats), PNet.detect_forward equals forward on
-    a real photo, and cv2.integral's table equals numpy's prefix sums."""
+    """Detection's speed-ups change no bit: the fused PReLU + ceil-mode pooling equals the
+    nets' own modules (every pool of the three nets, odd and even sizes, both memory
+    formats, a shared slope), each net's detect_forward equals its forward on real photo
+    crops, and cv2.integral's table equals numpy's prefix sums."""
     generator = torch.Generator().manual_seed(0)
-    for height, width in itertools.product(range(2, 10), repeat=2):
-        x = torch.randn((2, 10, height, width), generator=generator)
-        for tensor in (x, x.contiguous(memory_format=torch.channels_last)):
-            assert torch.equal(max_pool_2x2_ceil(tensor),
-                               torch.nn.functional.max_pool2d(tensor, 2, 2, ceil_mode=True))
+    pools = [(net.prelu1, net.pool1) for net in (detector.pnet, detector.rnet, detector.onet)]
+    pools += [(detector.rnet.prelu2, detector.rnet.pool2), (detector.onet.prelu2,
+              detector.onet.pool2), (detector.onet.prelu3, detector.onet.pool3)]
+    shared = torch.nn.PReLU(1, init=-0.3)
+    pools.append((shared, torch.nn.MaxPool2d(3, 2, ceil_mode=True)))
+    with torch.inference_mode():
+        for prelu, pool in pools:
+            channels = prelu.weight.numel() if prelu is not shared else 5
+            for height, width in itertools.product(range(3, 10), repeat=2):
+                x = torch.randn((2, channels, height, width), generator=generator)
+                for tensor in (x, x.contiguous(memory_format=torch.channels_last)):
+                    assert torch.equal(prelu_pool(tensor, prelu, pool), pool(prelu(tensor)))
     photo = torch.from_numpy(PHOTOS["astronaut"]()[:101, :87].copy())
     x = ((photo.permute(2, 0, 1)[None].float() - 127.5) * 0.0078125).contiguous(
         memory_format=torch.channels_last)
+    crops = {24: torch.nn.functional.interpolate(x, size=(24, 24)).repeat(3, 1, 1, 1),
+             48: torch.nn.functional.interpolate(x, size=(48, 48)).repeat(3, 1, 1, 1)}
     with torch.inference_mode():
-        for fast, plain in zip(detector.pnet.detect_forward(x), detector.pnet(x), strict=True):
-            assert torch.equal(fast, plain)
+        for net, inputs in ((detector.pnet, x), (detector.rnet, crops[24]),
+                            (detector.onet, crops[48])):
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+            for fast, plain in zip(net.detect_forward(inputs), net(inputs), strict=True):
+                assert torch.equal(fast, plain), type(net).__name__
     image = insightface_image("t1.jpg")
     assert np.array_equal(_IntegralSource(image).table, summed_area_table(image))
 
