@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -296,6 +297,13 @@ class CropSource:
         if self._table is None:
             self._table = summed_area_table(self.image)
         return self._table
+
+    def prepare(self, sizes: Sequence[int]) -> None:
+        """Build now what crops to these output sizes read (the summed-area table and the
+        padded copies), e.g. on a worker thread before the crops are planned."""
+        _ = self.table
+        for size in sizes:
+            self.padded(2 * size)
 
 
 def resize_boxes(source: CropSource | np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:

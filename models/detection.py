@@ -48,6 +48,7 @@ The class offers facenet-pytorch's API (``MTCNN(image_size=160, margin=0, ...)``
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import os
@@ -280,6 +281,10 @@ def _single_threaded_opencv() -> Iterator[None]:
                 cv2.setNumThreads(_OPENCV_USERS[1])
 
 
+def _call(job: Callable[[], Any]) -> Any:
+    return job()
+
+
 def _detect_forward(net: nn.Module) -> Callable[[Tensor], Any]:
     """Our own nets' bit-identical detection path (fused PReLU + pooling on CPU); a net
     passed in by the caller is called as it is."""
@@ -390,9 +395,11 @@ class MTCNN(nn.Module):
     @torch.inference_mode()
     def _cascade(self, arrays: list[np.ndarray]) -> list[FaceDetections]:
         """Upstream's three stages over the images at once."""
-        boxes, image_of = self._stage_one(arrays)
         sources: dict[int, CropSource] = {index: _IntegralSource(array)
                                           for index, array in enumerate(arrays)}
+        # the crops' tables are built on the workers while PNet runs
+        boxes, image_of = self._stage_one(arrays, [functools.partial(source.prepare, (24, 48))
+                                                   for source in sources.values()])
         boxes, image_of = self._stage_two(sources, boxes, image_of)
         boxes, probs, marks, image_of = self._stage_three(sources, boxes, image_of)
         results = []
@@ -413,79 +420,91 @@ class MTCNN(nn.Module):
                 return [function(item) for item in items]
         return self._workers.map(function, items)
 
-    def _pnet_candidates(self, arrays: list[np.ndarray]) -> list[tuple[int, np.ndarray]]:
+    def _pnet_candidates(self, arrays: list[np.ndarray],
+                         prepare: Sequence[Callable[[], object]] = ()
+                         ) -> list[tuple[int, np.ndarray]]:
         """(image, candidates) per pyramid level, per image in upstream's scale order; the
         candidates are :meth:`_level_candidates` rows. Equal level sizes share a forward.
 
-        Large levels are cut into bands of output rows (output row r sees input rows
-        2r .. 2r + 11), so that every worker gets a similar share of the pyramid; a level
-        in one piece has its candidates found in the same task as its forward.
+        Small levels are one task each: resize, forward and candidates, so that the
+        pyramid and PNet run without a barrier between them. Large levels are resized
+        first (side by side with the small levels) and then cut into bands of output rows
+        (output row r sees input rows 2r .. 2r + 11), so that every worker gets a similar
+        share; their candidates follow. ``prepare`` runs on the workers in the longest
+        phase (the crop sources' tables for the next stages).
         """
         import cv2
 
-        jobs = []
+        levels: dict[tuple[int, int], list[tuple[int, float]]] = {}
         for index, image in enumerate(arrays):
             height, width = image.shape[:2]
             for scale in self.scales(height, width):
-                jobs.append((index, scale, math.ceil(height * scale), math.ceil(width * scale)))
-
-        def resize(job: tuple[int, float, int, int]) -> np.ndarray:
-            index, _, hs, ws = job
-            return cv2.resize(arrays[index], (ws, hs), interpolation=cv2.INTER_AREA)
-
-        levels: dict[tuple[int, int], list[tuple[int, float, np.ndarray]]] = {}
-        for (index, scale, hs, ws), level in zip(jobs, self._parallel(resize, jobs),
-                                                 strict=True):
-            levels.setdefault((hs, ws), []).append((index, scale, level))
-        groups = list(levels.values())
-        batches = [np.stack([level for _, _, level in items]) for items in groups]
-        work = sum(batch.size for batch in batches)
+                shape = (math.ceil(height * scale), math.ceil(width * scale))
+                levels.setdefault(shape, []).append((index, scale))
+        groups = list(levels.items())
+        work = sum(len(members) * hs * ws * 3 for (hs, ws), members in groups)
         # not by thread count: same bands, same numbers; small pyramids in whole levels (a
         # band costs a dozen op dispatches and 10 recomputed input rows)
         target = max(work // 8, _MIN_BAND)
-        tasks = []
-        for number, batch in enumerate(batches):
-            rows = math.ceil((batch.shape[1] - 2) / 2) - 4          # PNet's output rows
-            bands = max(1, min(rows // 8, math.ceil(batch.size / target)))
-            edges = np.linspace(0, rows, bands + 1).round().astype(int).tolist()
-            for first, last in itertools.pairwise(edges):
-                stop = batch.shape[1] if last == rows else 2 * last + 10
-                tasks.append((number, batch[:, 2 * first:stop], bands == 1))
         device = self.device
         pnet = _detect_forward(self.pnet)
 
-        def forward(task: tuple[int, np.ndarray, bool]) -> Any:
-            number, band, whole = task
+        def resize(number: int) -> np.ndarray:
+            (hs, ws), members = groups[number]
+            return np.stack([cv2.resize(arrays[index], (ws, hs), interpolation=cv2.INTER_AREA)
+                             for index, _ in members])
+
+        def forward(band: np.ndarray) -> tuple[Tensor, Tensor]:
             x = torch.from_numpy(np.ascontiguousarray(band)).to(device)
             x = x.permute(0, 3, 1, 2).to(torch.float32)
             x = ((x - 127.5) * _MTCNN_SCALE).contiguous(memory_format=torch.channels_last)
             reg, prob = pnet(x)
-            reg, face = reg.cpu().contiguous(), prob[:, 1].cpu().contiguous()
-            if whole:
-                return [self._level_candidates(scale, face[k], reg[k])
-                        for k, (_, scale, _) in enumerate(groups[number])]
-            return reg, face
+            return reg.cpu().contiguous(), prob[:, 1].cpu().contiguous()
 
-        results = self._parallel(forward, tasks)
-        found: dict[tuple[int, int], np.ndarray] = {}
-        banded: dict[int, list[tuple[Tensor, Tensor]]] = {}
-        for (number, _, whole), result in zip(tasks, results, strict=True):
-            if whole:
-                found.update(((number, k), boxes) for k, boxes in enumerate(result))
-            else:
-                banded.setdefault(number, []).append(result)
-        pieces = []
-        for number, parts in banded.items():
-            reg = torch.cat([r for r, _ in parts], dim=2)
-            face = torch.cat([f for _, f in parts], dim=1)
-            pieces.extend((number, k, groups[number][k][1], face[k], reg[k])
-                          for k in range(len(groups[number])))
-        for (number, k, *_), boxes in zip(pieces, self._parallel(
-                lambda piece: self._level_candidates(*piece[2:]), pieces), strict=True):
-            found[(number, k)] = boxes
-        order = sorted(found, key=lambda key: (groups[key[0]][key[1]][0],
-                                               -groups[key[0]][key[1]][1]))
-        return [(groups[number][k][0], found[(number, k)]) for number, k in order]
+        def candidates(number: int, face: Tensor, reg: Tensor) -> list[np.ndarray]:
+            return [self._level_candidates(scale, face[k], reg[k])
+                    for k, (_, scale) in enumerate(groups[number][1])]
+
+        def whole(number: int) -> list[np.ndarray]:
+            reg, face = forward(resize(number))
+            return candidates(number, face, reg)
+
+        band_edges: dict[int, list[int]] = {}
+        for number, ((hs, _), members) in enumerate(groups):
+            rows = math.ceil((hs - 2) / 2) - 4                         # PNet's output rows
+            bands = max(1, min(rows // 8, math.ceil(len(members) * hs * groups[number][0][1]
+                                                     * 3 / target)))
+            if bands > 1:
+                band_edges[number] = np.linspace(0, rows, bands + 1).round().astype(int).tolist()
+        first: list[Callable[[], object]] = [
+            functools.partial(resize if number in band_edges else whole, number)
+            for number in range(len(groups))]
+        side = list(prepare)          # first: a long task last would leave a worker idle
+        results = self._parallel(_call, ([] if band_edges else side) + first)
+        results = results[len(results) - len(groups):]
+        found = {number: result for number, result in enumerate(results)
+                 if number not in band_edges}
+        if band_edges:
+            bands_of: list[tuple[int, Callable[[], object]]] = []
+            for number, edges in band_edges.items():
+                batch = results[number]
+                rows = edges[-1]
+                for low, high in itertools.pairwise(edges):
+                    stop = batch.shape[1] if high == rows else 2 * high + 10
+                    bands_of.append((number, functools.partial(forward,
+                                                               batch[:, 2 * low:stop])))
+            parts: dict[int, list[Any]] = {}
+            done = self._parallel(_call, side + [job for _, job in bands_of])
+            for (number, _), result in zip(bands_of, done[len(side):], strict=True):
+                parts.setdefault(number, []).append(result)
+            jobs = [functools.partial(candidates, number,
+                                      torch.cat([f for _, f in pieces], dim=1),
+                                      torch.cat([r for r, _ in pieces], dim=2))
+                    for number, pieces in parts.items()]
+            found.update(zip(parts, self._parallel(_call, jobs), strict=True))
+        keyed = [(groups[number][1][k][0], -groups[number][1][k][1], number, k)
+                 for number in found for k in range(len(groups[number][1]))]
+        return [(index, found[number][k]) for index, _, number, k in sorted(keyed)]
 
     def _level_candidates(self, scale: float, face: Tensor, reg: Tensor) -> np.ndarray:
         """One level's PNet candidates as upstream's ``generateBoundingBox`` + ``nms(0.5)``:
@@ -508,8 +527,9 @@ class MTCNN(nn.Module):
                            0.5, "union")
         return boxes[keep]
 
-    def _stage_one(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        levels = self._pnet_candidates(arrays)
+    def _stage_one(self, arrays: list[np.ndarray], prepare: Sequence[Callable[[], object]] = ()
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        levels = self._pnet_candidates(arrays, prepare)
         if not any(len(boxes) for _, boxes in levels):
             return np.empty((0, 4)), np.empty(0, dtype=np.int64)
         boxes = np.concatenate([found for _, found in levels])
