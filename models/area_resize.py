@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -252,27 +251,44 @@ class CropPlan:
         if large.size:
             self.groups.append((large, _TableGroup(source.table, boxes[large], size)))
 
-    def parts(self, step: int) -> list[tuple[int, slice]]:
-        """The plan cut into parts of at most ``step`` boxes, each within one group, of
-        near-equal sizes within a group: ``(group, slice of the group's boxes)``."""
+    def parts(self, count: int) -> list[list[tuple[int, slice]]]:
+        """The boxes, group after group, cut into ``count`` runs of near-equal length; each
+        run as its pieces ``(group, slice of the group's boxes)``. A run may span groups, so
+        that a net sees few large batches rather than one small batch per group."""
+        if self.count == 0:
+            return []
+        offsets = np.cumsum([0, *(chosen.size for chosen, _ in self.groups)]).tolist()
+        count = max(1, min(count, self.count))
+        edges = np.linspace(0, self.count, count + 1).round().astype(int).tolist()
         out = []
-        for number, (chosen, _) in enumerate(self.groups):
-            pieces = math.ceil(chosen.size / step)
-            edges = np.linspace(0, chosen.size, pieces + 1).round().astype(int).tolist()
-            out.extend((number, slice(first, last))
-                       for first, last in itertools.pairwise(edges))
+        for low, high in itertools.pairwise(edges):
+            pieces = []
+            for number, (start, end) in enumerate(itertools.pairwise(offsets)):
+                if max(low, start) < min(high, end):
+                    pieces.append((number, slice(max(low, start) - start,
+                                                 min(high, end) - start)))
+            out.append(pieces)
         return out
 
-    def cost(self, part: tuple[int, slice]) -> float:
-        """A rough relative cost of a part: boxes times their group's work per box."""
-        chosen, group = self.groups[part[0]]
-        per_box = 4.0 if isinstance(group, _TableGroup) else (group.span / self.size) ** 2
-        return len(range(*part[1].indices(chosen.size))) * per_box
+    def cost(self, part: list[tuple[int, slice]]) -> float:
+        """A rough relative cost of a part's crops: boxes times their group's work per box."""
+        total = 0.0
+        for number, piece in part:
+            chosen, group = self.groups[number]
+            per_box = 4.0 if isinstance(group, _TableGroup) else (group.span / self.size) ** 2
+            total += len(range(*piece.indices(chosen.size))) * per_box
+        return total
 
-    def compute(self, part: tuple[int, slice]) -> tuple[np.ndarray, Tensor]:
+    def compute(self, part: list[tuple[int, slice]]) -> tuple[np.ndarray, Tensor]:
         """Positions (into ``boxes``) and ``(k, size, size, C)`` float64 crops of one part."""
-        chosen, group = self.groups[part[0]]
-        return chosen[part[1]], group.compute(part[1])
+        positions, pixels = [], []
+        for number, piece in part:
+            chosen, group = self.groups[number]
+            positions.append(chosen[piece])
+            pixels.append(group.compute(piece))
+        if len(pixels) == 1:
+            return positions[0], pixels[0]
+        return np.concatenate(positions), torch.cat(pixels)
 
 
 class CropSource:
@@ -313,7 +329,7 @@ def resize_boxes(source: CropSource | np.ndarray, boxes: np.ndarray, size: int) 
         source = CropSource(source)
     plan = CropPlan(source, boxes, size)
     out = np.empty((plan.count, size, size, source.image.shape[2]), dtype=np.float64)
-    for part in plan.parts(max(plan.count, 1)):
+    for part in plan.parts(1):
         positions, pixels = plan.compute(part)
         out[positions] = pixels.numpy()
     return out

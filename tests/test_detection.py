@@ -126,7 +126,8 @@ def test_candidate_crops_equal_opencv_inter_area() -> None:
 
 
 def test_crop_plan_parts_equal_one_pass() -> None:
-    """Worker threads compute crops in parts: every part size gives the same crops."""
+    """Worker threads compute crops in parts: every part count gives the same crops, runs
+    spanning groups included; an empty plan has no parts."""
     photo = PHOTOS["t1"]()
     rng = np.random.default_rng(1)
     side = rng.integers(5, 200, 300)
@@ -135,13 +136,18 @@ def test_crop_plan_parts_equal_one_pass() -> None:
     for size in (24, 48):
         whole = resize_boxes(photo, boxes, size)
         plan = CropPlan(CropSource(photo), boxes, size)
-        pieces = np.full_like(whole, np.nan)
-        parts = plan.parts(7)
-        assert len(parts) > len(plan.groups) and min(plan.cost(p) for p in parts) > 0
-        for part in parts:
-            positions, pixels = plan.compute(part)
-            pieces[positions] = pixels.numpy()
-        np.testing.assert_allclose(pieces, whole, rtol=0, atol=1e-9)
+        for count in (1, 2, 7, 64, 1000):
+            pieces = np.full_like(whole, np.nan)
+            parts = plan.parts(count)
+            assert len(parts) == min(count, len(boxes))
+            assert min(plan.cost(p) for p in parts) > 0
+            if count == 7:
+                assert max(len(part) for part in parts) > 1         # a run spans groups
+            for part in parts:
+                positions, pixels = plan.compute(part)
+                pieces[positions] = pixels.numpy()
+            np.testing.assert_allclose(pieces, whole, rtol=0, atol=1e-9)
+    assert CropPlan(CropSource(photo), np.zeros((0, 4)), 24).parts(3) == []
 
 
 def test_large_photos_of_a_list_get_their_results_alone(detector: MTCNN) -> None:
