@@ -9,24 +9,21 @@ three distinct weights: a partial first pixel, a run of whole pixels, a partial 
 (OpenCV's ``computeResizeAreaTab``, weights rounded to float32 as OpenCV stores them). When
 either axis grows, OpenCV uses two linear taps per axis instead (its "area-linear" coefficients,
 also float32). When both scale factors are integers it takes ``resizeAreaFast``: plain block
-sums times ``float32(1 / area)``. Each case is written as four signed weights on four prefix-sum
-positions per axis. Large boxes use that form directly: an output pixel is a 4x4 bilinear form
-over the image's summed-area table (exact integers), whatever the box size. Small boxes (up to
-twice the output size) turn it into dense per-pixel weight matrices (zero past the box) and
-multiply equal-sized padded patches of all of them at once. Results equal OpenCV's up to
-float64 summation order (~1e-9 of a pixel level); pixels outside the image are the zeros of
-upstream's padding.
+sums times ``float32(1 / area)``. Each case is written as four signed weights on four
+prefix-sum positions per axis, so an output pixel is a 4x4 bilinear form over the image's
+summed-area table (exact integers), whatever the box size (:func:`models.kernels.table_crops`
+computes all of a part's boxes in one compiled loop). Results equal OpenCV's up to float64
+rounding of the large prefix sums (~1e-9 of a pixel level on small photos, ~1e-7 at 1080p,
+far below the float32 the nets take); pixels outside the image are the zeros of upstream's
+padding.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
-from collections.abc import Sequence
 
 import numpy as np
 import torch
-from numpy.lib.stride_tricks import as_strided
 from torch import Tensor
 
 from facenet_convert.models.kernels import table_crops
@@ -137,158 +134,48 @@ def summed_area_table(image: np.ndarray) -> np.ndarray:
     return table
 
 
-@functools.cache
-def dense_weights(size: int) -> np.ndarray:
-    """``(3, 2 * size + 1, size, 2 * size)`` float64: for each kind (area-linear, area,
-    resizeAreaFast blocks) and side length up to ``2 * size``, OpenCV's weight of every pixel
-    of the side for every output pixel (zero past the side). Built once per output size."""
-    lengths = np.arange(2 * size + 1)
-    pixels = np.arange(2 * size)
-    out = np.zeros((3, lengths.size, size, pixels.size))
-    for kind, taps in enumerate(KIND_TAPS):
-        valid = lengths[1:] if kind == 0 else lengths[size:]
-        ends, weights = taps(valid, size)
-        out[kind, valid] = (weights[:, :, :, None] * (ends[:, :, :, None] > pixels)).sum(axis=2)
-    out.flags.writeable = False
-    return out
-
-
-class _DenseGroup:
-    """Boxes no larger than ``span``: ``span`` x ``span`` padded patches times each box's
-    dense OpenCV weights (zero past the box), two batched matrix products.
-
-    The patches are one gather from a strided window view of the zero-padded image (~7x
-    faster than indexing rows and columns and masking the outside). The weights are planned
-    for all boxes at once, so that :meth:`compute` is a few large calls.
-    """
-
-    def __init__(self, source: CropSource, boxes: np.ndarray, size: int, span: int) -> None:
-        height, width, channels = source.image.shape
-        pad = 2 * size
-        if span > pad:
-            raise ValueError(f"patch side {span} exceeds the padding {pad}")
-        padded = source.padded(pad)
-        step_y, step_x, step_c = padded.strides
-        self.windows = as_strided(padded, shape=(height + pad + 1, width + pad + 1, span, span,
-                                                 channels),
-                                  strides=(step_y, step_x, step_y, step_x, step_c),
-                                  writeable=False)
-        self.size, self.span, self.channels = size, span, channels
-        box_h = boxes[:, 3] - boxes[:, 1] + 1
-        box_w = boxes[:, 2] - boxes[:, 0] + 1
-        # dense weights depend on the side length and the box's kind alone (the area-linear
-        # case is per axis, so mixed boxes take the length pair's kind): one cached table
-        kinds, factor = box_kinds(box_h, box_w, size)
-        table = dense_weights(size)
-        self.weight_y = table[kinds, box_h, :, :span]
-        self.weight_x = table[kinds, box_w, :, :span]
-        self.weight_y *= factor[:, None, None]     # resizeAreaFast's 1 / block area
-        # a window starting above/left of -span (or past the image) holds only padding
-        self.top = np.clip(boxes[:, 1] - 1, -span, height) + pad
-        self.left = np.clip(boxes[:, 0] - 1, -span, width) + pad
-
-    def compute(self, part: slice) -> Tensor:
-        """``(k, size, size, C)`` float64 crops of the boxes in ``part``."""
-        size, span, channels = self.size, self.span, self.channels
-        patch = torch.from_numpy(self.windows[self.top[part], self.left[part]]).to(torch.float64)
-        count = patch.shape[0]
-        mixed = torch.bmm(torch.from_numpy(self.weight_y[part]),
-                          patch.reshape(count, span, span * channels))
-        mixed = mixed.reshape(count, size, span, channels).permute(0, 1, 3, 2)
-        result = torch.bmm(mixed.reshape(count, size * channels, span),
-                           torch.from_numpy(self.weight_x[part]).transpose(1, 2))
-        return result.reshape(count, size, channels, size).permute(0, 1, 3, 2)
-
-
-class _TableGroup:
-    """Boxes of any size: each output pixel is 16 weighted prefix sums (4 row by 4 column
-    positions) of the image's summed-area table (:func:`models.kernels.table_crops`)."""
-
-    def __init__(self, table: np.ndarray, boxes: np.ndarray, size: int) -> None:
-        rows, cols = table.shape[0] - 1, table.shape[1] - 1
-        ends_y, w_y, ends_x, self.w_x, factor = crop_taps(
-            boxes[:, 3] - boxes[:, 1] + 1, boxes[:, 2] - boxes[:, 0] + 1, size)
-        self.w_y = w_y * factor[:, None, None]
-        self.ends_y = np.clip(ends_y + (boxes[:, 1, None, None] - 1), 0, rows) * (cols + 1)
-        self.ends_x = np.clip(ends_x + (boxes[:, 0, None, None] - 1), 0, cols)
-        self.flat = np.ascontiguousarray(table).reshape(-1, table.shape[2])
-        self.size = size
-
-    def compute(self, part: slice) -> Tensor:
-        """``(k, size, size, C)`` float64 crops of the boxes in ``part``."""
-        ends_y = self.ends_y[part]
-        out = np.empty((ends_y.shape[0], self.size, self.size, self.flat.shape[1]))
-        table_crops(self.flat, ends_y, self.w_y[part], self.ends_x[part], self.w_x[part], out)
-        return torch.from_numpy(out)
-
-
 class CropPlan:
-    """Upstream's padded INTER_AREA crops of many boxes of one image, planned once (box
-    classes, weights, gather positions) and computed in independent parts.
+    """Upstream's padded INTER_AREA crops of many boxes of one image, planned once (OpenCV's
+    weights and the summed-area table positions of every box) and computed in independent
+    parts.
 
     ``boxes`` are integer ``[x1, y1, x2, y2]`` in upstream's 1-based inclusive convention
-    (``pad``): the crop spans image rows ``y1 - 1 .. y2 - 1``, zeros outside the image. Boxes
-    up to twice ``size`` take dense weight matrices over padded patches (cost ~ patch side
-    squared, so they are grouped by side); larger ones 16 weighted prefix sums per output
-    pixel, whatever their size. Planning is small numpy work that holds the GIL, so it runs
-    in the calling thread; each part is then a few large numpy/torch calls that release it
-    (worker threads compute parts side by side).
+    (``pad``): the crop spans image rows ``y1 - 1 .. y2 - 1``, zeros outside the image. Planning
+    is small numpy work that holds the GIL, so it runs in the calling thread; each part is one
+    compiled loop that releases it (worker threads compute parts side by side).
     """
-
-    SPANS = (1, 4 / 3, 5 / 3, 2)      # patch sides in units of the output size
 
     def __init__(self, source: CropSource, boxes: np.ndarray, size: int) -> None:
         boxes = np.asarray(boxes).astype(np.int64).reshape(-1, 4)
         self.count, self.size = boxes.shape[0], size
-        side = np.maximum(boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]) + 1
-        spans = [int(size * share) for share in self.SPANS]
-        self.groups: list[tuple[np.ndarray, _DenseGroup | _TableGroup]] = []
-        for low, high in itertools.pairwise([0, *spans]):
-            chosen = np.flatnonzero((side > low) & (side <= high))
-            if chosen.size:
-                self.groups.append((chosen, _DenseGroup(source, boxes[chosen], size, high)))
-        large = np.flatnonzero(side > 2 * size)
-        if large.size:
-            self.groups.append((large, _TableGroup(source.table, boxes[large], size)))
+        table = source.table
+        rows, cols = table.shape[0] - 1, table.shape[1] - 1
+        ends_y, w_y, ends_x, w_x, factor = crop_taps(
+            boxes[:, 3] - boxes[:, 1] + 1, boxes[:, 2] - boxes[:, 0] + 1, size)
+        self.w_y = w_y * factor[:, None, None]     # resizeAreaFast's 1 / block area
+        self.w_x = w_x
+        self.ends_y = np.clip(ends_y + (boxes[:, 1, None, None] - 1), 0, rows) * (cols + 1)
+        self.ends_x = np.clip(ends_x + (boxes[:, 0, None, None] - 1), 0, cols)
+        self.flat = np.ascontiguousarray(table).reshape(-1, table.shape[2])
 
-    def parts(self, count: int) -> list[list[tuple[int, slice]]]:
-        """The boxes, group after group, cut into ``count`` runs of near-equal length; each
-        run as its pieces ``(group, slice of the group's boxes)``. A run may span groups, so
-        that a net sees few large batches rather than one small batch per group."""
+    def parts(self, count: int) -> list[slice]:
+        """The boxes cut into ``count`` runs of near-equal length (none for no boxes)."""
         if self.count == 0:
             return []
-        offsets = np.cumsum([0, *(chosen.size for chosen, _ in self.groups)]).tolist()
         count = max(1, min(count, self.count))
         edges = np.linspace(0, self.count, count + 1).round().astype(int).tolist()
-        out = []
-        for low, high in itertools.pairwise(edges):
-            pieces = []
-            for number, (start, end) in enumerate(itertools.pairwise(offsets)):
-                if max(low, start) < min(high, end):
-                    pieces.append((number, slice(max(low, start) - start,
-                                                 min(high, end) - start)))
-            out.append(pieces)
-        return out
+        return [slice(low, high) for low, high in itertools.pairwise(edges)]
 
-    def cost(self, part: list[tuple[int, slice]]) -> float:
-        """A rough relative cost of a part's crops: boxes times their group's work per box."""
-        total = 0.0
-        for number, piece in part:
-            chosen, group = self.groups[number]
-            per_box = 4.0 if isinstance(group, _TableGroup) else (group.span / self.size) ** 2
-            total += len(range(*piece.indices(chosen.size))) * per_box
-        return total
-
-    def compute(self, part: list[tuple[int, slice]]) -> tuple[np.ndarray, Tensor]:
-        """Positions (into ``boxes``) and ``(k, size, size, C)`` float64 crops of one part."""
-        positions, pixels = [], []
-        for number, piece in part:
-            chosen, group = self.groups[number]
-            positions.append(chosen[piece])
-            pixels.append(group.compute(piece))
-        if len(pixels) == 1:
-            return positions[0], pixels[0]
-        return np.concatenate(positions), torch.cat(pixels)
+    def compute(self, part: slice, offset: float = 0.0, scale: float = 1.0,
+                dtype: type[np.floating] = np.float64) -> Tensor:
+        """``(k, size, size, C)`` crops of the boxes in ``part`` as ``(crop - offset) *
+        scale`` (computed in float64, then rounded to ``dtype``): MTCNN's input scaling
+        comes out of the same loop."""
+        ends_y = self.ends_y[part]
+        out = np.empty((ends_y.shape[0], self.size, self.size, self.flat.shape[1]), dtype=dtype)
+        table_crops(self.flat, ends_y, self.w_y[part], self.ends_x[part], self.w_x[part],
+                    float(offset), float(scale), out)
+        return torch.from_numpy(out)
 
 
 class CropSource:
@@ -297,16 +184,6 @@ class CropSource:
     def __init__(self, image: np.ndarray) -> None:
         self.image = image
         self._table: np.ndarray | None = None
-        self._padded: dict[int, np.ndarray] = {}
-
-    def padded(self, pad: int) -> np.ndarray:
-        """The image with ``pad`` rows/columns of zeros on every side (upstream's padding)."""
-        if pad not in self._padded:
-            height, width, channels = self.image.shape
-            out = np.zeros((height + 2 * pad, width + 2 * pad, channels), dtype=self.image.dtype)
-            out[pad:pad + height, pad:pad + width] = self.image
-            self._padded[pad] = out
-        return self._padded[pad]
 
     @property
     def table(self) -> np.ndarray:
@@ -314,12 +191,9 @@ class CropSource:
             self._table = summed_area_table(self.image)
         return self._table
 
-    def prepare(self, sizes: Sequence[int]) -> None:
-        """Build now what crops to these output sizes read (the summed-area table and the
-        padded copies), e.g. on a worker thread before the crops are planned."""
+    def prepare(self) -> None:
+        """Build the summed-area table now, e.g. on a worker thread before crops are planned."""
         _ = self.table
-        for size in sizes:
-            self.padded(2 * size)
 
 
 def resize_boxes(source: CropSource | np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
@@ -328,8 +202,6 @@ def resize_boxes(source: CropSource | np.ndarray, boxes: np.ndarray, size: int) 
     if isinstance(source, np.ndarray):
         source = CropSource(source)
     plan = CropPlan(source, boxes, size)
-    out = np.empty((plan.count, size, size, source.image.shape[2]), dtype=np.float64)
-    for part in plan.parts(1):
-        positions, pixels = plan.compute(part)
-        out[positions] = pixels.numpy()
-    return out
+    if plan.count == 0:
+        return np.empty((0, size, size, source.image.shape[2]))
+    return plan.compute(slice(0, plan.count)).numpy()

@@ -410,8 +410,7 @@ class MTCNN(nn.Module):
         sources: dict[int, CropSource] = {index: _IntegralSource(array)
                                           for index, array in enumerate(arrays)}
         # the crops' tables are built on the workers while PNet runs
-        boxes, image_of = self._stage_one(arrays, [functools.partial(source.prepare, (24, 48))
-                                                   for source in sources.values()])
+        boxes, image_of = self._stage_one(arrays, [source.prepare for source in sources.values()])
         boxes, image_of = self._stage_two(sources, boxes, image_of)
         boxes, probs, marks, image_of = self._stage_three(sources, boxes, image_of)
         results = []
@@ -557,9 +556,9 @@ class MTCNN(nn.Module):
         """``net`` over upstream's candidate crops of ``boxes``: its outputs in box order.
 
         Crops are planned here for all boxes (:class:`CropPlan`); each worker then makes one
-        part's crops (large numpy/torch calls that release the GIL) and runs the net on them,
-        so crops and nets of different parts proceed side by side. Parts depend on the boxes
-        alone, not on the thread count.
+        part's crops, already scaled for the net (one compiled loop that releases the GIL),
+        and runs the net on them, so crops and nets of different parts proceed side by side.
+        Parts depend on the boxes alone, not on the thread count.
         """
         tasks = []
         for index in np.unique(image_of).tolist():
@@ -567,16 +566,12 @@ class MTCNN(nn.Module):
             plan = CropPlan(sources[index], boxes[chosen], size)
             tasks.extend((chosen, plan, part) for part in plan.parts(_part_count(chosen.size,
                                                                                 size)))
-        # dearest parts first (summed-area boxes, then larger patches): the workers finish
-        # together instead of one waiting on a late large part
-        tasks.sort(key=lambda task: -task[1].cost(task[2]))
         device = self.device
 
-        def forward(task: tuple[np.ndarray, CropPlan, Any]) -> tuple[np.ndarray, list[Tensor]]:
+        def forward(task: tuple[np.ndarray, CropPlan, slice]) -> tuple[np.ndarray, list[Tensor]]:
             chosen, plan, part = task
-            positions, pixels = plan.compute(part)
-            crops = ((pixels - 127.5) * _MTCNN_SCALE).to(torch.float32).permute(0, 3, 1, 2)
-            return chosen[positions], [t.cpu() for t in net(crops.to(device))]
+            crops = plan.compute(part, 127.5, _MTCNN_SCALE, np.float32).permute(0, 3, 1, 2)
+            return chosen[part], [t.cpu() for t in net(crops.to(device))]
 
         results = self._parallel(forward, tasks)
         order = np.concatenate([positions for positions, _ in results])

@@ -126,8 +126,9 @@ def test_candidate_crops_equal_opencv_inter_area() -> None:
 
 
 def test_crop_plan_parts_equal_one_pass() -> None:
-    """Worker threads compute crops in parts: every part count gives the same crops, runs
-    spanning groups included; an empty plan has no parts."""
+    """Worker threads compute crops in parts: every part count gives the same bits, the
+    scaled float32 crops are the float64 ones scaled as the nets' input; an empty plan has
+    no parts."""
     photo = PHOTOS["t1"]()
     rng = np.random.default_rng(1)
     side = rng.integers(5, 200, 300)
@@ -140,13 +141,13 @@ def test_crop_plan_parts_equal_one_pass() -> None:
             pieces = np.full_like(whole, np.nan)
             parts = plan.parts(count)
             assert len(parts) == min(count, len(boxes))
-            assert min(plan.cost(p) for p in parts) > 0
-            if count == 7:
-                assert max(len(part) for part in parts) > 1         # a run spans groups
             for part in parts:
-                positions, pixels = plan.compute(part)
-                pieces[positions] = pixels.numpy()
-            np.testing.assert_allclose(pieces, whole, rtol=0, atol=1e-9)
+                pieces[part] = plan.compute(part).numpy()
+            np.testing.assert_array_equal(pieces, whole)
+        scaled = plan.compute(slice(3, 40), 127.5, 0.0078125, np.float32).numpy()
+        assert scaled.dtype == np.float32
+        np.testing.assert_array_equal(scaled, ((whole[3:40] - 127.5) * 0.0078125).astype(
+            np.float32))
     assert CropPlan(CropSource(photo), np.zeros((0, 4)), 24).parts(3) == []
 
 
