@@ -160,3 +160,86 @@ def greedy_nms(boxes: np.ndarray, threshold: float, use_min: bool) -> np.ndarray
     sides, evaluated in upstream's operation order (float64)."""
     return _greedy_nms(np.ascontiguousarray(boxes[:, :4], dtype=np.float64), float(threshold),
                        bool(use_min))
+
+
+_EDGE = 1e-3      # OpenCV's threshold for a partial edge pixel (computeResizeAreaTab)
+
+
+@numba.njit(**_JIT)
+def _axis_taps(length: int, size: int, kind: int, ends: np.ndarray,
+               weights: np.ndarray) -> None:  # pragma: no cover (compiled)
+    """OpenCV's INTER_AREA weights along one axis of ``length`` source pixels resized to
+    ``size``, as four signed weights on four prefix-sum positions per output pixel:
+    ``-left`` at s1 - 1, ``left - inner`` at s1, ``inner - right`` at s2, ``right`` at
+    s2 + 1 for a partial first pixel ``left``, whole pixels ``inner`` and a partial last
+    pixel ``right``. kind 0: area-linear (an axis grows), 1: area, 2: resizeAreaFast."""
+    src = float(length)
+    for d in range(size):
+        if kind == 1:
+            scale = 1.0 / (size / src)
+            fs1 = d * scale
+            fs2 = fs1 + scale
+            cell = min(scale, src - fs1)
+            s2 = min(np.floor(fs2), src - 1)
+            s1 = min(np.ceil(fs1), s2)
+            left = float(np.float32((s1 - fs1) / cell)) if s1 - fs1 > _EDGE else 0.0
+            inner = float(np.float32(1.0 / cell))
+            right = 0.0
+            if fs2 - s2 > _EDGE:
+                right = float(np.float32(min(min(fs2 - s2, 1.0), cell) / cell))
+        elif kind == 2:
+            k = float(length // size)
+            s1 = d * k
+            s2 = s1 + k
+            left, inner, right = 0.0, 1.0, 0.0
+        else:
+            inv_scale = size / src
+            scale = 1.0 / inv_scale
+            s = np.floor(d * scale)
+            f = np.float32((d + 1) - (s + 1) * inv_scale)
+            f = np.float32(0) if f <= 0 else np.float32(f - np.floor(f))
+            if s < 0:
+                s, f = 0.0, np.float32(0)
+            if s >= src - 1:
+                s, f = src - 1, np.float32(0)
+            s1 = s + 1                 # taps at s (1 - f) and s + 1 (f): an empty run between
+            s2 = s + 1
+            left, inner, right = float(np.float32(1) - f), 0.0, float(f)
+        ends[d, 0], ends[d, 1], ends[d, 2], ends[d, 3] = s1 - 1, s1, s2, s2 + 1
+        weights[d, 0] = -left
+        weights[d, 1] = left - inner
+        weights[d, 2] = inner - right
+        weights[d, 3] = right
+
+
+@numba.njit(**_JIT)
+def crop_taps(boxes: np.ndarray, size: int, rows: int, cols: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover
+    """Summed-area table positions and weights of every box's INTER_AREA crop, for
+    :func:`table_crops`: boxes are integer ``[x1, y1, x2, y2]`` (1-based, inclusive) in an
+    image of ``rows`` x ``cols``; positions are clipped to the image (upstream's zero
+    padding outside) and row positions multiplied by the table's row length ``cols + 1``.
+    OpenCV's case per box: area-linear when a side grows, resizeAreaFast (weights times
+    ``float32(1 / block area)``) when both sides are whole multiples, else area."""
+    count = boxes.shape[0]
+    ends_y = np.empty((count, size, 4), dtype=np.int64)
+    ends_x = np.empty((count, size, 4), dtype=np.int64)
+    w_y = np.empty((count, size, 4))
+    w_x = np.empty((count, size, 4))
+    for b in range(count):
+        height = boxes[b, 3] - boxes[b, 1] + 1
+        width = boxes[b, 2] - boxes[b, 0] + 1
+        kind = 1 if height >= size and width >= size else 0
+        factor = 1.0
+        if kind == 1 and height % size == 0 and width % size == 0:
+            kind = 2
+            factor = float(np.float32(1.0 / ((height // size) * (width // size))))
+        _axis_taps(height, size, kind, ends_y[b], w_y[b])
+        _axis_taps(width, size, kind, ends_x[b], w_x[b])
+        for d in range(size):
+            for i in range(4):
+                row = min(max(ends_y[b, d, i] + boxes[b, 1] - 1, 0), rows)
+                ends_y[b, d, i] = row * (cols + 1)
+                ends_x[b, d, i] = min(max(ends_x[b, d, i] + boxes[b, 0] - 1, 0), cols)
+                w_y[b, d, i] *= factor
+    return ends_y, w_y, ends_x, w_x
