@@ -15,19 +15,32 @@ the same bits as the code it replaced (tests compare them):
   pairs it needs instead of building the whole pairwise matrix.
 
 The functions release the GIL, so worker threads run them side by side. They compile on
-first use and are cached next to this file (``cache=True``; numba falls back to a per-user
-cache directory where that is read-only).
+first use and are cached next to this file (numba falls back to a per-user cache directory
+where that is read-only, and to compiling in memory when neither is writable).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numba
 import numpy as np
 
-_JIT = {"nogil": True, "cache": True, "error_model": "numpy"}   # x / 0 is inf or nan, as numpy
+_JIT = {"nogil": True, "error_model": "numpy"}   # x / 0 is inf or nan, as numpy
 
 
-@numba.njit(**_JIT)
+def _compiled(function: Callable[..., Any]) -> Any:
+    """``numba.njit`` with the compiled code cached on disk where numba finds a writable
+    place (next to this file, else a per-user cache directory); without one (a read-only
+    install and no user cache) it compiles in memory on first use instead of failing."""
+    try:
+        return numba.njit(cache=True, **_JIT)(function)
+    except RuntimeError:            # numba: "cannot cache function ...: no locator available"
+        return numba.njit(**_JIT)(function)
+
+
+@_compiled
 def table_crops(flat: np.ndarray, ends_y: np.ndarray, w_y: np.ndarray, ends_x: np.ndarray,
                 w_x: np.ndarray, offset: float, scale: float,
                 out: np.ndarray) -> None:  # pragma: no cover (compiled)
@@ -82,7 +95,7 @@ def pooled_size(length: int, kernel: int, stride: int) -> int:
     return size
 
 
-@numba.njit(**_JIT)
+@_compiled
 def _prelu_max_pool(x: np.ndarray, alpha: np.ndarray, zero: float, kernel: int, stride: int,
                     out: np.ndarray) -> None:  # pragma: no cover (compiled)
     batch, height, width, channels = x.shape
@@ -126,7 +139,7 @@ def prelu_max_pool(x: np.ndarray, alpha: np.ndarray, kernel: int, stride: int,
     return out
 
 
-@numba.njit(**_JIT)
+@_compiled
 def _greedy_nms(boxes: np.ndarray, threshold: float, use_min: bool
                 ) -> np.ndarray:  # pragma: no cover (compiled)
     count = boxes.shape[0]
@@ -165,7 +178,7 @@ def greedy_nms(boxes: np.ndarray, threshold: float, use_min: bool) -> np.ndarray
 _EDGE = 1e-3      # OpenCV's threshold for a partial edge pixel (computeResizeAreaTab)
 
 
-@numba.njit(**_JIT)
+@_compiled
 def _axis_taps(length: int, size: int, kind: int, ends: np.ndarray,
                weights: np.ndarray) -> None:  # pragma: no cover (compiled)
     """OpenCV's INTER_AREA weights along one axis of ``length`` source pixels resized to
@@ -212,7 +225,7 @@ def _axis_taps(length: int, size: int, kind: int, ends: np.ndarray,
         weights[d, 3] = right
 
 
-@numba.njit(**_JIT)
+@_compiled
 def crop_taps(boxes: np.ndarray, size: int, rows: int, cols: int
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover
     """Summed-area table positions and weights of every box's INTER_AREA crop, for
