@@ -117,26 +117,6 @@ class FaceDetections:
 
 # --------------------------------------------------------------------------- NMS
 
-def box_overlap(boxes: np.ndarray, others: np.ndarray, mode: str = "union") -> np.ndarray:
-    """Row-wise overlap of ``boxes[i]`` with ``others[i]``, upstream's +1 pixel areas.
-
-    ``mode`` "union" is IoU, "min" is intersection over the smaller area (upstream 'Min').
-    """
-    area_a = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
-    area_b = (others[:, 2] - others[:, 0] + 1) * (others[:, 3] - others[:, 1] + 1)
-    inter_w = np.maximum(0.0, np.minimum(boxes[:, 2], others[:, 2])
-                         - np.maximum(boxes[:, 0], others[:, 0]) + 1)
-    inter_h = np.maximum(0.0, np.minimum(boxes[:, 3], others[:, 3])
-                         - np.maximum(boxes[:, 1], others[:, 1]) + 1)
-    inter = inter_w * inter_h
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if mode == "min":
-            return inter / np.minimum(area_a, area_b)
-        if mode == "union":
-            return inter / (area_a + area_b - inter)
-    raise ValueError(f"NMS mode must be 'union' or 'min', not {mode!r}")
-
-
 def upstream_order(scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """Visiting order of upstream's ``nms`` in every group: ``np.argsort(s)`` reversed.
 

@@ -38,20 +38,24 @@ def _load_pretrained(module: nn.Module, pretrained: bool | str | os.PathLike[str
 
 def prelu_pool(x: Tensor, prelu: nn.PReLU, pool: nn.MaxPool2d) -> Tensor:
     """``pool(prelu(x))`` bit for bit, in one pass over ``x`` when it is a CPU tensor
-    (:func:`models.kernels.prelu_max_pool`); elsewhere the modules themselves. The result
-    is an NCHW tensor in channels-last memory.
+    (:func:`models.kernels.prelu_max_pool`); elsewhere, and for tensors that record
+    gradients, the modules themselves. The result has the input's memory format.
 
     For detection only: torch's PReLU on PNet's 10-channel channels-last map took longer
     than the convolution before it, and its pooling kernel as long again."""
-    if x.device.type != "cpu" or pool.padding != 0 or pool.dilation != 1 or not pool.ceil_mode:
+    if (x.device.type != "cpu" or x.requires_grad or pool.padding != 0 or pool.dilation != 1
+            or not pool.ceil_mode):
         return pool(prelu(x))
     kernel, stride = pool.kernel_size, pool.stride
     if not isinstance(kernel, int) or not isinstance(stride, int):
         return pool(prelu(x))
     nhwc = x.permute(0, 2, 3, 1).contiguous()
     alpha = prelu.weight.detach().expand(nhwc.shape[3])     # one shared slope, or one each
-    out = prelu_max_pool(nhwc.numpy(), alpha.numpy(), kernel, stride)
-    return torch.from_numpy(out).permute(0, 3, 1, 2)
+    out = torch.from_numpy(prelu_max_pool(nhwc.numpy(), alpha.numpy(), kernel, stride))
+    out = out.permute(0, 3, 1, 2)
+    # the layout torch's pooling gives, so that the next convolution runs the same kernel
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
+    return out if channels_last else out.contiguous()
 
 
 class PNet(nn.Module):

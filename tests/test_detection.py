@@ -235,6 +235,13 @@ def test_fast_paths_are_bit_exact(detector: MTCNN) -> None:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
             for fast, plain in zip(net.detect_forward(inputs), net(inputs), strict=True):
                 assert torch.equal(fast, plain), type(net).__name__
+            # the same nets in plain NCHW memory: the fused pass keeps the input's layout
+            plain_net = type(net)()
+            plain_net.load_state_dict(net.state_dict())
+            inputs = inputs.contiguous()
+            for fast, plain in zip(plain_net.detect_forward(inputs), plain_net(inputs),
+                                   strict=True):
+                assert torch.equal(fast, plain), type(net).__name__
     image = insightface_image("t1.jpg")
     assert np.array_equal(_IntegralSource(image).table, summed_area_table(image))
 
