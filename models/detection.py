@@ -26,12 +26,12 @@ What is left are the nets' own float32 rounding differences (TF vs PyTorch, ~1e-
 On CPU the work runs on worker threads with one intra-op thread each
 (:class:`models.workers.TorchWorkers`): the pyramid resizes, PNet levels and bands with each
 level's candidates and NMS, and for RNet/ONet the candidate crops together with the net, part
-by part (the crops are planned in the calling thread, where small numpy work does not fight
-over the GIL). Bands and parts are cut by the input alone, so results do not depend on the
-number of workers. Speed-ups that change no bit:
-the crops' summed-area table comes from ``cv2.integral``, each PReLU and the pooling after it
-are one compiled pass (the nets' ``detect_forward``, :mod:`models.kernels`), large crops are
-a compiled loop, and small pyramids run in whole levels rather than bands.
+by part (the crops are planned in the calling thread). Bands and parts are cut by the input
+alone, so results do not depend on the number of workers. Compiled loops
+(:mod:`models.kernels`) plan and make the crops and run every NMS; speed-ups that change no
+bit: the crops' summed-area table comes from ``cv2.integral``, each PReLU and the pooling
+after it are one compiled pass (the nets' ``detect_forward``), and small pyramids run in
+whole levels rather than bands.
 
 Face crops follow ``align_dataset_mtcnn.py``: the box grown by ``margin / 2`` pixels *of the
 original image* on each side, clipped, truncated to integers, resized to ``image_size`` with
@@ -405,8 +405,8 @@ class MTCNN(nn.Module):
 
     def _parallel(self, function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         """``function`` over ``items`` on CPU worker threads with one intra-op thread each
-        (:class:`models.workers.TorchWorkers`): pyramid levels, bands, NMS blocks and net
-        slices are independent."""
+        (:class:`models.workers.TorchWorkers`): pyramid levels, bands and net parts are
+        independent."""
         if self.device.type != "cpu":
             with torch.inference_mode():
                 return [function(item) for item in items]
@@ -434,10 +434,10 @@ class MTCNN(nn.Module):
                 shape = (math.ceil(height * scale), math.ceil(width * scale))
                 levels.setdefault(shape, []).append((index, scale))
         groups = list(levels.items())
-        work = sum(len(members) * hs * ws * 3 for (hs, ws), members in groups)
+        sizes = [len(members) * hs * ws * 3 for (hs, ws), members in groups]   # uint8 values
         # not by thread count: same bands, same numbers; small pyramids in whole levels (a
         # band costs a dozen op dispatches and 10 recomputed input rows)
-        target = max(work // 8, _MIN_BAND)
+        target = max(sum(sizes) // 8, _MIN_BAND)
         device = self.device
         pnet = _detect_forward(self.pnet)
 
@@ -462,10 +462,9 @@ class MTCNN(nn.Module):
             return candidates(number, face, reg)
 
         band_edges: dict[int, list[int]] = {}
-        for number, ((hs, _), members) in enumerate(groups):
+        for number, ((hs, _), _) in enumerate(groups):
             rows = math.ceil((hs - 2) / 2) - 4                         # PNet's output rows
-            bands = max(1, min(rows // 8, math.ceil(len(members) * hs * groups[number][0][1]
-                                                     * 3 / target)))
+            bands = max(1, min(rows // 8, math.ceil(sizes[number] / target)))
             if bands > 1:
                 band_edges[number] = np.linspace(0, rows, bands + 1).round().astype(int).tolist()
         first: list[Callable[[], object]] = [
