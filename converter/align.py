@@ -178,7 +178,7 @@ def _detector(options: AlignOptions) -> Any:
 
 def mtcnn_nets(mtcnn_dir: str | os.PathLike[str] | None
                ) -> tuple[str | None, str | None, str | None]:
-    """pnet/rnet/onet ``.pt`` or ``.safetensors`` of a folder (None: the cached releases)."""
+    """pnet/rnet/onet ``.pt`` or ``.safetensors`` of a folder (None: the shipped weights)."""
     if mtcnn_dir is None:
         return (None, None, None)
     folder = Path(mtcnn_dir)

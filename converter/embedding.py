@@ -85,13 +85,14 @@ def load_embedding_model(weights: str | os.PathLike[str] | None = None,
     it has, else the embedding size decides (128-d releases prewhiten, 512-d ones use fixed
     standardization) and ``note`` says so. ``preprocessing`` overrides either.
     """
+    from facenet_convert.converter.building import build_model
     from facenet_convert.models.preprocessing import (
         guess_preprocessing,
         preprocessing_for,
         standardization,
     )
     from facenet_convert.models.releases import RELEASES, get_release
-    from facenet_convert.models.weights import build_model, load_weights_file
+    from facenet_convert.models.weights import load_weights_file
 
     if (weights is None) == (pretrained is None):
         raise EmbedError("pass exactly one of --weights FILE or --pretrained NAME")

@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.util
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from facenet_convert.converter.core.errors import EngineError
+from facenet_convert.converter.core.errors import ConverterError, EngineError
+from facenet_convert.converter.core.extras import has_extra, install_hint, require_extra
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -90,9 +90,8 @@ def require_bf16(flags: set[str] | None = None) -> None:
 
 
 def onnxruntime_available() -> bool:
-    """Whether ONNX Runtime and the ONNX exporter's packages (onnx, onnxscript) import."""
-    return all(importlib.util.find_spec(name) is not None
-               for name in ("onnxruntime", "onnx", "onnxscript"))
+    """Whether ONNX Runtime and the ONNX exporter's packages (the ``onnx`` extra) import."""
+    return has_extra("onnx")
 
 
 def state_sha256(model: nn.Module) -> str:
@@ -131,9 +130,7 @@ def onnx_bytes(module: nn.Module, example: Tensor, *, opset: int = DEFAULT_OPSET
 
     import torch
 
-    if not onnxruntime_available():
-        raise EngineError("ONNX export needs the onnx, onnxscript and onnxruntime packages: "
-                          "pip install onnx onnxscript onnxruntime")
+    require_extra("onnx", "ONNX export")
     _quiet_exporter()
     shapes = None
     if dynamic:
@@ -286,8 +283,8 @@ def engine_cache_path(model: nn.Module, name: str, opset: int = DEFAULT_OPSET) -
     """Where the ONNX engine of these weights is cached (weights sha256 + exporter versions)."""
     import torch
 
+    from facenet_convert.converter.core.cache import cache_dir
     from facenet_convert.converter.core.version import __version__
-    from facenet_convert.third_party.wheels import cache_dir
 
     versions = f"{__version__}|{torch.__version__}|{opset}"
     tag = hashlib.sha256(versions.encode()).hexdigest()[:8]
@@ -297,6 +294,7 @@ def engine_cache_path(model: nn.Module, name: str, opset: int = DEFAULT_OPSET) -
 def _cached_onnx(model: nn.Module, probe: Tensor) -> Path:
     """The model's ONNX export (dynamic batch) in the engine cache, exported on first use."""
     from facenet_convert.converter.core.atomic import atomic_output
+    from facenet_convert.converter.core.cache import writable_dir
 
     path = engine_cache_path(model, type(model).__name__)
     if path.is_file():
@@ -306,8 +304,8 @@ def _cached_onnx(model: nn.Module, probe: Tensor) -> Path:
             return path
         except EngineError:          # a damaged cache entry: export again
             path.unlink()
+    writable_dir(path.parent)
     data = onnx_bytes(model, probe, dynamic={0: ("batch", 1)})
-    path.parent.mkdir(parents=True, exist_ok=True)
     _evict(path.parent)
     with atomic_output(path, force=True) as handle:
         handle.write(data)
@@ -447,9 +445,7 @@ def make_engine(model: nn.Module, backend: str = "auto", precision: str = "fp32"
         if backend == "torch":
             raise EngineError("--precision int8 runs on ONNX Runtime (static quantization); "
                               "use --backend onnxruntime or auto")
-        if not onnxruntime_available():
-            raise EngineError("--precision int8 needs onnxruntime, onnx and onnxscript: "
-                              "pip install onnxruntime onnx onnxscript")
+        require_extra("onnx", "int8 precision (ONNX Runtime)")
         return _reduced(model, probe, want, shape, "onnxruntime", "int8", _onnxruntime_int8)
     if precision == "bf16":
         if backend == "onnxruntime":
@@ -459,19 +455,22 @@ def make_engine(model: nn.Module, backend: str = "auto", precision: str = "fp32"
         return _reduced(model, probe, want, shape, "torch", "bf16", _torch_bf16)
     if device.type != "cpu":
         return Engine(_plain(model), "eager", "fp32", 0.0, shape)
-    if backend == "onnxruntime" and not onnxruntime_available():
-        raise EngineError("--backend onnxruntime needs onnxruntime, onnx and onnxscript: "
-                          "pip install onnxruntime onnx onnxscript")
+    if backend == "onnxruntime":
+        require_extra("onnx", "the ONNX Runtime backend")
     order = {"auto": ["onnxruntime", "torch"] if onnxruntime_available() else ["torch"],
              "torch": ["torch"], "onnxruntime": ["onnxruntime"]}[backend] + ["eager"]
     reasons: list[str] = []
+    if backend == "auto" and not onnxruntime_available():
+        reasons.append(f"ONNX Runtime is not installed ({install_hint('onnx')})")
     for name in order:
         try:
             runner = _BUILDERS[name](model, probe)
             with torch.inference_mode():
                 diff = float((runner(probe).float() - want).abs().max()) if check else 0.0
         except Exception as error:  # noqa: BLE001 - any build failure falls back, with a note
-            first = (str(error).strip().splitlines() or [""])[0][:160]
+            # our own errors are one line that says what to do: keep it whole
+            first = (str(error).strip().splitlines() or [""])[0]
+            first = first if isinstance(error, ConverterError) else first[:160]
             reasons.append(f"{name} failed to build ({type(error).__name__}: {first})")
             continue
         if name == "eager" or diff <= CHECK_TOLERANCE:

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from facenet_convert.converter.core.errors import EvaluationError
+from facenet_convert.converter.core.extras import require_extra
 
 ROC_STEP = 0.01          # lfw.evaluate: thresholds for calculate_roc
 VAL_STEP = 0.001         # lfw.evaluate: thresholds for calculate_val
@@ -566,11 +567,8 @@ def roc_png(result: Evaluation, title: str) -> bytes:
     """The ROC curve (matplotlib, Agg backend, no display needed) as PNG bytes."""
     import io
 
-    try:
-        import matplotlib
-    except ImportError as error:
-        raise EvaluationError("a .png ROC plot needs matplotlib (pip install matplotlib); "
-                              "or write --roc F.csv") from error
+    require_extra("plot", "a .png ROC plot (or write --roc F.csv)")
+    import matplotlib
     matplotlib.use("Agg", force=True)
     from matplotlib.figure import Figure
 

@@ -69,8 +69,9 @@ class ExportReport:
 def load_for_export(weights: str | os.PathLike[str], model: str = "auto"
                     ) -> tuple[Architecture, nn.Module]:
     """The registry record and our model (eval, strictly loaded) for converted ``weights``."""
+    from facenet_convert.converter.building import build_model
     from facenet_convert.converter.registry import get_architecture, match_state, names
-    from facenet_convert.models.weights import build_model, load_weights_file
+    from facenet_convert.models.weights import load_weights_file
 
     path = Path(weights)
     if not path.is_file():

@@ -380,7 +380,7 @@ def detect_model(state: Mapping[str, Any], path: str | os.PathLike[str]) -> str:
 
 def build_torch_model(model: str, state: Mapping[str, Any], path: Path) -> Any:
     """Our model for ``model`` with ``state`` loaded strictly, in eval mode."""
-    from facenet_convert.models.weights import build_model
+    from facenet_convert.converter.building import build_model
 
     return build_model(get_architecture(model), state, path)
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from facenet_convert.converter.architecture import Architecture
 from facenet_convert.converter.core.errors import ParityError
+from facenet_convert.converter.core.extras import require_extra
 from facenet_convert.converter.registry import architectures
 
 #: upstream facenet's names, for every model it trains: the input, the training flag, output.
@@ -115,6 +116,7 @@ def quiet_tensorflow(verbose: bool = False) -> None:
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+    require_extra("tf", "parity (the TensorFlow reference)")
     fresh = "tensorflow" not in sys.modules
     try:
         if fresh and not verbose:

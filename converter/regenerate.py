@@ -39,6 +39,7 @@ from facenet_convert.converter.core.errors import (
     ParityError,
     SourceError,
 )
+from facenet_convert.converter.core.extras import has_extra, require_extra
 from facenet_convert.converter.core.hashing import sha256_file
 from facenet_convert.converter.core.version import __version__
 from facenet_convert.converter.registry import names
@@ -245,9 +246,7 @@ def _output_name(item: PublishedFile, fmt: str) -> str:
 
 
 def _tensorflow_available() -> bool:
-    from importlib.util import find_spec
-
-    return find_spec("tensorflow") is not None
+    return has_extra("tf")
 
 
 def _check_sizes(job: Job, embedding: int | None, classes: int | None,
@@ -365,6 +364,7 @@ def regenerate(releases_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
     elif not parity:
         notes.append("parity skipped (--no-parity)")
     elif not _tensorflow_available():
+        require_extra("tf", "--parity")
         raise ParityError("--parity needs TensorFlow, which is not importable; install the tf "
                           "extra or pass --no-parity")
 

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from facenet_convert.converter.core.atomic import atomic_output, check_output_path
 from facenet_convert.converter.core.errors import ConverterError, ScaleError
+from facenet_convert.converter.core.extras import require_extra
 from facenet_convert.converter.core.hashing import sha256_file
 from facenet_convert.converter.core.inputs import input_inside, read_input_list
 from facenet_convert.converter.core.version import __version__
@@ -64,7 +65,6 @@ ENGINES = ("local", "ray")
 MANIFEST = "manifest.json"
 DEFAULT_SHARD_SIZE = 1024
 SHARD_KEY = "facenet_convert.shard"
-INSTALL_HINT = "pip install 'facenet-convert[ray]'"
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"     # "0": Ray binds and talks on loopback
 
 
@@ -103,12 +103,9 @@ def require_ray(loopback: bool = False) -> Any:
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     if loopback:
         os.environ[LOOPBACK_ENV] = "0"
-    try:
-        import ray
-        import ray.data
-    except ImportError:
-        raise ScaleError(f"--engine ray needs Ray Data, which is not installed: {INSTALL_HINT}"
-                         ) from None
+    require_extra("ray", "--engine ray (Ray Data)")
+    import ray
+    import ray.data
     if loopback:
         from ray._private import ray_constants
 
@@ -722,7 +719,7 @@ def _align_plan(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike
 
 
 def _align_settings(options: AlignOptions) -> dict[str, Any]:
-    """The options and the MTCNN weights' sha256 (None: the cached releases): shard ids."""
+    """The options and the MTCNN weights' sha256 (None: the shipped weights): shard ids."""
     settings = asdict(options)
     settings["nets_sha256"] = [sha256_file(n) if n else None for n in options.nets]
     return settings

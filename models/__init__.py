@@ -10,20 +10,22 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from facenet_convert.models.detection import MTCNN
     from facenet_convert.models.inception_resnet_v1 import InceptionResNetV1, InceptionResnetV1
     from facenet_convert.models.mtcnn import ONet, PNet, RNet
 
-__all__ = ["InceptionResNetV1", "InceptionResnetV1", "ONet", "PNet", "RNet"]
+__all__ = ["MTCNN", "InceptionResNetV1", "InceptionResnetV1", "ONet", "PNet", "RNet"]
 
 _HOMES = {"InceptionResNetV1": "facenet_convert.models.inception_resnet_v1",
           "InceptionResnetV1": "facenet_convert.models.inception_resnet_v1",
-          "PNet": "models.mtcnn", "RNet": "models.mtcnn", "ONet": "models.mtcnn"}
+          "PNet": "facenet_convert.models.mtcnn", "RNet": "facenet_convert.models.mtcnn",
+          "ONet": "facenet_convert.models.mtcnn", "MTCNN": "facenet_convert.models.detection"}
 
 
 def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
-        raise AttributeError(f"module 'models' has no attribute {name!r}")
+        raise AttributeError(f"module 'facenet_convert.models' has no attribute {name!r}")
     value = getattr(importlib.import_module(home), name)
     globals()[name] = value
     return value

@@ -306,8 +306,8 @@ class MTCNN(nn.Module):
             (align_dataset_mtcnn's: argmax of area minus twice the squared centre offset).
         keep_all: return every face instead of one.
         device: where the nets run.
-        pnet, rnet, onet: a net, a weights file, or None for the cached release (derived from
-            the pinned facenet package's det*.npy when absent, see :mod:`models.mtcnn_weights`).
+        pnet, rnet, onet: a net, a weights file, or None for the weights shipped in the
+            package (see :mod:`facenet_convert.models.shipped`).
     """
 
     def __init__(self, image_size: int = IMAGE_SIZE, margin: float = MARGIN,

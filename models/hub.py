@@ -121,13 +121,6 @@ def ensure_weights(release: Release, *, progress: bool | None = None) -> Path:
     dest = checkpoint_dir() / release.filename
     if dest.is_file():
         return dest
-    if (release.architecture in ("pnet", "rnet", "onet")
-            and not os.environ.get(WEIGHTS_URL_ENV, "").strip()):
-        # no mirror configured: derive from the pinned facenet wheel's det*.npy (imports
-        # torch, hence lazily); with a mirror, download from it as for every release
-        from facenet_convert.models.mtcnn_weights import derive_weights
-
-        return derive_weights(release, dest)
     if os.environ.get(OFFLINE_ENV, "").strip() not in ("", "0"):
         raise WeightsNotFoundError(
             f"weights of release {release.name} not found (expected file {release.filename} "
@@ -166,7 +159,8 @@ def download_file(url: str, dest: str | os.PathLike[str], *, sha256: str,
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise WeightsNotFoundError(f"cannot create the cache directory {dest.parent} "
-                                   f"({error.strerror or error}); {_HINT}", path=dest) from error
+                                   f"({error.strerror or error}); set $TORCH_HOME to a writable "
+                                   f"folder, or {_HINT}", path=dest) from error
     request = Request(url, headers={"User-Agent": f"facenet-convert/{__version__}"})
     try:
         response = urlopen(request, timeout=timeout)

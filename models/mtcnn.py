@@ -17,22 +17,22 @@ import os
 import torch
 from torch import Tensor, nn
 
-from facenet_convert.models.hub import ensure_weights, resolve_pretrained
+from facenet_convert.models.hub import resolve_pretrained
 from facenet_convert.models.kernels import prelu_max_pool
-from facenet_convert.models.releases import get_release
+from facenet_convert.models.shipped import shipped_weights
 from facenet_convert.models.weights import load_strict, load_weights_file
 
 
 def _load_pretrained(module: nn.Module, pretrained: bool | str | os.PathLike[str],
-                     release_name: str) -> None:
-    """True: the cached release file (downloaded and verified when absent, see
-    :mod:`facenet_convert.models.hub`); a str/path: that file. Strict, ``weights_only``."""
+                     name: str) -> None:
+    """True (or the net's own name): the weights shipped in the package
+    (:mod:`facenet_convert.models.shipped`); another str/path: that file. Strict."""
     if pretrained is False or pretrained is None:
         return
-    if pretrained is True:
-        path = ensure_weights(get_release(release_name))
+    if pretrained is True or (pretrained == name and not os.path.exists(name)):
+        path = shipped_weights(name)
     else:
-        path, _ = resolve_pretrained(pretrained, release_name)
+        path, _ = resolve_pretrained(pretrained, name)
     load_strict(module, load_weights_file(path), path)
 
 

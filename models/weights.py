@@ -13,17 +13,13 @@ import pickle
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, ClassVar
+from typing import BinaryIO, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from facenet_convert.converter.core.errors import MappingError, SourceError
 from facenet_convert.converter.core.inputs import open_regular, require_regular
-from facenet_convert.converter.registry import head_sizes
-
-if TYPE_CHECKING:
-    from facenet_convert.converter.architecture import Architecture
 
 
 def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
@@ -200,20 +196,3 @@ def load_strict(module: nn.Module, state: Mapping[str, Tensor],
         raise MappingError(f"weights do not fit {type(module).__name__}: {'; '.join(parts)}",
                            path=source)
     module.load_state_dict(state, strict=True)
-
-
-def build_model(record: Architecture, state: Mapping[str, Tensor],
-                source: str | os.PathLike[str]) -> nn.Module:
-    """Our model of ``record`` sized by ``state``'s head, ``state`` loaded strictly, eval mode.
-
-    The one place a converted file becomes a model (embed, export and parity call it)."""
-    if record.task == "embedding":
-        embedding, classes = head_sizes(record, {k: tuple(v.shape) for k, v in state.items()})
-        if embedding is None:
-            raise MappingError(f"expected a {record.name} state dict with a 2-d "
-                               f"{record.embedding_key}", path=source, key=record.embedding_key)
-        net = record.model_class()(embedding_size=embedding, num_classes=classes)
-    else:
-        net = record.model_class()()
-    load_strict(net, state, source)
-    return net.eval()

@@ -23,8 +23,9 @@ if [[ ${#verbose[@]} -eq 0 ]]; then
 fi
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*" >&2; "$@"; }
 
-det_dir=$($py -c 'from facenet_convert.third_party.wheels import FACENET, wheel_member
-print(wheel_member(FACENET, "facenet/src/align/det1.npy").parent)')
+# det1/2/3.npy of the pinned facenet wheel (fetched once, sha256-checked, all three extracted)
+det_dir=$($py -c 'from facenet_convert.third_party.wheels import FACENET, wheel_folder
+print(wheel_folder(FACENET, "facenet/src/align", ("det1.npy", "det2.npy", "det3.npy")))')
 for pair in det1:pnet det2:rnet det3:onet; do
   step "$fc" convert "$det_dir/${pair%%:*}.npy" -o "$out/${pair##*:}.pt" --force
 done

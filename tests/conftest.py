@@ -6,10 +6,25 @@ from pathlib import Path
 
 import pytest
 
-from facenet_convert.third_party.wheels import FACENET, FACENET_PYTORCH, wheel_member
+from facenet_convert.third_party.wheels import (
+    FACENET,
+    FACENET_PYTORCH,
+    KERAS_FACENET,
+    fetch_wheel,
+    wheel_member,
+)
 
 # TF-built reference checkpoints (session fixtures, cached across runs).
 pytest_plugins = ["tf_fixtures"]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Fetch the pinned upstream packages the tests read once, before any test sets
+    FACENET_CONVERT_OFFLINE (which forbids fetching): tests themselves never reach a host."""
+    from tests.detection_photos import INSIGHTFACE
+
+    for wheel in (FACENET, FACENET_PYTORCH, KERAS_FACENET, INSIGHTFACE):
+        fetch_wheel(wheel)
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +32,18 @@ def det_npy() -> dict[str, Path]:
     """The real MTCNN weights det1/2/3.npy from the pinned upstream facenet wheel."""
     return {name: wheel_member(FACENET, f"facenet/src/align/{name}.npy")
             for name in ("det1", "det2", "det3")}
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A converted-looking Inception-ResNet-V1 weights file (seeded, realistic BatchNorm)."""
+    import torch
+
+    from tests.synthetic_models import realistic_model
+
+    path = tmp_path_factory.mktemp("weights") / "random-512.pt"
+    torch.save(realistic_model().state_dict(), path)
+    return path
 
 
 @pytest.fixture(scope="session")

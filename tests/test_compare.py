@@ -25,7 +25,6 @@ from facenet_convert.converter.embedding import embed_paths, load_embedding_mode
 from facenet_convert.converter.evaluation import distance_matrix
 from facenet_convert.third_party.wheels import FACENET, wheel_member
 from tests.test_detection import PHOTOS, insightface_image
-from tests.test_preprocessing import _realistic_model
 
 torch = pytest.importorskip("torch")
 Image = pytest.importorskip("PIL.Image")
@@ -45,13 +44,6 @@ def faces(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     for name, array in crops.items():
         Image.fromarray(np.ascontiguousarray(array)).save(folder / name)
     return [folder / name for name in crops]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("weights") / "random-512.pt"
-    torch.save(_realistic_model().state_dict(), path)
-    return path
 
 
 def upstream_compare_output(image_files: list[str], emb: np.ndarray) -> str:

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from facenet_convert.converter.cli import main
 from tests.test_detection import PHOTOS, insightface_image
-from tests.test_preprocessing import _realistic_model, upstream_functions
+from tests.test_preprocessing import upstream_functions
 
 # the session fixtures (module-level names are how pytest finds them)
 from tests.tf_fixtures import fixtures_dir, upstream_ckpt_128, upstream_ckpt_512  # noqa: F401
@@ -46,13 +46,6 @@ def faces_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Image.fromarray(PHOTOS["camera"]()[90:250, 150:310, 0]).save(folder / "c_gray.png")
     (folder / "d_broken.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
     return folder
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("weights") / "random-512.pt"
-    torch.save(_realistic_model().state_dict(), path)
-    return path
 
 
 def _images(folder: Path) -> list[Path]:

@@ -21,7 +21,7 @@ from facenet_convert.converter.engines import (
     make_engine,
     require_bf16,
 )
-from tests.test_preprocessing import _realistic_model
+from tests.synthetic_models import realistic_model
 
 torch = pytest.importorskip("torch")
 
@@ -30,7 +30,7 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def model() -> Any:
-    return _realistic_model()
+    return realistic_model()
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,6 @@ from facenet_convert.converter.embedding import (
 )
 from facenet_convert.third_party.wheels import FACENET, wheel_member
 from tests.test_detection import PHOTOS, insightface_image
-from tests.test_preprocessing import _realistic_model
 
 # the session fixtures (module-level names are how pytest finds them)
 from tests.tf_fixtures import fixtures_dir, upstream_ckpt_512  # noqa: F401
@@ -299,15 +298,6 @@ def lfw_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     pairs = root / "pairs.txt"
     pairs.write_text("\n".join(lines) + "\n")
     return pairs, root
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    path = tmp_path_factory.mktemp("weights") / "random-512.pt"
-    torch.save(_realistic_model().state_dict(), path)
-    return path
 
 
 def _rows(pairs: Path, root: Path, npz: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -12,10 +12,7 @@ import hashlib
 import json
 import shutil
 import socket
-import threading
 from collections.abc import Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -35,36 +32,7 @@ from facenet_convert.models.releases import (
     WEIGHTS_URL_ENV,
     get_release,
 )
-
-
-class _Handler(SimpleHTTPRequestHandler):
-    requests: list[str]
-
-    def do_GET(self) -> None:
-        self.requests.append(self.path)
-        super().do_GET()
-
-    def log_message(self, format: str, *args: object) -> None:  # quiet test output
-        pass
-
-
-class Server:
-    """A directory served on loopback; ``requests`` lists every GET path."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.requests: list[str] = []
-        handler = type("Handler", (_Handler,), {"requests": self.requests})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/weights"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            self.httpd.shutdown()
-            self.httpd.server_close()
-            self.thread.join()
+from tests.http_server import Server
 
 
 @pytest.fixture()
@@ -97,12 +65,29 @@ def _leftovers(cache: Path) -> list[str]:
 # ------------------------------------------------------------------------------ downloads
 
 
+def _pnet_from_mirror() -> PNet:
+    """pnet.pt through the download path (``PNet(pretrained=True)`` uses the shipped file)."""
+    return PNet(pretrained=ensure_weights(get_release("pnet")))
+
+
+def test_mtcnn_pretrained_uses_the_shipped_weights_and_no_network(
+        server: Server, torch_home: Path, published_mtcnn: dict[str, Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    shutil.copyfile(published_mtcnn["pnet"], server.root / "weights" / "pnet.pt")
+    monkeypatch.setenv(WEIGHTS_URL_ENV, server.url)
+    model = PNet(pretrained=True)
+    assert server.requests == [] and _leftovers(torch_home) == []
+    reference = torch.load(published_mtcnn["pnet"], map_location="cpu", weights_only=True)
+    assert list(model.state_dict()) == list(reference)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in reference.items())
+
+
 def test_pnet_downloads_verifies_and_then_uses_the_cache(
         server: Server, torch_home: Path, published_mtcnn: dict[str, Path],
         monkeypatch: pytest.MonkeyPatch) -> None:
     shutil.copyfile(published_mtcnn["pnet"], server.root / "weights" / "pnet.pt")
     monkeypatch.setenv(WEIGHTS_URL_ENV, server.url + "/")
-    model = PNet(pretrained=True)
+    model = _pnet_from_mirror()
     cached = torch_home / "pnet.pt"
     assert server.requests == ["/weights/pnet.pt"]
     assert cached.read_bytes() == published_mtcnn["pnet"].read_bytes()
@@ -110,7 +95,7 @@ def test_pnet_downloads_verifies_and_then_uses_the_cache(
     reference = torch.load(published_mtcnn["pnet"], map_location="cpu", weights_only=True)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in reference.items())
 
-    again = PNet(pretrained=True)  # from the cache: no second request
+    again = _pnet_from_mirror()  # from the cache: no second request
     assert server.requests == ["/weights/pnet.pt"]
     assert all(torch.equal(again.state_dict()[k], v) for k, v in reference.items())
 
@@ -145,7 +130,7 @@ def test_hash_mismatch_is_refused_and_leaves_nothing(
     (server.root / "weights" / "pnet.pt").write_bytes(bytes(data))
     monkeypatch.setenv(WEIGHTS_URL_ENV, server.url)
     with pytest.raises(ChecksumMismatchError) as caught:
-        PNet(pretrained=True)
+        _pnet_from_mirror()
     message = str(caught.value)
     expected = get_release("pnet").main_file.sha256
     assert expected is not None
@@ -176,7 +161,7 @@ def test_offline_names_the_file_the_place_and_the_command(
     server.stop()  # connection refused from now on
     monkeypatch.setenv(WEIGHTS_URL_ENV, server.url)
     with pytest.raises(WeightsNotFoundError) as caught:
-        PNet(pretrained=True)
+        _pnet_from_mirror()
     message = str(caught.value)
     assert "\n" not in message
     assert str(torch_home / "pnet.pt") in message
@@ -189,7 +174,7 @@ def test_missing_file_on_the_server_is_a_clear_error(
         server: Server, torch_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(WEIGHTS_URL_ENV, server.url)
     with pytest.raises(WeightsNotFoundError, match="HTTP 404") as caught:
-        PNet(pretrained=True)
+        _pnet_from_mirror()
     assert "facenet-convert regenerate" in str(caught.value)
     assert _leftovers(torch_home) == []
 
@@ -201,7 +186,7 @@ def test_a_larger_file_than_registered_is_refused_before_reading(
         published_mtcnn["pnet"].read_bytes() + b"\0" * 10)
     monkeypatch.setenv(WEIGHTS_URL_ENV, server.url)
     with pytest.raises(ConverterError, match="announces 28580 bytes but pnet.pt has 28570"):
-        PNet(pretrained=True)
+        _pnet_from_mirror()
     assert _leftovers(torch_home) == []
 
 
@@ -298,9 +283,9 @@ def test_offline_mode_never_touches_the_network(server: Server, torch_home: Path
     monkeypatch.setenv(WEIGHTS_URL_ENV, server.url)
     monkeypatch.setenv(OFFLINE_ENV, "1")
     with pytest.raises(WeightsNotFoundError, match=OFFLINE_ENV) as caught:
-        PNet(pretrained=True)
+        _pnet_from_mirror()
     assert str(torch_home / "pnet.pt") in str(caught.value)
     assert server.requests == []
     monkeypatch.setenv(OFFLINE_ENV, "0")
-    PNet(pretrained=True)
+    _pnet_from_mirror()
     assert server.requests == ["/weights/pnet.pt"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 import types
@@ -251,19 +250,18 @@ def test_published_mtcnn_loads_strictly_and_runs(
 
 
 @pytest.mark.parametrize("name", sorted(MTCNN))
-def test_mtcnn_pretrained_true_reads_the_torch_cache(
+def test_mtcnn_pretrained_true_loads_the_shipped_weights(
         name: str, published_mtcnn: dict[str, Path], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     cls = MTCNN[name][0]
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    expected = tmp_path / "checkpoints" / f"{name}.pt"
-    derived = cls(pretrained=True).state_dict()  # not cached: derived from det*.npy (issue 14)
-    assert expected.is_file()
-    shutil.copyfile(published_mtcnn[name], expected)
     loaded = cls(pretrained=True).state_dict()
-    assert all(torch.equal(derived[k], v) for k, v in loaded.items())
+    assert not (tmp_path / "checkpoints").exists()      # no cache involved
     reference = torch.load(published_mtcnn[name], map_location="cpu", weights_only=True)
+    assert list(loaded) == list(reference)
     assert all(torch.equal(loaded[k], v) for k, v in reference.items())
+    by_name = cls(pretrained=name).state_dict()
+    assert all(torch.equal(by_name[k], v) for k, v in reference.items())
 
 
 # --- pretrained loading -------------------------------------------------------------------

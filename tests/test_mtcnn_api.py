@@ -1,10 +1,12 @@
-"""facenet-pytorch's MTCNN API on our detector, and weights derived on a fresh machine."""
+"""facenet-pytorch's MTCNN API on our detector, and the weights shipped in the package."""
 
 from __future__ import annotations
 
 import ast
 import inspect
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ import torch
 from PIL import Image
 
 from facenet_convert.models.detection import MTCNN
+from facenet_convert.models.mtcnn import RNet
 from facenet_convert.third_party.wheels import FACENET_PYTORCH, fetch_wheel, wheel_member
 from tests.detection_photos import PHOTOS, resized
 
@@ -122,26 +125,70 @@ def test_selection_methods(nets: dict[str, Path], t1: np.ndarray) -> None:
         MTCNN(selection_method="biggest", **nets)
 
 
-def test_fresh_machine_derives_weights_once(tmp_path: Path) -> None:
-    """No pnet/rnet/onet cached: MTCNN() derives them from the pinned facenet wheel's det*.npy
-    (one stderr line each), caches them, and they equal facenet-pytorch's published files."""
-    script = ("from facenet_convert.models.detection import MTCNN; "
-              "from skimage import data; print(len(MTCNN().detect_faces(data.astronaut())[0]))")
-    env = {**os.environ, "TORCH_HOME": str(tmp_path), "FACENET_CONVERT_OFFLINE": "1"}
-    env.pop("FACENET_CONVERT_WEIGHTS_URL", None)          # no mirror: derive
-    first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                           text=True, check=False, timeout=300)
-    assert first.returncode == 0, first.stderr
-    assert first.stdout.strip() == "1"
-    lines = [line for line in first.stderr.splitlines() if "derived" in line]
-    assert [line.split()[1] for line in lines] == ["pnet", "rnet", "onet"]
+_NO_SPAWN = """
+import sys
+def _refuse(event, args):
+    if event in ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
+                 "os.fork", "os.forkpty"):
+        raise RuntimeError(f"spawned a process: {event} {args!r:.200}")
+sys.addaudithook(_refuse)
+"""
+
+
+def test_fresh_machine_detects_with_shipped_weights_and_spawns_nothing(tmp_path: Path) -> None:
+    """Empty caches, no network: MTCNN() loads the weights shipped in the package, finds the
+    face, starts no process (no pip) and writes nothing to the torch or facenet-convert caches."""
+    script = _NO_SPAWN + (
+        "from facenet_convert.models.detection import MTCNN\n"
+        "from skimage import data\n"
+        "print(len(MTCNN().detect_faces(data.astronaut())[0]))\n")
+    caches = {name: tmp_path / name for name in ("torch", "facenet", "xdg")}
+    env = {**os.environ, "TORCH_HOME": str(caches["torch"]),
+           "FACENET_CONVERT_CACHE": str(caches["facenet"]), "XDG_CACHE_HOME": str(caches["xdg"]),
+           "FACENET_CONVERT_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
+    assert not caches["torch"].exists() and not caches["facenet"].exists()
+
+
+def test_shipped_mtcnn_weights_are_what_regenerate_writes(
+        tmp_path: Path, det_npy: dict[str, Path], published_mtcnn: dict[str, Path]) -> None:
+    """The shipped files are regenerate's output from the pinned det*.npy, byte for byte (run
+    scripts/ship_mtcnn_weights.sh after a change that alters them, a version bump included),
+    and hold facenet-pytorch 2.6.0's tensors."""
+    from safetensors.torch import load_file
+
+    from facenet_convert.converter.regenerate import regenerate
+    from facenet_convert.models.shipped import SHIPPED_DIR, shipped_weights
+
+    empty = tmp_path / "releases"
+    empty.mkdir()
+    regenerate(empty, tmp_path / "out", format="safetensors", parity=False)
     for name in ("pnet", "rnet", "onet"):
-        ours = torch.load(tmp_path / "checkpoints" / f"{name}.pt", weights_only=True)
-        theirs = torch.load(wheel_member(FACENET_PYTORCH, f"facenet_pytorch/data/{name}.pt"),
-                            weights_only=True)
+        fresh = (tmp_path / "out" / f"{name}.safetensors").read_bytes()
+        assert shipped_weights(name).read_bytes() == fresh, (
+            f"{name}.safetensors drifted: run scripts/ship_mtcnn_weights.sh")
+        ours = load_file(SHIPPED_DIR / f"{name}.safetensors")
+        theirs = torch.load(published_mtcnn[name], weights_only=True)
         assert list(ours) == list(theirs)
         assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
-    again = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                           text=True, check=False, timeout=300)
-    assert again.returncode == 0 and "derived" not in again.stderr
-    assert not list((tmp_path / "checkpoints").glob("*.part*"))
+    manifest = json.loads((SHIPPED_DIR / "MANIFEST.json").read_text())
+    written = json.loads((tmp_path / "out" / "MANIFEST.json").read_text())
+    assert manifest["outputs"] == written["outputs"]
+
+
+def test_damaged_shipped_weights_are_refused(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from facenet_convert.converter.core.errors import ChecksumMismatchError
+    from facenet_convert.models import shipped
+
+    copy = tmp_path / "pretrained"
+    shutil.copytree(shipped.SHIPPED_DIR, copy)
+    data = bytearray((copy / "rnet.safetensors").read_bytes())
+    data[-1] ^= 1
+    (copy / "rnet.safetensors").write_bytes(bytes(data))
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", copy)
+    with pytest.raises(ChecksumMismatchError, match="reinstall facenet-convert"):
+        RNet(pretrained=True)

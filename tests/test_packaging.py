@@ -84,3 +84,13 @@ def facenet_version() -> str:
     from facenet_convert import __version__
 
     return __version__
+
+
+def test_wheel_ships_the_mtcnn_weights_types_marker_and_license(wheel: Path):
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    for name in ("pnet", "rnet", "onet"):
+        assert f"facenet_convert/models/pretrained/{name}.safetensors" in names
+    assert "facenet_convert/models/pretrained/MANIFEST.json" in names
+    assert "facenet_convert/py.typed" in names
+    assert any(n.endswith((".dist-info/licenses/LICENSE", ".dist-info/LICENSE")) for n in names)

@@ -27,6 +27,7 @@ from facenet_convert.models.preprocessing import (
 )
 from facenet_convert.models.releases import FIXED_STANDARDIZATION, PREWHITEN, RELEASES
 from facenet_convert.third_party.wheels import FACENET, wheel_member
+from tests.synthetic_models import realistic_model
 
 torch = pytest.importorskip("torch")
 Image = pytest.importorskip("PIL.Image")
@@ -206,27 +207,11 @@ def test_face_folder_flat_and_workers(tmp_path: Path, photo: np.ndarray) -> None
 
 # --------------------------------------------------------------------------- fused embedder
 
-def _realistic_model(embedding_size: int = 512) -> Any:
-    from facenet_convert.models.inception_resnet_v1 import InceptionResNetV1
-
-    generator = torch.Generator().manual_seed(1)
-    model = InceptionResNetV1(embedding_size=embedding_size).eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
-                n = module.num_features
-                module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.bias.copy_(torch.rand(n, generator=generator) - 0.5)
-    return model
-
-
 def test_threaded_embedder_equals_plain_model(photo: np.ndarray) -> None:
     # the engines (ONNX Runtime, frozen torch, bf16) are tested in tests/test_engines.py
     from facenet_convert.models.inference import Embedder
 
-    model = _realistic_model()
+    model = realistic_model()
     batch = torch.stack([Preprocess()(photo[k * 40:k * 40 + 200, k * 50:k * 50 + 200])
                          for k in range(5)])
     with torch.inference_mode():

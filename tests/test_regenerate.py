@@ -27,6 +27,7 @@ from facenet_convert.converter.core.errors import (
 )
 from facenet_convert.converter.regenerate import MANIFEST, Job, _check_sizes, regenerate
 from facenet_convert.models import InceptionResNetV1, ONet, PNet, RNet
+from facenet_convert.models.hub import ensure_weights
 from facenet_convert.models.releases import get_release
 from facenet_convert.third_party.wheels import cache_dir
 
@@ -273,7 +274,7 @@ def test_release_parity_figures(releases_dir: Path, tmp_path: Path) -> None:
 def test_regenerated_files_serve_pretrained_downloads(
         releases_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A mirror of regenerate's output + its MANIFEST.json as the trusted hash list."""
-    from test_hub import Server
+    from tests.http_server import Server
 
     served = tmp_path / "served"
     regenerate(releases_dir, served / "weights", parity=False, allow_unverified=True)
@@ -285,7 +286,7 @@ def test_regenerated_files_serve_pretrained_downloads(
         monkeypatch.setenv("FACENET_CONVERT_WEIGHTS_MANIFEST", str(served / "weights" / MANIFEST))
         model = InceptionResNetV1(pretrained="vggface2")
         assert model.num_classes == 8631
-        PNet(pretrained=True)
+        PNet(pretrained=ensure_weights(get_release("pnet")))  # True: the shipped weights
         assert server.requests == ["/weights/20180402-114759-vggface2.pt", "/weights/pnet.pt"]
     finally:
         server.stop()

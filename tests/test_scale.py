@@ -30,17 +30,16 @@ import facenet_convert
 from facenet_convert.converter.align import AlignOptions
 from facenet_convert.converter.align import align_dataset as align_locally
 from facenet_convert.converter.cli import main
+from facenet_convert.converter.core.errors import MissingExtraError
 from facenet_convert.converter.scale import (
     EmbedSpec,
     RayOptions,
-    ScaleError,
     align_to_shards,
     list_inputs,
     read_embeddings,
     require_ray,
 )
 from tests.detection_photos import PHOTOS, resized
-from tests.test_preprocessing import _realistic_model
 
 # Ray's single-machine mode, set before ray is imported (the processes it starts inherit it):
 # else Ray 2.60 rewrites 127.0.0.1 to the machine's outward address and listens everywhere
@@ -68,13 +67,6 @@ def cluster() -> Iterator[str]:
 
 def _run(*args: Any) -> Any:
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("weights") / "seeded-512.pt"
-    torch.save(_realistic_model().state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -405,7 +397,7 @@ def test_rerun_after_interrupt_keeps_finished_shards(cluster: str, faces: Path, 
 def test_missing_ray_is_one_line(monkeypatch: pytest.MonkeyPatch, faces: Path, weights: Path,
                                  tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(ScaleError, match=r"pip install 'facenet-convert\[ray\]'"):
+    with pytest.raises(MissingExtraError, match=r"pip install 'facenet-convert\[ray\]'"):
         require_ray()
     result = _run("embed", faces, "--weights", weights, "--engine", "ray", "-o", tmp_path / "o")
     assert result.exit_code != 0 and "pip install 'facenet-convert[ray]'" in result.stderr

@@ -35,8 +35,8 @@ from facenet_convert.converter.commands.options import Progress, scale_options, 
 @click.option("--force", is_flag=True, help="Redo photos whose crops exist.")
 @click.option("--device", default="cpu", show_default=True, help="torch device for MTCNN.")
 @click.option("--mtcnn", "mtcnn_dir", type=click.Path(path_type=str, file_okay=False),
-              default=None, help="Folder with pnet/rnet/onet weights (default: the cached "
-              "releases, derived from the pinned facenet package when absent).")
+              default=None, help="Folder with pnet/rnet/onet weights (default: the weights shipped "
+              "in the package).")
 @scale_options
 def align_command(input_dir: str, output_dir: str, image_size: int, margin: float,
                   detect_multiple_faces: bool, selection: str, min_face_size: float,

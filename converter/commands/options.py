@@ -73,7 +73,7 @@ def detect_options(func: Any) -> Any:
                         help="Pixels added around each box before cropping.")(func)
     func = click.option("--mtcnn", "mtcnn_dir", type=click.Path(path_type=str, file_okay=False),
                         default=None, help="Folder with pnet/rnet/onet weights (default: the "
-                        "cached pnet, rnet, onet releases).")(func)
+                        "weights shipped in the package).")(func)
     func = click.option("--detect", is_flag=True,
                         help="Find faces with MTCNN and embed each (default: every image is "
                         "an aligned face crop).")(func)

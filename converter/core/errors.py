@@ -144,3 +144,11 @@ class Interrupted(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(f"interrupted by signal {signum}")
         self.signum = signum
+
+
+class CacheError(ConverterError):
+    """A cache folder that cannot be created or written; the message names the variable."""
+
+
+class MissingExtraError(ConverterError):
+    """An optional feature whose packages (a setup.cfg extra) are not installed."""
