@@ -20,17 +20,28 @@ on.
 
 from __future__ import annotations
 
+import fcntl
 import io
+import json
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence
+import re
+import stat
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from facenet_convert.converter.core.atomic import atomic_output
 from facenet_convert.converter.core.errors import AlignError
-from facenet_convert.converter.core.inputs import LIST_SUFFIXES, input_inside, read_input_list
+from facenet_convert.converter.core.inputs import (
+    LIST_SUFFIXES,
+    describe_os_error,
+    input_inside,
+    kind_of,
+    read_input_list,
+)
 
 SELECTIONS = ("upstream", "probability", "largest", "largest_over_threshold",
               "center_weighted_size")
@@ -90,7 +101,7 @@ def photo_classes(source: Path) -> tuple[Classes, list[tuple[str, str]]]:
     would write the same crop as an earlier one (``<class>/<stem>.png``) are skipped.
     """
     if not (source.is_file() and source.suffix.lower() in LIST_SUFFIXES):
-        return dataset(source), []
+        return dataset(source)
     paths, skipped = read_input_list(source, AlignError)
     groups: dict[str, list[Path]] = {}
     taken: dict[tuple[str, str], Path] = {}
@@ -99,15 +110,23 @@ def photo_classes(source: Path) -> tuple[Classes, list[tuple[str, str]]]:
         if not name:
             skipped.append((str(path), f"{path}: no parent folder to name its class"))
             continue
-        if (name, path.stem) in taken:
-            reason = f"{path}: same crop {name}/{path.stem}.png as {taken[name, path.stem]}"
-            skipped.append((str(path), reason))
-            continue
-        taken[name, path.stem] = path
-        groups.setdefault(name, []).append(path)
+        _add_photo(groups.setdefault(name, []), taken, name, path, skipped)
+    groups = {name: photos for name, photos in groups.items() if photos}
     if not groups:
         raise AlignError("lists no photo that can be aligned", path=source)
     return sorted(groups.items()), skipped
+
+
+def _add_photo(photos: list[Path], taken: dict[tuple[str, str], Path], name: str, path: Path,
+               skipped: list[tuple[str, str]]) -> None:
+    """Add ``path`` to its class unless it would write the same crop as an earlier photo
+    (``a.jpg`` and ``a.png`` both make ``a.png``): that one is skipped with the reason."""
+    if (name, path.stem) in taken:
+        reason = f"{path}: same crop {name}/{path.stem}.png as {taken[name, path.stem]}"
+        skipped.append((str(path), reason))
+        return
+    taken[name, path.stem] = path
+    photos.append(path)
 
 
 def check_output_outside(source: Path, out: Path, classes: Classes) -> None:
@@ -133,8 +152,10 @@ def plan_alignment(input_dir: str | os.PathLike[str], output_dir: str | os.PathL
     return classes, skipped, out
 
 
-def dataset(input_dir: Path) -> list[tuple[str, list[Path]]]:
-    """``(class name, sorted image paths)`` per sorted sub-folder (upstream ``get_dataset``)."""
+def dataset(input_dir: Path) -> tuple[Classes, list[tuple[str, str]]]:
+    """``(class name, sorted image paths)`` per sorted sub-folder (upstream ``get_dataset``),
+    and the entries skipped with their reasons: FIFOs, sockets, devices and dangling links
+    (never opened), and photos whose crop name an earlier photo of the class takes."""
     if not input_dir.is_dir():
         raise AlignError("not a folder (nor a .txt / .parquet list of photos); expected "
                          "INPUT_DIR/<class>/<images>", path=input_dir)
@@ -142,8 +163,27 @@ def dataset(input_dir: Path) -> list[tuple[str, list[Path]]]:
     if not classes:
         raise AlignError("holds no class sub-folders; expected INPUT_DIR/<class>/<images> as "
                          "align_dataset_mtcnn.py reads it", path=input_dir)
-    return [(folder.name, sorted(p for p in folder.iterdir() if p.is_file()))
-            for folder in classes]
+    skipped: list[tuple[str, str]] = []
+    result: Classes = []
+    taken: dict[tuple[str, str], Path] = {}
+    for folder in classes:
+        photos: list[Path] = []
+        for path in sorted(folder.iterdir()):
+            try:
+                info = path.stat()
+            except OSError as error:
+                reason = f"{path}: {describe_os_error(error)} (a dangling link?)"
+                skipped.append((str(path), reason))
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                continue                      # nested folders are not photos (as upstream)
+            if not stat.S_ISREG(info.st_mode):
+                reason = f"{path}: {kind_of(info.st_mode)}, not a regular file; not read"
+                skipped.append((str(path), reason))
+                continue
+            _add_photo(photos, taken, folder.name, path, skipped)
+        result.append((folder.name, photos))
+    return result, skipped
 
 
 def crop_names(target: Path, count: int, multiple: bool) -> list[Path]:
@@ -246,7 +286,7 @@ def _write_png(path: Path, pixels: Any) -> None:
 
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
-    with atomic_output(path, force=True) as handle:
+    with atomic_output(path, force=True, part=True) as handle:
         handle.write(buffer.getvalue())
 
 
@@ -306,6 +346,92 @@ def _results(tasks: list[tuple[str, str]], options: AlignOptions, workers: int
         yield from pool.map(functools.partial(align_photo, options=options), tasks)
 
 
+JOURNAL_GLOB = ".bounding_boxes_*.journal"
+_TEMP = re.compile(r"\..+\.[0-9a-f]{8}\.(part|old)")
+SETTINGS = ".facenet-convert-align.json"
+
+
+@contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """One writer per output folder: a second run into it stops at once with one line. The
+    lock is the kernel's, on the folder itself: a killed run never leaves it held, and no
+    file is left behind."""
+    try:
+        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as error:
+        raise AlignError(f"cannot lock the output folder ({describe_os_error(error)})",
+                         path=out) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AlignError("another facenet-convert align is writing into this folder; wait "
+                             "for it to finish or choose another folder", path=out) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _check_settings(out: Path, options: AlignOptions, force: bool) -> None:
+    """Crops of one folder come from one set of options: a rerun with others (another margin,
+    size, selection) is refused unless ``force`` redoes every photo."""
+    path = out / SETTINGS
+    wanted = {key: value for key, value in asdict(options).items() if key not in ("device",)}
+    wanted = json.loads(json.dumps(wanted))          # tuples as lists, as read back
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        recorded = None
+    except (OSError, ValueError):
+        recorded = {}
+    if recorded is not None and recorded != wanted and not force:
+        changed = sorted(key for key in wanted if recorded.get(key) != wanted[key])
+        raise AlignError(f"the crops here were made with other settings ({', '.join(changed)} "
+                         "differ); choose another folder, or pass --force to redo every photo",
+                         path=out)
+    if recorded != wanted:
+        with atomic_output(path, force=True) as handle:
+            handle.write((json.dumps(wanted, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _remove_stale_temps(folders: Iterable[Path]) -> None:
+    """Temp files a killed run left (``.<name>.<hex>.part``): no run is writing them now."""
+    for folder in folders:
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if _TEMP.fullmatch(path.name) and path.is_file():
+                    path.unlink(missing_ok=True)
+
+
+def _earlier_lines(out: Path) -> tuple[dict[str, list[str]], list[Path]]:
+    """bounding_boxes lines of earlier runs by crop path (complete files first, then the
+    journals of runs that did not finish), and those journals."""
+    lines: dict[str, list[str]] = {}
+    journals = sorted(out.glob(JOURNAL_GLOB))
+    for path in [*sorted(out.glob("bounding_boxes_*.txt")), *journals]:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        for line in text.splitlines(keepends=True):
+            if line.endswith("\n") and line.strip():      # a killed run's last line may be cut
+                lines.setdefault(line.split(" ")[0].rstrip("\n"), []).append(line)
+    return {key: [value[-1]] for key, value in lines.items()}, journals
+
+
+def _recovered(target: Path, multiple: bool, earlier: dict[str, list[str]]) -> list[str]:
+    """The lines an earlier run wrote for a finished photo (its crops, in face order)."""
+    if not multiple:
+        return earlier.get(str(target), [])
+    found = []
+    for i in range(10_000):
+        name = str(crop_names(target, i + 1, True)[i])
+        if name not in earlier:
+            break
+        found += earlier[name]
+    return found
+
+
 def align_dataset(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str], *,
                   options: AlignOptions | None = None, workers: int = 0, resume: bool = False,
                   force: bool = False, on_done: Callable[[int], Any] | None = None,
@@ -313,6 +439,19 @@ def align_dataset(input_dir: str | os.PathLike[str], output_dir: str | os.PathLi
     """Align every photo of ``input_dir`` into ``output_dir`` (see the module docstring)."""
     options = options or AlignOptions()
     classes, listed_skips, out = plan_alignment(input_dir, output_dir, options)
+    make_folders(out, classes)
+    with output_lock(out):
+        return _align_locked(classes, listed_skips, out, input_dir, options, workers, resume,
+                             force, on_done, on_total)
+
+
+def _align_locked(classes: Classes, listed_skips: list[tuple[str, str]], out: Path,
+                  input_dir: str | os.PathLike[str], options: AlignOptions, workers: int,
+                  resume: bool, force: bool, on_done: Callable[[int], Any] | None,
+                  on_total: Callable[[int], Any] | None) -> AlignSummary:
+    _check_settings(out, options, force)
+    _remove_stale_temps([out, *(out / name for name, _ in classes)])
+    earlier, journals = _earlier_lines(out) if resume else ({}, [])
     key = random.randint(0, 99999)                      # as upstream: one file per run
     boxes_file = out / f"bounding_boxes_{key:05d}.txt"
     summary = AlignSummary(str(Path(input_dir)), str(out), str(boxes_file))
@@ -321,17 +460,28 @@ def align_dataset(input_dir: str | os.PathLike[str], output_dir: str | os.PathLi
     tasks = _tasks(classes, out, options, resume, force, summary)
     if on_total is not None:
         on_total(len(tasks))
-    make_folders(out, classes)
+    by_target: dict[str, list[str]] = {}
+    journal = out / f".bounding_boxes_{key:05d}.journal"
+    with open(journal, "a", encoding="utf-8") as log:
+        for result in _results(tasks, options, workers):
+            by_target[result.target] = write_photo(result)
+            log.write("".join(by_target[result.target]))   # what --resume recovers after a kill
+            log.flush()
+            if result.problem is not None:
+                summary.failed.append({"path": result.source, "reason": result.problem})
+            else:
+                summary.aligned += 1
+                summary.faces += len(result.crops)
+            if on_done is not None:
+                on_done(1)
     lines: list[str] = []
-    for result in _results(tasks, options, workers):
-        lines += write_photo(result)
-        if result.problem is not None:
-            summary.failed.append({"path": result.source, "reason": result.problem})
-        else:
-            summary.aligned += 1
-            summary.faces += len(result.crops)
-        if on_done is not None:
-            on_done(1)
-    with atomic_output(boxes_file, force=True) as handle:
+    for name, images in classes:                        # photo order, finished ones included
+        for image in images:
+            target = out / name / f"{image.stem}.png"
+            lines += by_target.get(str(target)) or _recovered(
+                target, options.detect_multiple_faces, earlier)
+    with atomic_output(boxes_file, force=True, final=True) as handle:
         handle.write("".join(lines).encode("utf-8"))
+    for path in [journal, *journals]:
+        path.unlink(missing_ok=True)
     return summary

@@ -24,11 +24,19 @@ from facenet_convert.converter.commands.inspect import inspect_command
 from facenet_convert.converter.commands.parity import parity_command
 from facenet_convert.converter.commands.regenerate import regenerate_command
 from facenet_convert.converter.commands.verify import verify_command
-from facenet_convert.converter.core.atomic import INTERRUPTED_LINE, install_interrupt_handlers
+from facenet_convert.converter.core.atomic import (
+    install_interrupt_handlers,
+    interrupted_line,
+    raise_if_interrupted,
+    received_signal,
+)
 from facenet_convert.converter.core.errors import ConverterError, Interrupted, one_line
 from facenet_convert.converter.core.inputs import describe_os_error
 from facenet_convert.converter.core.version import __version__
 from facenet_convert.models.preprocessing import MAX_PIXELS, MAX_PIXELS_ENV
+
+#: set (not 0) to see the traceback of an unexpected error instead of its one line
+DEBUG_ENV = "FACENET_CONVERT_DEBUG"
 
 
 class OneLineError(click.ClickException):
@@ -62,23 +70,46 @@ class ConverterGroup(click.Group):
             # back, so this line is always true. Exit like a shell reports a fatal signal.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            click.echo(INTERRUPTED_LINE, err=True)
+            click.echo(interrupted_line(), err=True)
             sys.stderr.flush()
             sys.exit(128 + error.signum)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
-        except ConverterError as error:
-            raise OneLineError(str(error), error.exit_code) from error
-        except OSError as error:  # a path the library did not expect to fail (ENAMETOOLONG...)
-            where = f"{error.filename}: " if error.filename is not None else ""
-            raise OneLineError(one_line(f"{where}{describe_os_error(error)}"), 1) from None
-        except MemoryError:
-            raise OneLineError("out of memory; the input asks for more than this machine "
-                               "allows", 1) from None
+            result = super().invoke(ctx)
+        except (Interrupted, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as error:  # noqa: BLE001 - every error ends as one line
+            # A signal came and something on the way turned its exception into another one
+            # (a library wrapping it, a fallback catching everything): it is why we stopped.
+            signum = received_signal()
+            if signum is not None:
+                raise Interrupted(signum) from None
+            raise _one_line_error(error) from None
         except KeyboardInterrupt:  # raised by code that installs its own SIGINT handling
             raise Interrupted(signal.SIGINT) from None
+        raise_if_interrupted()      # a swallowed signal: the run did not finish as asked
+        return result
+
+
+def _one_line_error(error: Exception) -> click.ClickException:
+    """Any exception a command lets through, as the one line the CLI promises."""
+    if isinstance(error, click.ClickException):
+        return error
+    if isinstance(error, ConverterError):
+        return OneLineError(str(error), error.exit_code)
+    if isinstance(error, OSError):  # a path the library did not expect to fail (ENAMETOOLONG)
+        where = f"{error.filename}: " if error.filename is not None else ""
+        return OneLineError(one_line(f"{where}{describe_os_error(error)}"), 1)
+    if isinstance(error, MemoryError):
+        return OneLineError("out of memory; the input asks for more than this machine allows",
+                            1)
+    if os.environ.get(DEBUG_ENV, "").strip() not in ("", "0"):
+        raise error
+    first = (str(error).strip().splitlines() or [""])[0][:300]
+    return OneLineError(one_line(f"unexpected {type(error).__name__}: {first} (an input this "
+                                 f"command does not handle, or a bug: please report it; "
+                                 f"${DEBUG_ENV}=1 shows the traceback)"), 1)
 
 
 @click.group(cls=ConverterGroup, context_settings={"help_option_names": ["-h", "--help"]})

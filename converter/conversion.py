@@ -309,7 +309,8 @@ def _write(result: ConversionResult, outs: list[tuple[Path, str]], fmt: str, *,
            force: bool, inputs: list[Path]) -> None:
     features, logits = split_state(result.arrays)
     parts = {"model": result.arrays, "features": features, "logits": logits}
-    with staged_outputs([path for path, _ in outs], force=force, inputs=inputs) as handles:
+    with staged_outputs([path for path, _ in outs], force=force, inputs=inputs,
+                        final=True) as handles:
         written: list[OutputFile] = []
         report_path = None
         for path, role in outs:

@@ -334,7 +334,7 @@ def write_embeddings(output: str, result: Embeddings, embedding_size: int, *, fo
             raise OutputError(f"name {bad!r} contains a line break, which the .names.txt "
                               "sidecar cannot hold; write .npz or .csv instead",
                               path=targets[1])
-    with staged_outputs(targets, force=force, inputs=inputs) as handles:
+    with staged_outputs(targets, force=force, inputs=inputs, final=True) as handles:
         main = handles[targets[0]]
         if suffix == ".npz":
             arrays: dict[str, Any] = {"names": np.array(result.names, dtype=str),

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from facenet_convert.converter.core.atomic import raise_if_interrupted
 from facenet_convert.converter.core.errors import ConverterError, EngineError
 from facenet_convert.converter.core.extras import has_extra, install_hint, require_extra
 
@@ -144,6 +145,7 @@ def onnx_bytes(module: nn.Module, example: Tensor, *, opset: int = DEFAULT_OPSET
                                         output_names=list(output_names),
                                         dynamic_shapes=shapes, verbose=False, optimize=True)
     except Exception as error:  # noqa: BLE001 - the exporter raises many types
+        raise_if_interrupted()      # the exporter wraps the signal's exception in its own
         first = (str(error).strip().splitlines() or [""])[0][:200]
         raise EngineError(f"ONNX export of {type(module).__name__} failed "
                           f"({type(error).__name__}: {first}); try another --opset") from None
@@ -468,6 +470,7 @@ def make_engine(model: nn.Module, backend: str = "auto", precision: str = "fp32"
             with torch.inference_mode():
                 diff = float((runner(probe).float() - want).abs().max()) if check else 0.0
         except Exception as error:  # noqa: BLE001 - any build failure falls back, with a note
+            raise_if_interrupted()  # not a build failure: a signal the exporter wrapped
             # our own errors are one line that says what to do: keep it whole
             first = (str(error).strip().splitlines() or [""])[0]
             first = first if isinstance(error, ConverterError) else first[:160]

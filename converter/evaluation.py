@@ -613,7 +613,7 @@ def write_report(result: Evaluation, *, json_path: str | None, roc_path: str | N
         contents[Path(json_path)] = (json.dumps(body, indent=2) + "\n").encode("utf-8")
     if not contents:
         return []
-    with staged_outputs(list(contents), force=force, inputs=inputs) as handles:
+    with staged_outputs(list(contents), force=force, inputs=inputs, final=True) as handles:
         for path, data in contents.items():
             handles[path].write(data)
     return list(contents)
@@ -930,7 +930,7 @@ def write_matrix(result: DistanceMatrix, *, json_path: str | None, csv_path: str
         texts[csv_path] = matrix_csv(result.names, result.matrix)
     files = {Path(k): v for k, v in texts.items() if k != "-"}
     if files:
-        with staged_outputs(list(files), force=force, inputs=inputs) as handles:
+        with staged_outputs(list(files), force=force, inputs=inputs, final=True) as handles:
             for path, text in files.items():
                 handles[path].write(text.encode("utf-8"))
     return {k: v for k, v in texts.items() if k == "-"}

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from facenet_convert.converter.core.atomic import raise_if_interrupted
 from facenet_convert.converter.core.errors import ConverterError
 
 if TYPE_CHECKING:
@@ -157,7 +158,10 @@ def export_model(weights: str | os.PathLike[str], output: str | os.PathLike[str]
     """Export ``weights`` to ``output`` (``.onnx`` or ``.pt2``) after verifying the export."""
     import torch
 
-    from facenet_convert.converter.core.atomic import check_output_path, staged_outputs
+    from facenet_convert.converter.core.atomic import (
+        check_output_path,
+        staged_outputs,
+    )
     from facenet_convert.converter.core.hashing import sha256_file
     from facenet_convert.converter.core.version import __version__
     from facenet_convert.converter.engines import DEFAULT_OPSET, onnx_bytes
@@ -226,7 +230,8 @@ def export_model(weights: str | os.PathLike[str], output: str | os.PathLike[str]
                           f"{TOLERANCE:g} (float32 max abs); nothing written; try another "
                           "--opset or the other format", path=out)
     text = json.dumps(report.to_dict(), indent=2) + "\n"
-    with staged_outputs([out, report_path], force=force, inputs=[weights]) as handles:
+    with staged_outputs([out, report_path], force=force, inputs=[weights],
+                        final=True) as handles:
         handles[out].write(data)
         handles[report_path].write(text.encode())
     return report
@@ -243,6 +248,7 @@ def _pt2_bytes(module: nn.Module, example: Tensor, dynamic: dict[int, tuple[str,
     try:
         program = torch.export.export(module, (example,), dynamic_shapes=shapes)
     except Exception as error:  # noqa: BLE001 - torch.export raises many types
+        raise_if_interrupted()      # torch wraps the signal's exception in its own
         first = (str(error).strip().splitlines() or [""])[0][:200]
         raise ExportError(f"torch.export failed ({type(error).__name__}: {first})") from None
     buffer = io.BytesIO()

@@ -388,7 +388,8 @@ def regenerate(releases_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
     scrub = [str(root.absolute()), str(root), str(out.absolute()), str(out)]
     try:
         with staged_outputs([path for _, _, path in planned] + [manifest_path], force=force,
-                            inputs=[i.path for job in jobs for i in job.inputs]) as handles:
+                            inputs=[i.path for job in jobs for i in job.inputs],
+                            final=True) as handles:
             records: list[OutputRecord] = []
             releases: list[dict[str, Any]] = []
             versions: dict[str, str] = {}

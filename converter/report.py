@@ -134,7 +134,7 @@ def write_text(path: str | os.PathLike[str], text: str, *,
                inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
     """Write ``text`` atomically, replacing an earlier report (never a symlink or an input)."""
     target = Path(path)
-    with atomic_output(target, force=True, inputs=inputs) as handle:
+    with atomic_output(target, force=True, inputs=inputs, final=True) as handle:
         handle.write(text.encode("utf-8"))
     return target
 

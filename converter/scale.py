@@ -224,7 +224,7 @@ def _write_manifest(out: Path, kind: str, settings: dict[str, Any], records: lis
                        "seconds": record.get("seconds")})    # None: kept from an earlier run
     manifest = {"kind": kind, "version": __version__, "settings": settings, "inputs": inputs,
                 "rows": sum(s["rows"] for s in shards), "shards": shards, "skipped": skipped}
-    with atomic_output(out / MANIFEST, force=True) as handle:
+    with atomic_output(out / MANIFEST, force=True, final=True) as handle:
         handle.write(json.dumps(manifest, indent=1, default=str).encode("utf-8"))
     return manifest
 
@@ -432,7 +432,7 @@ def _write_embed_shard(out: Path, index: int, shard_id: str, inputs: int, table:
     pq.write_table(table, sink)
     data = sink.getvalue().to_pybytes()
     name = _embed_file(index, shard_id)
-    with atomic_output(out / name, force=True) as handle:
+    with atomic_output(out / name, force=True, part=True) as handle:
         handle.write(data)
     return {**meta, "file": name, "sha256": hashlib.sha256(data).hexdigest(),
             "rows": table.num_rows}
@@ -675,7 +675,7 @@ def _align_shard(out: Path, index: int, shard_id: str, tasks: list[tuple[str, st
             "skipped": skipped, "lines": lines}
     data = json.dumps(body, indent=0).encode("utf-8")
     name = _align_file(index, shard_id)
-    with atomic_output(out / name, force=True) as handle:
+    with atomic_output(out / name, force=True, part=True) as handle:
         handle.write(data)
     return _align_record(body, name, hashlib.sha256(data).hexdigest())
 
@@ -770,7 +770,7 @@ def align_to_shards(input_dir: str | os.PathLike[str], output_dir: str | os.Path
                            on_done)
     key = int(hashlib.sha256(identity.encode()).hexdigest(), 16) % 100000   # rerun: same file
     boxes_file = out / f"bounding_boxes_{key:05d}.txt"
-    with atomic_output(boxes_file, force=True) as handle:
+    with atomic_output(boxes_file, force=True, final=True) as handle:
         handle.write("".join(line for r in records for line in r["lines"]).encode("utf-8"))
     manifest = _write_manifest(out, "align", settings,
                                [{k: v for k, v in r.items() if k != "lines"} for r in records],

@@ -7,6 +7,7 @@ from typing import Any, Self
 
 import click
 
+from facenet_convert.converter.core.atomic import raise_if_interrupted
 from facenet_convert.models.releases import release_names
 
 
@@ -27,6 +28,7 @@ class Progress:
             self._bar.__enter__()
 
     def update(self, done: int) -> None:
+        raise_if_interrupted()      # long work stops at the next item after a signal
         if self._bar is not None:
             self._bar.update(done)
 

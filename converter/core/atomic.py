@@ -12,8 +12,13 @@ Either every requested output appears complete, or none does and nothing is left
   a failure anywhere rolls every output of the set back;
 * SIGINT/SIGTERM (when :func:`install_interrupt_handlers` is active) are deferred while temp
   files are created, committed or removed, and a signal that arrived during the commit rolls
-  it back, so "interrupted; nothing written" is always true; after a successful commit the
-  run is no longer interrupted (its outputs are complete) and ends normally.
+  it back, so "interrupted; nothing written" is always true; after a successful commit of a
+  command's *final* outputs (``final=True``) the run is no longer interrupted (its outputs are
+  complete) and ends normally. Caches and the parts of incremental work (crops, shards) are
+  committed with ``final=False``: the run stays interruptible after them.
+* a signal is remembered once received: code that swallows the exception it raises (a
+  library wrapping it into its own error, a fallback that catches everything) cannot go on to
+  commit anything, and the CLI reports the run as interrupted (:func:`received_signal`).
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from facenet_convert.converter.core.errors import Interrupted, OutputError
 from facenet_convert.converter.core.inputs import describe_os_error, file_identity, kind_of
 
 __all__ = ["atomic_output", "check_output_path", "critical_section", "discard_staged",
-           "install_interrupt_handlers", "staged_outputs"]
+           "install_interrupt_handlers", "interrupted_line", "raise_if_interrupted",
+           "received_signal", "staged_outputs"]
 
 #: Temp files alive right now, for :func:`discard_staged` (a watchdog about to ``_exit``).
 _LIVE: dict[int, tuple[int, str]] = {}
@@ -55,8 +61,15 @@ _exit_line: bytes | None = None
 #: Set once a commit succeeded: a signal after that is too late to undo complete outputs, and
 #: "nothing written" would be false, so the run finishes (its remaining work is reporting).
 _committed = False
+#: The first SIGINT/SIGTERM this run received (None: none), whatever became of its exception.
+_received: int | None = None
 _owner_pid = 0
 INTERRUPTED_LINE = "facenet-convert: interrupted; nothing written"
+#: When finished parts of resumable work (crops, shards) were committed before the signal.
+INTERRUPTED_PARTS_LINE = ("facenet-convert: interrupted; finished parts kept, nothing "
+                          "half-written (rerun with --resume to complete)")
+#: Parts committed this run (``part=True``).
+_parts = 0
 
 
 def _on_signal(signum: int, _frame: object) -> None:
@@ -64,6 +77,9 @@ def _on_signal(signum: int, _frame: object) -> None:
         os._exit(128 + signum)
     if _committed:
         return
+    global _received
+    if _received is None:
+        _received = signum
     if _critical_depth:
         _pending.append(signum)
         return
@@ -79,9 +95,13 @@ def install_interrupt_handlers(*, exit_at_once: bool = False) -> None:
     ``exit_at_once``: print :data:`INTERRUPTED_LINE` and exit 128+signal instead, for the
     moments before the command runs (imports), where raising would print a traceback.
     """
-    global _exit_line, _owner_pid
+    global _exit_line, _owner_pid, _committed, _received, _parts
     _exit_line = f"{INTERRUPTED_LINE}\n".encode() if exit_at_once else None
     _owner_pid = os.getpid()
+    _committed = False          # a new run (the CLI may run several in one process)
+    _received = None
+    _parts = 0
+    _pending.clear()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _on_signal)
 
@@ -102,7 +122,26 @@ def critical_section() -> Iterator[None]:
 
 
 def _interrupt_pending() -> bool:
-    return bool(_pending)
+    return bool(_pending) or _received is not None
+
+
+def received_signal() -> int | None:
+    """The signal this run received and has not finished since (None: none, or the final
+    outputs were complete before it came)."""
+    return None if _committed else _received
+
+
+def interrupted_line() -> str:
+    """What an interrupted run says: nothing written, or finished parts kept."""
+    return INTERRUPTED_PARTS_LINE if _parts else INTERRUPTED_LINE
+
+
+def raise_if_interrupted() -> None:
+    """Raise :class:`Interrupted` when a signal was received, even if its exception was
+    swallowed on the way: long loops call this between items."""
+    signum = received_signal()
+    if signum is not None:
+        raise Interrupted(signum)
 
 
 # ------------------------------------------------------------------------- path checks
@@ -280,7 +319,8 @@ def _commit(items: list[_Staged], force: bool) -> None:
                 _link_exclusive(item)
             item.committed = True
         if _interrupt_pending():
-            _rollback(items)  # the signal handler will say "nothing written": keep it true
+            _rollback(items)  # "interrupted; nothing written" must stay true
+            raise Interrupted(_received or _pending[0])
     except BaseException:
         _rollback(items)
         raise
@@ -288,10 +328,15 @@ def _commit(items: list[_Staged], force: bool) -> None:
 
 @contextmanager
 def staged_outputs(outs: Iterable[str | os.PathLike[str]], *, force: bool = False,
-                   inputs: Iterable[str | os.PathLike[str]] = ()
-                   ) -> Iterator[dict[Path, BinaryIO]]:
-    """Open a temp file beside each output; commit them all only on success (see module doc)."""
-    global _committed
+                   inputs: Iterable[str | os.PathLike[str]] = (), final: bool = False,
+                   part: bool = False) -> Iterator[dict[Path, BinaryIO]]:
+    """Open a temp file beside each output; commit them all only on success (see module doc).
+
+    ``final``: these are the command's finished outputs; once committed, a signal no longer
+    interrupts the run. ``part``: a finished part of resumable work (a crop, a shard), kept
+    when the run is interrupted later. Caches are neither."""
+    global _committed, _parts
+    raise_if_interrupted()
     input_list = list(inputs)
     paths = [check_output_path(out, force=force, inputs=input_list) for out in outs]
     identities = [file_identity(path) for path in paths]
@@ -330,8 +375,10 @@ def staged_outputs(outs: Iterable[str | os.PathLike[str]], *, force: bool = Fals
             _commit(staged, force)
             for fd in dir_fds.values():
                 _fsync_dir(fd)
-            if not _pending and signal.getsignal(signal.SIGTERM) is _on_signal:
+            if (final and not _interrupt_pending()
+                    and signal.getsignal(signal.SIGTERM) is _on_signal):
                 _committed = True
+            _parts += part
     except OSError as error:
         where = getattr(error, "filename", None) or (staged[0].path if staged else None)
         raise OutputError(f"writing failed: {describe_os_error(error)}", path=where) from None
@@ -354,7 +401,8 @@ def staged_outputs(outs: Iterable[str | os.PathLike[str]], *, force: bool = Fals
 
 @contextmanager
 def atomic_output(out: str | os.PathLike[str], *, force: bool = False,
-                  inputs: Iterable[str | os.PathLike[str]] = ()) -> Iterator[BinaryIO]:
+                  inputs: Iterable[str | os.PathLike[str]] = (), final: bool = False,
+                  part: bool = False) -> Iterator[BinaryIO]:
     """Write one file atomically; see :func:`staged_outputs`."""
-    with staged_outputs([out], force=force, inputs=inputs) as handles:
+    with staged_outputs([out], force=force, inputs=inputs, final=final, part=part) as handles:
         yield next(iter(handles.values()))
