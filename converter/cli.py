@@ -17,6 +17,7 @@ import click
 from facenet_convert.converter.commands.align import align_command
 from facenet_convert.converter.commands.compare import compare_command
 from facenet_convert.converter.commands.convert import convert_command
+from facenet_convert.converter.commands.declare import DeclaredCommand
 from facenet_convert.converter.commands.embed import embed_command
 from facenet_convert.converter.commands.evaluate import evaluate_command
 from facenet_convert.converter.commands.export import export_command
@@ -94,6 +95,10 @@ class ConverterGroup(click.Group):
 
 def _one_line_error(error: Exception) -> click.ClickException:
     """Any exception a command lets through, as the one line the CLI promises."""
+    if isinstance(error, click.UsageError):     # click would print usage over three lines
+        where = error.ctx.command_path if error.ctx is not None else "facenet-convert"
+        return OneLineError(one_line(f"{error.format_message()} (see '{where} --help')"),
+                            error.exit_code)
     if isinstance(error, click.ClickException):
         return error
     if isinstance(error, ConverterError):
@@ -124,13 +129,9 @@ def main(max_pixels: int | None) -> None:
         os.environ[MAX_PIXELS_ENV] = str(max_pixels)  # read by models.preprocessing.max_pixels
 
 
-main.add_command(inspect_command)
-main.add_command(align_command)
-main.add_command(convert_command)
-main.add_command(parity_command)
-main.add_command(embed_command)
-main.add_command(verify_command)
-main.add_command(evaluate_command)
-main.add_command(compare_command)
-main.add_command(regenerate_command)
-main.add_command(export_command)
+for command in (inspect_command, align_command, convert_command, parity_command, embed_command,
+                verify_command, evaluate_command, compare_command, regenerate_command,
+                export_command):
+    if not isinstance(command, DeclaredCommand):   # the runner's promises hold for every one
+        raise TypeError(f"{command.name} must be a DeclaredCommand (commands/declare.py)")
+    main.add_command(command)

@@ -153,7 +153,10 @@ def embed_batch(model: InceptionResNetV1 | Engine, images: torch.Tensor) -> torc
 
 
 def expand_inputs(items: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Image files named by IMAGES: files as given, folders' image files recursively (sorted)."""
+    """Image files named by IMAGES: files as given, folders' image files recursively (sorted).
+    Entries that are not regular files (FIFOs, sockets, devices, dangling links) are skipped
+    with their reason, never opened; a file named twice (by another path) is embedded once."""
+    from facenet_convert.converter.core.inputs import regular_file_problem, unique_files
     from facenet_convert.models.data import is_image_file
 
     paths: list[Path] = []
@@ -161,15 +164,20 @@ def expand_inputs(items: Sequence[str]) -> tuple[list[Path], list[tuple[str, str
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+            found = sorted(p for p in path.rglob("*") if is_image_file(p) and not p.is_dir())
             if not found:
                 missing.append((item, "folder holds no image files"))
-            paths.extend(found)
-        elif path.exists():
-            paths.append(path)
+            candidates = [(str(p), p) for p in found]
         else:
-            missing.append((item, "no such file"))
-    return paths, missing
+            candidates = [(item, path)]
+        for name, candidate in candidates:
+            problem = regular_file_problem(candidate)
+            if problem is None:
+                paths.append(candidate)
+            else:
+                missing.append((name, problem))
+    paths, repeated = unique_files(paths)
+    return paths, missing + repeated
 
 
 @dataclass

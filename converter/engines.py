@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facenet_convert.converter.core.atomic import raise_if_interrupted
+from facenet_convert.converter.core.checks import max_abs_difference, within
 from facenet_convert.converter.core.errors import ConverterError, EngineError
 from facenet_convert.converter.core.extras import has_extra, install_hint, require_extra
 
@@ -186,6 +187,9 @@ class OnnxModel:
         self.metadata = {key[len(METADATA_PREFIX):]: value for key, value in meta.items()
                          if key.startswith(METADATA_PREFIX)}
         self.input_name = self.session.get_inputs()[0].name
+        first = self.session.get_inputs()[0].shape[0]
+        #: the batch size a fixed-batch export takes (None: any batch)
+        self.fixed_batch = first if isinstance(first, int) and first > 0 else None
         self.output_names = [output.name for output in self.session.get_outputs()]
         self.path = where
 
@@ -411,8 +415,8 @@ def _reduced(model: nn.Module, probe: Tensor, want: Tensor, shape: tuple[int, ..
     runner = build(model, probe)
     with torch.inference_mode():
         out = runner(probe)
-        diff = float((out.float() - want).abs().max())
-    if diff <= REDUCED_TOLERANCE:
+        diff = max_abs_difference(out.float(), want)
+    if within(diff, REDUCED_TOLERANCE):
         return Engine(runner, backend, precision, diff, shape,
                       note=f"{precision}: embeddings differ from fp32 by up to {diff:.1e} "
                            "(max abs) on the self-check batch")
@@ -468,7 +472,7 @@ def make_engine(model: nn.Module, backend: str = "auto", precision: str = "fp32"
         try:
             runner = _BUILDERS[name](model, probe)
             with torch.inference_mode():
-                diff = float((runner(probe).float() - want).abs().max()) if check else 0.0
+                diff = max_abs_difference(runner(probe).float(), want) if check else 0.0
         except Exception as error:  # noqa: BLE001 - any build failure falls back, with a note
             raise_if_interrupted()  # not a build failure: a signal the exporter wrapped
             # our own errors are one line that says what to do: keep it whole
@@ -476,7 +480,7 @@ def make_engine(model: nn.Module, backend: str = "auto", precision: str = "fp32"
             first = first if isinstance(error, ConverterError) else first[:160]
             reasons.append(f"{name} failed to build ({type(error).__name__}: {first})")
             continue
-        if name == "eager" or diff <= CHECK_TOLERANCE:
+        if name == "eager" or within(diff, CHECK_TOLERANCE):
             note = "; ".join(reasons) + f"; running {name}" if reasons else None
             return Engine(runner, name, "fp32", diff, shape, note=note)
         reasons.append(f"{name} differs from the plain model by {diff:.1e} > "

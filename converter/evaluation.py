@@ -27,7 +27,6 @@ exactly on the piecewise-linear curve. No scikit-learn or scipy is needed at run
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -37,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from facenet_convert.converter.core.errors import EvaluationError
+from facenet_convert.converter.core.checks import dumps as json_dumps
+from facenet_convert.converter.core.errors import ConverterError, EmbedError, EvaluationError
 from facenet_convert.converter.core.extras import require_extra
 
 ROC_STEP = 0.01          # lfw.evaluate: thresholds for calculate_roc
@@ -501,6 +501,27 @@ class Evaluation:
         ]
 
 
+def check_embeddings(matrix: np.ndarray, names: Sequence[str], *,
+                     error: type[ConverterError] = EvaluationError,
+                     where: str | os.PathLike[str] | None = None) -> None:
+    """Refuse embeddings no distance can be trusted on, in one line: not real numbers, NaN or
+    Inf anywhere, or all-zero rows (a broken model or file; every figure would be noise)."""
+    if matrix.dtype.kind not in "fiu":
+        raise error(f"embeddings hold {matrix.dtype} values, not numbers; expected the float "
+                    "rows `facenet-convert embed` writes", path=where)
+    rows = matrix.reshape(matrix.shape[0], -1) if matrix.ndim else matrix.reshape(1, -1)
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+    if bad.size:
+        raise error(f"{bad.size} of {rows.shape[0]} embeddings hold NaN or Inf (first: "
+                    f"{names[bad[0]] if bad[0] < len(names) else bad[0]}); the weights or the "
+                    "file are broken, no figure would mean anything", path=where)
+    zero = np.flatnonzero(~rows.any(axis=1))
+    if zero.size:
+        raise error(f"{zero.size} of {rows.shape[0]} embeddings are all zero (first: "
+                    f"{names[zero[0]] if zero[0] < len(names) else zero[0]}); the weights or "
+                    "the file are broken, no figure would mean anything", path=where)
+
+
 def evaluate(embeddings: np.ndarray, actual_issame: Sequence[bool], *, nrof_folds: int = 10,
              distance_metric: str = "euclidean", subtract_mean: bool = False,
              far_target: float = DEFAULT_FAR, flipped: bool = False) -> Evaluation:
@@ -512,6 +533,7 @@ def evaluate(embeddings: np.ndarray, actual_issame: Sequence[bool], *, nrof_fold
     if not 0.0 < far_target <= 1.0:
         raise EvaluationError(f"--far must be in (0, 1], found {far_target:g}")
     emb = np.asarray(embeddings)
+    check_embeddings(emb, [])
     issame = np.asarray(actual_issame, dtype=bool)
     if emb.ndim != 2 or emb.shape[0] != 2 * issame.size:
         raise EvaluationError(f"expected 2 x {issame.size} embedding rows (two per pair), "
@@ -610,7 +632,7 @@ def write_report(result: Evaluation, *, json_path: str | None, roc_path: str | N
                                   f"{Path(roc_path).suffix or '(no extension)'}", path=roc_path)
     if json_path is not None:
         body = {**result.summary(), **(extra or {})}
-        contents[Path(json_path)] = (json.dumps(body, indent=2) + "\n").encode("utf-8")
+        contents[Path(json_path)] = (json_dumps(body, indent=2) + "\n").encode("utf-8")
     if not contents:
         return []
     with staged_outputs(list(contents), force=force, inputs=inputs, final=True) as handles:
@@ -753,6 +775,7 @@ def embeddings_by_path(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     if matrix.ndim != 2 or matrix.shape[0] != len(names):
         raise EvaluationError(f"embeddings shape {matrix.shape} does not match "
                               f"{len(names)} names", path=file)
+    check_embeddings(matrix, names, where=file)
     rows: dict[str, np.ndarray] = {}
     for name, row in zip(names, matrix, strict=True):
         if detected:
@@ -914,6 +937,8 @@ def compare_images(loaded: Any, paths: Sequence[Path], *, detector: Any = None,
     from facenet_convert.converter.embedding import embed_paths
 
     result = embed_paths(loaded, paths, detector=detector, fit=fit, batch_size=batch_size)
+    check_embeddings(np.asarray(result.embeddings), [str(p) for p in result.paths],
+                     error=EmbedError)
     return DistanceMatrix([str(p) for p in result.paths], distance_matrix(result.embeddings),
                           result.skipped)
 
@@ -925,7 +950,7 @@ def write_matrix(result: DistanceMatrix, *, json_path: str | None, csv_path: str
 
     texts = {}
     if json_path is not None:
-        texts[json_path] = json.dumps(result.summary(), indent=2) + "\n"
+        texts[json_path] = json_dumps(result.summary(), indent=2) + "\n"
     if csv_path is not None:
         texts[csv_path] = matrix_csv(result.names, result.matrix)
     files = {Path(k): v for k, v in texts.items() if k != "-"}

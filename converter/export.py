@@ -14,7 +14,6 @@ carries the same as ``facenet_convert.json`` in its extra files.
 from __future__ import annotations
 
 import io
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facenet_convert.converter.core.atomic import raise_if_interrupted
+from facenet_convert.converter.core.checks import dumps as json_dumps
+from facenet_convert.converter.core.checks import max_abs_difference, within, worst
 from facenet_convert.converter.core.errors import ConverterError
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class ExportReport:
 
     @property
     def passed(self) -> bool:
-        return self.max_abs <= self.tolerance
+        return within(self.max_abs, self.tolerance)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "passed": self.passed}
@@ -152,7 +153,7 @@ def _candidate(data: bytes, fmt: str) -> Any:
 
 
 def export_model(weights: str | os.PathLike[str], output: str | os.PathLike[str], *,
-                 model: str = "auto", opset: int | None = None, dynamic_batch: bool = False,
+                 model: str = "auto", opset: int | None = None, dynamic_batch: bool = True,
                  with_preprocessing: bool = False, force: bool = False,
                  seed: int = 0) -> ExportReport:
     """Export ``weights`` to ``output`` (``.onnx`` or ``.pt2``) after verifying the export."""
@@ -220,16 +221,15 @@ def export_model(weights: str | os.PathLike[str], output: str | os.PathLike[str]
         for shape, batch in zip(checks, _inputs(checks, with_preprocessing, seed + 1),
                                 strict=True):
             want, got = _outputs(module(batch)), _outputs(candidate(batch))
-            diff = max(float((g.float() - w).abs().max()) for g, w in zip(got, want,
-                                                                          strict=True))
+            diff = worst(max_abs_difference(g, w) for g, w in zip(got, want, strict=True))
             report.checks.append({"shape": list(shape), "max_abs": diff})
-            report.max_abs = max(report.max_abs, diff)
+            report.max_abs = worst([report.max_abs, diff])
     report.seconds = time.perf_counter() - started
     if not report.passed:
         raise ExportError(f"the export differs from our model by {report.max_abs:.2e} > "
                           f"{TOLERANCE:g} (float32 max abs); nothing written; try another "
                           "--opset or the other format", path=out)
-    text = json.dumps(report.to_dict(), indent=2) + "\n"
+    text = json_dumps(report.to_dict(), indent=2) + "\n"
     with staged_outputs([out, report_path], force=force, inputs=[weights],
                         final=True) as handles:
         handles[out].write(data)
@@ -253,5 +253,5 @@ def _pt2_bytes(module: nn.Module, example: Tensor, dynamic: dict[int, tuple[str,
         raise ExportError(f"torch.export failed ({type(error).__name__}: {first})") from None
     buffer = io.BytesIO()
     torch.export.save(program, buffer,
-                      extra_files={"facenet_convert.json": json.dumps(metadata, indent=2)})
+                      extra_files={"facenet_convert.json": json_dumps(metadata, indent=2)})
     return buffer.getvalue()

@@ -6,7 +6,6 @@ Actions), is appended to that file so the figures show on the workflow run's pag
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from facenet_convert.converter.core.atomic import atomic_output
+from facenet_convert.converter.core.checks import dumps as json_dumps
 from facenet_convert.converter.core.errors import OutputError
 from facenet_convert.converter.parity import Figures, ParityReport
 
@@ -30,7 +30,7 @@ def _num(value: float | None, digits: int = 3) -> str:
 
 def to_json(report: ParityReport) -> str:
     """The report as pretty JSON (keys in a fixed order), ending with a newline."""
-    return json.dumps(report.to_dict(), indent=2) + "\n"
+    return json_dumps(report.to_dict(), indent=2) + "\n"
 
 
 def _escape(text: str) -> str:

@@ -50,10 +50,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facenet_convert.converter.core.atomic import atomic_output, check_output_path
+from facenet_convert.converter.core.checks import dumps as json_dumps
 from facenet_convert.converter.core.errors import ConverterError, ScaleError
 from facenet_convert.converter.core.extras import require_extra
 from facenet_convert.converter.core.hashing import sha256_file
-from facenet_convert.converter.core.inputs import input_inside, read_input_list
+from facenet_convert.converter.core.inputs import input_inside, read_input_list, unique_files
 from facenet_convert.converter.core.version import __version__
 
 if TYPE_CHECKING:
@@ -225,7 +226,7 @@ def _write_manifest(out: Path, kind: str, settings: dict[str, Any], records: lis
     manifest = {"kind": kind, "version": __version__, "settings": settings, "inputs": inputs,
                 "rows": sum(s["rows"] for s in shards), "shards": shards, "skipped": skipped}
     with atomic_output(out / MANIFEST, force=True, final=True) as handle:
-        handle.write(json.dumps(manifest, indent=1, default=str).encode("utf-8"))
+        handle.write(json_dumps(manifest, indent=1, default=str).encode("utf-8"))
     return manifest
 
 
@@ -304,15 +305,8 @@ def list_inputs(items: Sequence[str], input_list: str | None = None
         listed, listed_skips = read_input_list(input_list, ScaleError)
         paths += listed
         skipped += listed_skips
-    unique: list[Path] = []
-    seen: set[str] = set()
-    for path in paths:
-        if str(path) in seen:
-            skipped.append((f"{path}@{len(unique)}", f"{path}: named twice"))
-            continue
-        seen.add(str(path))
-        unique.append(path)
-    return unique, skipped
+    unique, repeated = unique_files(paths)
+    return unique, skipped + repeated
 
 
 # ----------------------------------------------------------------------------- embed
@@ -673,7 +667,7 @@ def _align_shard(out: Path, index: int, shard_id: str, tasks: list[tuple[str, st
                 [name, sha256_file(name), *map(int, bb)] for name, _, bb in result.crops]})
     body = {"index": index, "id": shard_id, "inputs": len(tasks), "photos": photos,
             "skipped": skipped, "lines": lines}
-    data = json.dumps(body, indent=0).encode("utf-8")
+    data = json_dumps(body, indent=0).encode("utf-8")
     name = _align_file(index, shard_id)
     with atomic_output(out / name, force=True, part=True) as handle:
         handle.write(data)

@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from facenet_convert.converter.core.checks import dumps as json_dumps
 from facenet_convert.converter.core.errors import OutputError
 
 FORMATS = ("pt", "safetensors")
@@ -172,4 +173,4 @@ def write_state(arrays: Mapping[str, np.ndarray], handle: BinaryIO, format: str,
 
 def write_json(document: object, handle: BinaryIO) -> None:
     """Stable JSON (sorted keys, 2-space indent, trailing newline)."""
-    handle.write((json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+    handle.write((json_dumps(document, indent=2, sort_keys=True) + "\n").encode())

@@ -7,17 +7,17 @@ prints the JSON summary on stdout.
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from facenet_convert.converter.align import SELECTIONS, AlignOptions, align_dataset, mtcnn_nets
+from facenet_convert.converter.commands.declare import DeclaredCommand, Input, Output
 from facenet_convert.converter.commands.options import Progress, scale_options, warn
+from facenet_convert.converter.core.checks import dumps as json_dumps
 
 
-@click.command("align")
-@click.argument("input_dir", type=click.Path(path_type=str))
-@click.argument("output_dir", type=click.Path(path_type=str, file_okay=False))
+@click.command("align", cls=DeclaredCommand)
+@click.argument("input_dir", type=Input("folder", folder=True))
+@click.argument("output_dir", type=Output(folder=True, example="aligned"))
 @click.option("--image-size", type=click.IntRange(min=1), default=160, show_default=True,
               help="Side of the square crops (upstream's script default is 182).")
 @click.option("--margin", type=click.FloatRange(min=0), default=32.0, show_default=True,
@@ -34,7 +34,7 @@ from facenet_convert.converter.commands.options import Progress, scale_options, 
               "interrupted job).")
 @click.option("--force", is_flag=True, help="Redo photos whose crops exist.")
 @click.option("--device", default="cpu", show_default=True, help="torch device for MTCNN.")
-@click.option("--mtcnn", "mtcnn_dir", type=click.Path(path_type=str, file_okay=False),
+@click.option("--mtcnn", "mtcnn_dir", type=Input("mtcnn", folder=True),
               default=None, help="Folder with pnet/rnet/onet weights (default: the weights shipped "
               "in the package).")
 @scale_options
@@ -61,7 +61,7 @@ def align_command(input_dir: str, output_dir: str, image_size: int, margin: floa
         if scaled.skipped:
             warn(f"{scaled.skipped} of {scaled.inputs} photos not aligned; reasons in "
                  f"{scaled.manifest}")
-        click.echo(json.dumps(scaled.as_dict(), indent=2))
+        click.echo(json_dumps(scaled.as_dict(), indent=2))
         return
     with Progress("aligning") as progress:
         summary = align_dataset(input_dir, output_dir, options=options, workers=workers,
@@ -70,4 +70,4 @@ def align_command(input_dir: str, output_dir: str, image_size: int, margin: floa
     for failure in summary.failed:
         reason = failure["reason"]
         warn(reason if reason.startswith(failure["path"]) else f"{failure['path']}: {reason}")
-    click.echo(json.dumps(summary.as_dict(), indent=2))
+    click.echo(json_dumps(summary.as_dict(), indent=2))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from facenet_convert.converter.commands.declare import DeclaredCommand, Input, Output
 from facenet_convert.converter.commands.options import (
     detect_options,
     model_options,
@@ -16,13 +17,16 @@ from facenet_convert.converter.embedding import expand_inputs, load_detector, lo
 from facenet_convert.converter.evaluation import compare_images, matrix_table, write_matrix
 
 
-@click.command("compare")
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.command("compare", cls=DeclaredCommand)
+@click.argument("images", nargs=-1, required=True,
+                type=Input("images", folder=True, batch=True))
 @model_options
 @detect_options
-@click.option("--json", "json_path", type=click.Path(path_type=str, dir_okay=False),
+@click.option("--json", "json_path",
+              type=Output(stdout=True, example="matrix.json"),
               default=None, help="Write names and matrix as JSON ('-': stdout).")
-@click.option("--csv", "csv_path", type=click.Path(path_type=str, dir_okay=False),
+@click.option("--csv", "csv_path",
+              type=Output(stdout=True, example="matrix.csv"),
               default=None, help="Write the matrix as CSV ('-': stdout).")
 @click.option("--fit", type=click.Choice(["resize", "center_crop"]), default="resize",
               show_default=True, help="Without --detect: how images that are not 160x160 "

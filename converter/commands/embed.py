@@ -7,10 +7,12 @@ on stderr and skipped; the run fails (and writes nothing) only when no embedding
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import click
 
+from facenet_convert.converter.commands.declare import DeclaredCommand, Input, Output
 from facenet_convert.converter.commands.options import (
     Progress,
     detect_options,
@@ -29,12 +31,25 @@ from facenet_convert.converter.embedding import (
 )
 
 
-@click.command("embed")
-@click.argument("images", nargs=-1, type=click.Path(path_type=str))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=str),
+def _on_ray(params: Mapping[str, Any]) -> bool:
+    """With --engine ray the output is a folder of shards."""
+    return params.get("scale_engine") == "ray"
+
+
+def _sidecars(output: str, params: Mapping[str, Any]) -> list[str]:
+    """``x.npy`` brings ``x.names.txt``."""
+    if _on_ray(params) or not output.lower().endswith(".npy"):
+        return []
+    return [str(path) for path in output_paths(output)[1:]]
+
+
+@click.command("embed", cls=DeclaredCommand)
+@click.argument("images", nargs=-1, type=Input("images", folder=True, batch=True))
+@click.option("-o", "--output", required=True,
+              type=Output(folder=_on_ray, sidecars=_sidecars, example="embeddings.npy"),
               help="Output file: .npz (names + embeddings), .npy (+ .names.txt) or .csv; "
               "with --engine ray a folder (Parquet shards + manifest.json).")
-@click.option("--input-list", type=click.Path(path_type=str, dir_okay=False), default=None,
+@click.option("--input-list", type=Input("list"), default=None,
               help="Also embed the files listed in this .txt (one path per line) or .parquet "
               "('path' column); relative paths are relative to the list's folder.")
 @model_options
@@ -106,8 +121,7 @@ def _embed_on_ray(paths: list[Any], missing: list[tuple[str, str]], output: str,
                   ray_address: str | None, actors: int, shard_size: int,
                   engine: dict[str, str]) -> None:
     """--engine ray: Parquet shards and manifest.json in the OUTPUT folder (converter/scale.py)."""
-    import json
-
+    from facenet_convert.converter.core.checks import dumps as json_dumps
     from facenet_convert.converter.scale import (
         EmbedSpec,
         RayOptions,
@@ -132,4 +146,4 @@ def _embed_on_ray(paths: list[Any], missing: list[tuple[str, str]], output: str,
     if summary.skipped:
         warn(f"{summary.skipped} of {summary.inputs} inputs skipped; reasons in "
              f"{summary.manifest}")
-    click.echo(json.dumps(summary.as_dict(), indent=2))
+    click.echo(json_dumps(summary.as_dict(), indent=2))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from facenet_convert.converter.commands.declare import DeclaredCommand, Input, Output
 from facenet_convert.converter.commands.options import (
     Progress,
     detect_options,
@@ -27,14 +28,24 @@ from facenet_convert.converter.evaluation import (
 FUSE_FROM = 256  # images; below this the plain model finishes before an engine is ready
 
 
-@click.command("evaluate")
-@click.argument("pairs", type=click.Path(path_type=str, dir_okay=False))
-@click.argument("images_dir", type=click.Path(path_type=str, file_okay=False))
+def _extension(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """An image extension (``png``, ``.jpg``): letters and digits, no path parts."""
+    if value is None:
+        return None
+    bare = value.removeprefix(".")
+    if not (bare.isascii() and bare.isalnum() and 0 < len(bare) <= 10):
+        raise click.BadParameter(f"{value!r} is not an image extension such as png or jpg")
+    return bare
+
+
+@click.command("evaluate", cls=DeclaredCommand)
+@click.argument("pairs", type=Input("pairs"))
+@click.argument("images_dir", type=Input("folder", folder=True))
 @model_options
-@click.option("--embeddings", "embeddings_file", type=click.Path(path_type=str), default=None,
+@click.option("--embeddings", "embeddings_file", type=Input("embeddings"), default=None,
               help="Use the embeddings of an `embed` .npz instead of a model.")
 @detect_options
-@click.option("--ext", default=None, metavar="EXT",
+@click.option("--ext", default=None, metavar="EXT", callback=_extension,
               help="Image extension in the name/name_NNNN.EXT layout (default: jpg, then png, "
               "as upstream).")
 @click.option("--folds", type=click.IntRange(min=2), default=10, show_default=True,
@@ -51,12 +62,13 @@ FUSE_FROM = 256  # images; below this the plain model finishes before an engine 
 @click.option("--calibrate", is_flag=True,
               help="Print only the calibrated threshold for --far (verify's units when the "
               "metric is plain euclidean), for scripts.")
-@click.option("--compare-with", "compare_with", type=click.Path(path_type=str), default=None,
+@click.option("--compare-with", "compare_with",
+              type=Input("source", folder=True, may_be_missing=True), default=None,
               metavar="SOURCE", help="Also embed the pairs with this TF checkpoint/.meta/.pb "
               "and report task-level parity (needs the tf extra).")
-@click.option("--json", "json_path", type=click.Path(path_type=str, dir_okay=False),
+@click.option("--json", "json_path", type=Output(example="evaluation.json"),
               default=None, help="Write every figure as JSON.")
-@click.option("--roc", "roc_path", type=click.Path(path_type=str, dir_okay=False), default=None,
+@click.option("--roc", "roc_path", type=Output(example="roc.csv"), default=None,
               help="Write the ROC curve: .png (matplotlib) or .csv (threshold,fpr,tpr).")
 @click.option("--fit", type=click.Choice(["resize", "center_crop"]), default="resize",
               show_default=True, help="Without --detect: how images that are not 160x160 "

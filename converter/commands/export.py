@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import click
 
+from facenet_convert.converter.commands.declare import DeclaredCommand, Input, Output
 from facenet_convert.converter.engines import DEFAULT_OPSET
 
 
-@click.command("export")
-@click.argument("weights", type=click.Path(path_type=str))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=str),
+@click.command("export", cls=DeclaredCommand)
+@click.argument("weights", type=Input("weights"))
+@click.option("-o", "--output", required=True,
+              type=Output(sidecars=lambda out, _params: [out + ".json"],
+                          example="model.onnx"),
               help="OUT.onnx (ONNX, run by ONNX Runtime) or OUT.pt2 (torch.export program); "
                    "a JSON report is written beside it as OUT.onnx.json / OUT.pt2.json.")
 @click.option("--model", default="auto", show_default=True,
               help="Registry architecture of WEIGHTS; auto detects it from the state dict.")
 @click.option("--opset", type=click.IntRange(min=13), default=None,
               help=f"ONNX opset (default {DEFAULT_OPSET}).")
-@click.option("--dynamic-batch", is_flag=True,
-              help="Any batch size (default: the batch of 2 it was exported with). PNet's "
-                   "height and width are always dynamic.")
+@click.option("--dynamic-batch/--fixed-batch", default=True, show_default=True,
+              help="Any batch size, or only the batch of 2 it is exported with (parity runs "
+                   "such an export in batches of 2). PNet's height and width are always "
+                   "dynamic.")
 @click.option("--with-preprocessing", is_flag=True,
               help="Take float 0..255 RGB pixels and standardize inside the model.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")

@@ -7,6 +7,7 @@ from typing import Any, Self
 
 import click
 
+from facenet_convert.converter.commands.declare import Input
 from facenet_convert.converter.core.atomic import raise_if_interrupted
 from facenet_convert.models.releases import release_names
 
@@ -61,7 +62,7 @@ def model_options(func: Any) -> Any:
                         "for an unknown file, by embedding size).")(func)
     func = click.option("--pretrained", default=None, metavar="NAME",
                         help=f"A cached release ({', '.join(names)}) or alias.")(func)
-    func = click.option("--weights", type=click.Path(path_type=str), default=None,
+    func = click.option("--weights", type=Input("weights"), default=None,
                         help="Converted Inception-ResNet-V1 weights (.pt/.safetensors).")(func)
     return func
 
@@ -73,7 +74,7 @@ def detect_options(func: Any) -> Any:
     func = click.option("--margin", type=click.FloatRange(min=0), default=32.0,
                         show_default=True,
                         help="Pixels added around each box before cropping.")(func)
-    func = click.option("--mtcnn", "mtcnn_dir", type=click.Path(path_type=str, file_okay=False),
+    func = click.option("--mtcnn", "mtcnn_dir", type=Input("mtcnn", folder=True),
                         default=None, help="Folder with pnet/rnet/onet weights (default: the "
                         "weights shipped in the package).")(func)
     func = click.option("--detect", is_flag=True,

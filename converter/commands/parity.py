@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from facenet_convert.converter.commands.declare import DeclaredCommand, Input, Output
 from facenet_convert.converter.parity import (
     DEFAULT_FLOAT64_INPUTS,
     DEFAULT_TOLERANCE,
@@ -15,9 +16,9 @@ from facenet_convert.converter.parity import (
 )
 
 
-@click.command("parity")
-@click.argument("source", type=click.Path(path_type=str))
-@click.argument("weights", type=click.Path(path_type=str))
+@click.command("parity", cls=DeclaredCommand)
+@click.argument("source", type=Input("source", folder=True, may_be_missing=True))
+@click.argument("weights", type=Input("weights"))
 @click.option("--model", type=click.Choice(MODELS), default="auto", show_default=True,
               help="Model of WEIGHTS; auto detects it from the state dict's keys.")
 @click.option("--batches", type=click.IntRange(min=1), default=5, show_default=True,
@@ -25,7 +26,7 @@ from facenet_convert.converter.parity import (
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the N(0,1) input batches.")
-@click.option("--images", type=click.Path(path_type=str, file_okay=False), default=None,
+@click.option("--images", type=Input("folder", folder=True), default=None,
               help="Folder of real face images to use instead of random inputs (needs Pillow; "
                    "resized to the model's input, standardized (x-127.5)/128).")
 @click.option("--tolerance", type=click.FloatRange(min=0), default=DEFAULT_TOLERANCE,
@@ -44,9 +45,11 @@ from facenet_convert.converter.parity import (
                    "first one above the gate.")
 @click.option("--verbose", is_flag=True,
               help="Let TensorFlow's own log lines (C++ start-up notices, warnings) through.")
-@click.option("--json", "json_path", type=click.Path(path_type=str), default=None,
+@click.option("--json", "json_path", type=Output(replaces=True, example="parity.json"),
+              default=None,
               help="Write the full report as JSON (replaces an earlier report).")
-@click.option("--markdown", "markdown_path", type=click.Path(path_type=str), default=None,
+@click.option("--markdown", "markdown_path", type=Output(replaces=True, example="parity.md"),
+              default=None,
               help="Write the report as a markdown table (also appended to "
                    "$GITHUB_STEP_SUMMARY when set).")
 @click.pass_context

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import click
 
+from facenet_convert.converter.commands.declare import DeclaredCommand, Input, Output
 from facenet_convert.converter.regenerate import PARITY_BATCH_SIZE, PARITY_BATCHES
 
 
-@click.command("regenerate")
-@click.argument("releases_dir", type=click.Path(path_type=str))
-@click.option("-o", "--output", "out_dir", type=click.Path(path_type=str), required=True,
+@click.command("regenerate", cls=DeclaredCommand)
+@click.argument("releases_dir", type=Input("releases", folder=True))
+@click.option("-o", "--output", "out_dir", type=Output(folder=True, example="published"),
+              required=True,
               help="Folder for the published file set and MANIFEST.json (created if missing).")
 @click.option("--allow-unverified", is_flag=True,
               help="Convert inputs whose sha256 differs from the release registry's (the "

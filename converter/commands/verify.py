@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from facenet_convert.converter.commands.declare import DeclaredCommand, Input
 from facenet_convert.converter.commands.options import (
     detect_options,
     model_options,
@@ -30,9 +31,9 @@ from facenet_convert.converter.embedding import (
 )
 
 
-@click.command("verify")
-@click.argument("image1", type=click.Path(path_type=Path))
-@click.argument("image2", type=click.Path(path_type=Path))
+@click.command("verify", cls=DeclaredCommand)
+@click.argument("image1", type=Input("image"))
+@click.argument("image2", type=Input("image"))
 @model_options
 @detect_options
 @click.option("--threshold", type=click.FloatRange(min=0), default=DEFAULT_THRESHOLD,
@@ -42,7 +43,7 @@ from facenet_convert.converter.embedding import (
 @click.option("--fit", type=click.Choice(["resize", "center_crop"]), default="resize",
               show_default=True, help="Without --detect: how images that are not 160x160 "
               "are fitted.")
-def verify_command(image1: Path, image2: Path, weights: str | None, pretrained: str | None,
+def verify_command(image1: str, image2: str, weights: str | None, pretrained: str | None,
                    preprocessing: str | None, device: str, detect: bool, mtcnn_dir: str | None,
                    margin: float, min_face_size: float, threshold: float, fit: str,
                    **engine: str) -> None:
@@ -53,7 +54,7 @@ def verify_command(image1: Path, image2: Path, weights: str | None, pretrained: 
     if loaded.note:
         warn(loaded.note)
     detector = load_detector(mtcnn_dir, margin, min_face_size, device) if detect else None
-    distance = verify_pair(loaded, image1, image2, detector=detector, fit=fit)
+    distance = verify_pair(loaded, Path(image1), Path(image2), detector=detector, fit=fit)
     verdict = "same person" if distance < threshold else "different people"
     click.echo(f"distance {distance:.4f} (euclidean, L2-normalized; threshold {threshold:g}): "
                f"{verdict}")

@@ -17,7 +17,8 @@ from typing import BinaryIO
 from facenet_convert.converter.core.errors import ConverterError, SourceError
 
 __all__ = ["LIST_SUFFIXES", "describe_os_error", "file_identity", "input_inside", "kind_of",
-           "open_regular", "read_input_list", "require_regular"]
+           "open_regular", "read_input_list", "regular_file_problem", "require_regular",
+           "unique_files"]
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
           (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
@@ -133,13 +134,44 @@ def read_input_list(list_file: str | os.PathLike[str],
                             f"{key}: listed again (first at entry {seen[key]})"))
             continue
         seen[key] = number
-        if not item.exists():
-            skipped.append((key, f"{key}: no such file"))
-        elif not item.is_file():
-            skipped.append((key, f"{key}: not a regular file"))
+        problem = regular_file_problem(item)
+        if problem is not None:
+            skipped.append((key, f"{key}: {problem}"))
         else:
             paths.append(item)
-    return paths, skipped
+    paths, repeated = unique_files(paths)
+    return paths, skipped + repeated
+
+
+def regular_file_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` is not a regular file to read ("no such file", "a FIFO (named pipe), not
+    a regular file", "a dangling link"...), or None; nothing is opened."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "a dangling link" if os.path.islink(path) else "no such file"
+    except OSError as error:
+        return describe_os_error(error)
+    if not stat.S_ISREG(info.st_mode):
+        return f"{kind_of(info.st_mode)}, not a regular file; not read"
+    return None
+
+
+def unique_files(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Each file once: a later path naming a file already named (through a symlink, ``..`` or
+    a hard link) is returned as a skip, with the first path it repeats."""
+    unique: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    seen: dict[object, Path] = {}
+    for path in paths:
+        real, identity = file_identity(path)
+        key = identity or real
+        if key in seen:
+            skipped.append((str(path), f"{path}: the same file as {seen[key]}; used once"))
+            continue
+        seen[key] = path
+        unique.append(path)
+    return unique, skipped
 
 
 def input_inside(folder: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]]
