@@ -299,23 +299,16 @@ def engine_cache_path(model: nn.Module, name: str, opset: int = DEFAULT_OPSET) -
 
 def _cached_onnx(model: nn.Module, probe: Tensor) -> Path:
     """The model's ONNX export (dynamic batch) in the engine cache, exported on first use."""
-    from facenet_convert.converter.core.atomic import atomic_output
-    from facenet_convert.converter.core.cache import writable_dir
+    from facenet_convert.converter.core.cache import read_cached, writable_dir, write_cached
 
     path = engine_cache_path(model, type(model).__name__)
-    if path.is_file():
-        try:
-            OnnxModel(path)
-            path.touch()             # most recently used: the last to be evicted
-            return path
-        except EngineError:          # a damaged cache entry: export again
-            path.unlink()
+    if read_cached(path, "the engine cache entry"):
+        path.touch()                 # most recently used: the last to be evicted
+        return path
     writable_dir(path.parent)
     data = onnx_bytes(model, probe, dynamic={0: ("batch", 1)})
     _evict(path.parent)
-    with atomic_output(path, force=True) as handle:
-        handle.write(data)
-    return path
+    return write_cached(path, data)
 
 
 CACHE_KEEP = 6
@@ -327,6 +320,7 @@ def _evict(folder: Path, keep: int = CACHE_KEEP) -> None:
     files = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in files[max(0, keep - 1):]:
         old.unlink(missing_ok=True)
+        old.with_name(old.name + ".sha256").unlink(missing_ok=True)
 
 
 def _session_threads() -> int:
@@ -364,11 +358,11 @@ def _onnxruntime_int8(model: nn.Module, probe: Tensor) -> Callable[[Any], Any]:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from facenet_convert.converter.core.atomic import atomic_output
+    from facenet_convert.converter.core.cache import read_cached, write_cached
 
     source = _cached_onnx(model, probe)
     path = source.with_name(source.stem + "-int8.onnx")
-    if path.is_file():
+    if read_cached(path, "the int8 engine cache entry"):
         return OnnxModel(path, threads=_session_threads())
     name = OnnxModel(source).input_name
     batches = iter(calibration_batches(tuple(probe.shape[2:])))
@@ -384,8 +378,7 @@ def _onnxruntime_int8(model: nn.Module, probe: Tensor) -> Callable[[Any], Any]:
         quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8)
-        with atomic_output(path, force=True) as handle:
-            handle.write(quantized.read_bytes())
+        write_cached(path, quantized.read_bytes())
     return OnnxModel(path, threads=_session_threads())
 
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -420,7 +421,12 @@ def _write_embed_shard(out: Path, index: int, shard_id: str, inputs: int, table:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    meta = {"index": index, "id": shard_id, "inputs": inputs, "skipped": list(skipped)}
+    # the rows' sha256 as a reader will see them: after the Parquet round trip
+    first = pa.BufferOutputStream()
+    pq.write_table(table.replace_schema_metadata(None), first)
+    readback = pq.read_table(pa.BufferReader(first.getvalue()))
+    meta = {"index": index, "id": shard_id, "inputs": inputs, "skipped": list(skipped),
+            "content_sha256": _table_sha256(readback)}
     table = table.replace_schema_metadata({SHARD_KEY: json.dumps(meta)})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
@@ -432,6 +438,18 @@ def _write_embed_shard(out: Path, index: int, shard_id: str, inputs: int, table:
             "rows": table.num_rows}
 
 
+def _table_sha256(table: Any) -> str:
+    """sha256 of a shard's rows (Arrow IPC bytes, schema metadata left out): recorded in the
+    shard when written, checked before ``--resume`` keeps it."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    plain = table.replace_schema_metadata(None)
+    with pa.ipc.new_stream(sink, plain.schema) as writer:
+        writer.write_table(plain)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+
+
 def _finished_embed_shard(out: Path) -> Callable[[Shard], dict | None]:
     def finished(shard: Shard) -> dict | None:
         import pyarrow.parquet as pq
@@ -440,12 +458,18 @@ def _finished_embed_shard(out: Path) -> Callable[[Shard], dict | None]:
         try:
             if not path.is_file():
                 return None
-            info = pq.read_metadata(path)
-            meta = json.loads((info.metadata or {})[SHARD_KEY.encode()])
-        except (OSError, KeyError, ValueError, TypeError):
+            table = pq.read_table(path)
+            meta = json.loads((table.schema.metadata or {})[SHARD_KEY.encode()])
+            intact = (meta.get("content_sha256") == _table_sha256(table)
+                      and table.num_rows + len(meta["skipped"]) >= meta["inputs"])
+        except (OSError, KeyError, ValueError, TypeError, AttributeError):
             return None                         # unreadable or foreign: computed again
         if meta.get("id") != shard.id or meta.get("inputs") != len(shard.inputs):
             return None
+        if not intact:
+            _rebuilding(path)
+            return None
+        info = pq.read_metadata(path)
         return {**meta, "skipped": [tuple(s) for s in meta["skipped"]], "file": path.name,
                 "sha256": sha256_file(path), "rows": info.num_rows}
     return finished
@@ -648,6 +672,11 @@ class AlignShards:
         return {"record": np.array(records, dtype=object)}
 
 
+def _rebuilding(path: Path) -> None:
+    print(f"facenet-convert: {path} (or a file it lists) does not match what was recorded "
+          "when it was written; computing it again", file=sys.stderr)
+
+
 def _align_file(index: int, shard_id: str) -> str:
     return f"align-{index:06d}-{shard_id}.json"
 
@@ -691,8 +720,11 @@ def _finished_align_shard(out: Path) -> Callable[[Shard], dict | None]:
             body = json.loads(data)
             if body.get("id") != shard.id or body.get("inputs") != len(shard.inputs):
                 return None
-            if not all(Path(c[0]).is_file() for p in body["photos"] for c in p["crops"]):
-                return None                     # a crop went missing: align the shard again
+            crops = [c for p in body["photos"] for c in p["crops"]]
+            if len(body["photos"]) + len(body["skipped"]) != body["inputs"] or not all(
+                    Path(c[0]).is_file() and sha256_file(c[0]) == c[1] for c in crops):
+                _rebuilding(path)               # a crop went missing or changed: redo it
+                return None
             return _align_record(body, path.name, hashlib.sha256(data).hexdigest())
         except (OSError, KeyError, ValueError, TypeError, IndexError):
             return None

@@ -16,28 +16,85 @@ the same bits as the code it replaced (tests compare them):
 
 The functions release the GIL, so worker threads run them side by side. They compile on
 first use and are cached next to this file (numba falls back to a per-user cache directory
-where that is read-only, and to compiling in memory when neither is writable).
+where that is read-only, and to compiling in memory when neither is writable); a cached file
+is used only when it equals the sha256 recorded when it was written.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numba
 import numpy as np
+from numba.core.caching import FunctionCache
+
+from facenet_convert.converter.core.hashing import sha256_file
 
 _JIT = {"nogil": True, "error_model": "numpy"}   # x / 0 is inf or nan, as numpy
 
 
+class _VerifiedCache(FunctionCache):
+    """numba's on-disk cache, whose files (pickles: whoever can change them runs code) are
+    read only when they equal the sha256 recorded when numba wrote them. A file that differs,
+    lacks a record, or fails to load is removed with one line on stderr and the function is
+    compiled again: a damaged cache is never used and never a crash."""
+
+    def _files(self) -> list[Path]:
+        index = Path(self._cache_file._index_path)
+        return sorted(index.parent.glob(f"{index.stem}.*.nbc")) + [index]
+
+    def _record_path(self) -> Path:
+        return Path(self._cache_file._index_path + ".sha256")
+
+    def _discard(self, why: str) -> None:
+        name = getattr(self._py_func, "__qualname__", "a kernel")
+        print(f"facenet-convert: numba's cache of {name} {why}; compiling it again",
+              file=sys.stderr)
+        for path in [*self._files(), self._record_path()]:
+            path.unlink(missing_ok=True)
+
+    def load_overload(self, sig: Any, target_context: Any) -> Any:
+        files = [path for path in self._files() if path.exists()]
+        if not files:
+            return None
+        try:
+            recorded = json.loads(self._record_path().read_text(encoding="utf-8"))
+            intact = all(recorded.get(path.name) == sha256_file(path) for path in files)
+        except (OSError, ValueError, AttributeError):
+            intact = False
+        if not intact:
+            self._discard("does not match the sha256 recorded when it was written")
+            return None
+        try:
+            return super().load_overload(sig, target_context)
+        except Exception as error:  # noqa: BLE001 - unpickling damage raises anything
+            self._discard(f"cannot be read ({type(error).__name__})")
+            return None
+
+    def save_overload(self, sig: Any, data: Any) -> None:
+        super().save_overload(sig, data)
+        try:
+            record = {path.name: sha256_file(path) for path in self._files() if path.exists()}
+            self._record_path().write_text(json.dumps(record), encoding="utf-8")
+        except OSError:
+            pass                         # no record: the next process compiles again
+
+
 def _compiled(function: Callable[..., Any]) -> Any:
-    """``numba.njit`` with the compiled code cached on disk where numba finds a writable
-    place (next to this file, else a per-user cache directory); without one (a read-only
-    install and no user cache) it compiles in memory on first use instead of failing."""
+    """``numba.njit`` with the compiled code cached on disk (verified, see
+    :class:`_VerifiedCache`) where numba finds a writable place (next to this file, else a
+    per-user cache directory); without one (a read-only install and no user cache) it
+    compiles in memory on first use instead of failing."""
+    dispatcher = numba.njit(**_JIT)(function)
     try:
-        return numba.njit(cache=True, **_JIT)(function)
+        dispatcher._cache = _VerifiedCache(function)
     except RuntimeError:            # numba: "cannot cache function ...: no locator available"
-        return numba.njit(**_JIT)(function)
+        pass
+    return dispatcher
 
 
 @_compiled

@@ -187,3 +187,30 @@ def test_embed_cli_takes_backend_and_precision(model, engine_cache: Path, tmp_pa
                                     "--precision", "bf16"])
     assert bad.exit_code != 0
     assert "torch backend" in bad.stderr.strip().splitlines()[-1]      # one line, after notes
+
+
+def test_tampered_engine_cache_entry_is_rebuilt_not_used(model, faces, engine_cache: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    """An entry whose bytes no longer match the sha256 recorded when it was written is
+    removed with one line and exported again; the embeddings stay the model's."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    from onnx import numpy_helper
+
+    monkeypatch.setenv("FACENET_CONVERT_CACHE", str(engine_cache))
+    make_engine(model, "onnxruntime")
+    cached = engine_cache_path(model, "InceptionResNetV1")
+    proto = onnx.load(str(cached))
+    biggest = max(proto.graph.initializer, key=lambda t: len(t.raw_data) or 0)
+    values = numpy_helper.to_array(biggest).copy()
+    values *= 1.5                                    # a valid model, other weights
+    biggest.CopyFrom(numpy_helper.from_array(values, biggest.name))
+    cached.write_bytes(proto.SerializeToString())
+    capsys.readouterr()
+    engine = make_engine(model, "onnxruntime")
+    assert "does not match its recorded sha256" in capsys.readouterr().err
+    with torch.inference_mode():
+        want = model(faces)
+    assert float((engine(faces) - want).abs().max()) <= TOL

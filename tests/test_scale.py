@@ -441,3 +441,38 @@ def test_local_engine_and_import_never_load_ray() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, cwd=ROOT)
     assert done.stdout.strip() == "[]"
+
+
+def test_resume_rebuilds_tampered_shards_and_crops(cluster: str, faces: Path, weights: Path,
+                                                   align_photos: Path,
+                                                   published_mtcnn: dict[str, Path],
+                                                   tmp_path: Path) -> None:
+    """--resume keeps a shard only if its rows match the sha256 recorded in it (and an align
+    shard only if every crop matches its recorded sha256): a shard with a row dropped, or a
+    changed crop, is computed again, so every input ends as a row or a skip."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "embed"
+    args = ["embed", faces, "--weights", weights, "--backend", "torch", "--shard-size", 4,
+            "--actors", "1", "--engine", "ray", "--ray-address", cluster, "-o", out]
+    assert _run(*args).exit_code == 0
+    names, want = _ray_rows(out)
+    shard = sorted(out.glob("embed-*.parquet"))[0]
+    table = pq.read_table(shard)
+    pq.write_table(table.slice(1), shard)          # a row gone, the recorded metadata kept
+    rerun = _run(*args)
+    assert rerun.exit_code == 0, rerun.output
+    assert "does not match what was recorded" in rerun.stderr
+    again_names, got = _ray_rows(out)
+    assert again_names == names and np.array_equal(got, want)
+
+    aligned = tmp_path / "aligned"
+    align = ["align", align_photos, aligned, "--mtcnn", published_mtcnn["pnet"].parent,
+             "--engine", "ray", "--shard-size", 3]
+    assert _run(*align).exit_code == 0
+    crop = sorted(aligned.rglob("*.png"))[0]
+    original = crop.read_bytes()
+    crop.write_bytes(original[:-8] + bytes(8))
+    rerun = _run(*align)
+    assert rerun.exit_code == 0, rerun.output
+    assert crop.read_bytes() == original

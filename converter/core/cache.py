@@ -41,3 +41,50 @@ def writable_dir(folder: Path, variable: str = CACHE_ENV) -> Path:
 def cache_subdir(name: str) -> Path:
     """A writable folder ``name`` under :func:`cache_dir`."""
     return writable_dir(cache_dir() / name)
+
+
+RECORD_SUFFIX = ".sha256"
+
+
+def _record(path: Path) -> Path:
+    return path.with_name(path.name + RECORD_SUFFIX)
+
+
+def write_cached(path: Path, data: bytes) -> Path:
+    """Write a cache entry atomically, its sha256 recorded beside it (``<name>.sha256``)."""
+    import hashlib
+
+    from facenet_convert.converter.core.atomic import atomic_output
+
+    writable_dir(path.parent)
+    with atomic_output(path, force=True) as handle:
+        handle.write(data)
+    with atomic_output(_record(path), force=True) as handle:
+        handle.write(f"{hashlib.sha256(data).hexdigest()}\n".encode())
+    return path
+
+
+def read_cached(path: Path, what: str) -> bool:
+    """Whether the cache entry ``path`` exists and equals its recorded sha256. An entry that
+    does not (damaged, tampered, or written without a record) is removed with one line on
+    stderr, so that the caller rebuilds it; it is never used."""
+    import sys
+
+    from facenet_convert.converter.core.hashing import sha256_file
+
+    if not path.is_file():
+        return False
+    try:
+        recorded = _record(path).read_text(encoding="ascii").strip()
+        good = recorded == sha256_file(path)
+    except (OSError, UnicodeDecodeError):
+        good = False
+    if not good:
+        print(f"facenet-convert: {what} {path} does not match its recorded sha256; "
+              "rebuilding it", file=sys.stderr)
+        for stale in (path, _record(path)):
+            try:
+                stale.unlink()
+            except OSError:
+                pass
+    return good
