@@ -23,22 +23,22 @@ Generated from the commands' own `--help` by `scripts/gen_cli_docs.py` (do not e
 """
 
 
-def _help(command: click.Command, name: str, parent: click.Context | None) -> str:
-    context = click.Context(command, info_name=name, parent=parent, terminal_width=WIDTH,
-                            max_content_width=WIDTH)
-    return command.get_help(context)
+def _context(command: click.Command, name: str, parent: click.Context | None) -> click.Context:
+    """The context click itself makes (the group's context_settings apply: ``-h``), at a
+    fixed width whatever the terminal."""
+    return command.make_context(name, [], parent=parent, resilient_parsing=True,
+                                terminal_width=WIDTH, max_content_width=WIDTH)
 
 
 def render() -> str:
-    root = click.Context(cli_group, info_name="facenet-convert", terminal_width=WIDTH,
-                         max_content_width=WIDTH)
-    parts = [HEADER, "## facenet-convert\n", "```text", _help(cli_group, "facenet-convert", None),
-             "```\n"]
+    root = _context(cli_group, "facenet-convert", None)
+    parts = [HEADER, "## facenet-convert\n", "```text", cli_group.get_help(root), "```\n"]
     for name in sorted(cli_group.list_commands(root)):
         command = cli_group.get_command(root, name)
         if command is None or command.hidden:
             continue
-        parts += [f"## {name}\n", "```text", _help(command, name, root), "```\n"]
+        parts += [f"## {name}\n", "```text", command.get_help(_context(command, name, root)),
+                  "```\n"]
     return "\n".join(parts)
 
 

@@ -457,7 +457,7 @@ def test_resume_rebuilds_tampered_shards_and_crops(cluster: str, faces: Path, we
             "--actors", "1", "--engine", "ray", "--ray-address", cluster, "-o", out]
     assert _run(*args).exit_code == 0
     names, want = _ray_rows(out)
-    shard = sorted(out.glob("embed-*.parquet"))[0]
+    shard = min(out.glob("embed-*.parquet"))
     table = pq.read_table(shard)
     pq.write_table(table.slice(1), shard)          # a row gone, the recorded metadata kept
     rerun = _run(*args)
