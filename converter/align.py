@@ -439,6 +439,7 @@ def align_dataset(input_dir: str | os.PathLike[str], output_dir: str | os.PathLi
     """Align every photo of ``input_dir`` into ``output_dir`` (see the module docstring)."""
     options = options or AlignOptions()
     classes, listed_skips, out = plan_alignment(input_dir, output_dir, options)
+    _detector(options)        # bad --mtcnn weights fail here, before anything is created
     make_folders(out, classes)
     with output_lock(out):
         return _align_locked(classes, listed_skips, out, input_dir, options, workers, resume,

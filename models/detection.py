@@ -66,8 +66,10 @@ from facenet_convert.models.area_resize import CropPlan, CropSource
 from facenet_convert.models.kernels import greedy_nms
 from facenet_convert.models.mtcnn import ONet, PNet, RNet
 from facenet_convert.models.preprocessing import (
+    MAX_PIXELS_ENV,
     ImageLike,
     fixed_image_standardization,
+    max_pixels,
     resize_uint8,
     to_rgb_array,
 )
@@ -186,8 +188,25 @@ def _valid(boxes: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- inputs
 
+def _check_pixels(image: Any) -> None:
+    """The pixel cap of decoded files holds for images passed in memory too, checked before
+    any conversion allocates (a 20000x20000 array would take gigabytes and minutes)."""
+    if isinstance(image, (np.ndarray, Tensor)) and image.ndim >= 2:
+        height, width = int(image.shape[0]), int(image.shape[1])
+    elif hasattr(image, "size") and isinstance(getattr(image, "size", None), tuple):
+        width, height = (int(v) for v in image.size[:2])
+    else:
+        return
+    cap = max_pixels()
+    if height * width > cap:
+        raise DetectionInputError(f"image of {width}x{height} = {height * width:,} pixels is "
+                                  f"over the {cap:,} allowed; resize it, or set "
+                                  f"{MAX_PIXELS_ENV} to raise the cap")
+
+
 def _to_uint8_rgb(image: Any) -> np.ndarray:
     """uint8 ``(H, W, 3)`` from PIL, numpy or an HWC torch tensor (floats: 0..255, rounded)."""
+    _check_pixels(image)
     if isinstance(image, Tensor):
         image = image.detach().cpu().numpy()
     if isinstance(image, np.ndarray) and image.dtype != np.uint8:

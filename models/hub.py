@@ -25,6 +25,7 @@ import re
 import sys
 import time
 from collections.abc import Mapping
+from http.client import HTTPException
 from pathlib import Path
 from typing import BinaryIO
 from urllib.error import HTTPError, URLError
@@ -53,6 +54,10 @@ from facenet_convert.models.releases import (
 
 CHUNK = 1 << 20
 TIMEOUT_S = 30.0
+#: Whole-download deadline (seconds) and byte cap when the size is not known in advance.
+DEADLINE_ENV = "FACENET_CONVERT_DOWNLOAD_DEADLINE"
+DEADLINE_S = 1800.0
+MAX_UNKNOWN_BYTES = 2 << 30
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _HINT = "run `facenet-convert regenerate` or place the file there"
 
@@ -143,16 +148,32 @@ def ensure_weights(release: Release, *, progress: bool | None = None) -> Path:
                          progress=progress)
 
 
+def download_deadline() -> float:
+    """Seconds a whole download may take: ``$FACENET_CONVERT_DOWNLOAD_DEADLINE`` or 1800."""
+    text = os.environ.get(DEADLINE_ENV, "").strip()
+    try:
+        value = float(text) if text else DEADLINE_S
+    except ValueError:
+        raise WeightsNotFoundError(f"${DEADLINE_ENV} must be a number of seconds, not "
+                                   f"{text!r}") from None
+    return value if value > 0 else DEADLINE_S
+
+
 def download_file(url: str, dest: str | os.PathLike[str], *, sha256: str,
                   size: int | None = None, origin: str = "the caller",
-                  progress: bool | None = None, timeout: float = TIMEOUT_S) -> Path:
+                  progress: bool | None = None, timeout: float = TIMEOUT_S,
+                  deadline: float | None = None) -> Path:
     """Download ``url`` to ``dest`` atomically, keeping it only if its sha256 is ``sha256``.
 
-    ``size`` (when known) bounds the download. ``progress``: a bar on stderr; default when
-    stderr is a terminal. Errors: :class:`WeightsNotFoundError` (offline, HTTP error, short
-    or oversized body), :class:`ChecksumMismatchError` (nothing is left behind either way).
+    ``size`` (when known) bounds the download, else 2 GiB does; ``timeout`` bounds each read
+    and ``deadline`` (default :func:`download_deadline`) the whole transfer, so a server that
+    drips bytes cannot hold the run forever. ``progress``: a bar on stderr; default when
+    stderr is a terminal. Errors: :class:`WeightsNotFoundError` (offline, HTTP error, short,
+    cut or oversized body, deadline), :class:`ChecksumMismatchError` (nothing is left behind
+    either way).
     """
     dest = Path(dest)
+    ends = time.monotonic() + (deadline if deadline is not None else download_deadline())
     if progress is None:
         progress = sys.stderr.isatty()
     try:
@@ -164,6 +185,9 @@ def download_file(url: str, dest: str | os.PathLike[str], *, sha256: str,
     request = Request(url, headers={"User-Agent": f"facenet-convert/{__version__}"})
     try:
         response = urlopen(request, timeout=timeout)
+    except HTTPException as error:                 # a malformed status line or headers
+        raise WeightsNotFoundError(f"cannot download {url} ({type(error).__name__}); "
+                                   f"{_regenerate_hint(dest)}", path=dest) from error
     except HTTPError as error:
         raise WeightsNotFoundError(f"download of {url} failed (HTTP {error.code} "
                                    f"{error.reason}); {_regenerate_hint(dest)}",
@@ -184,7 +208,7 @@ def download_file(url: str, dest: str | os.PathLike[str], *, sha256: str,
                 with atomic_output(dest, force=True) as handle:
                     _copy_verified(response, handle, url=url, dest=dest, sha256=sha256,
                                    size=size if size is not None else total, origin=origin,
-                                   progress=progress)
+                                   progress=progress, ends=ends)
             except _Abort as abort:
                 raise abort.error from None
     finally:
@@ -193,20 +217,31 @@ def download_file(url: str, dest: str | os.PathLike[str], *, sha256: str,
 
 
 def _copy_verified(response: BinaryIO, handle: BinaryIO, *, url: str, dest: Path, sha256: str,
-                   size: int | None, origin: str, progress: bool) -> None:
+                   size: int | None, origin: str, progress: bool, ends: float) -> None:
     digest = hashlib.sha256()
     done = 0
+    cap = size if size is not None else MAX_UNKNOWN_BYTES
     bar = _Progress(dest.name, size) if progress else None
     while True:
-        try:
-            chunk = response.read(CHUNK)
-        except (OSError, ValueError) as error:
+        if time.monotonic() > ends:
             raise _Abort(WeightsNotFoundError(
-                f"download of {url} broke off after {done} bytes ({error}); "
-                f"{_regenerate_hint(dest)}", path=dest)) from error
+                f"download of {url} did not finish in time ({done} bytes so far; "
+                f"${DEADLINE_ENV} sets the limit); discarded; {_regenerate_hint(dest)}",
+                path=dest))
+        try:
+            chunk = response.read1(CHUNK) if hasattr(response, "read1") else response.read(CHUNK)
+        except (OSError, ValueError, HTTPException) as error:
+            raise _Abort(WeightsNotFoundError(
+                f"download of {url} broke off after {done} bytes "
+                f"({type(error).__name__}: {error}); {_regenerate_hint(dest)}",
+                path=dest)) from error
         if not chunk:
             break
         done += len(chunk)
+        if size is None and done > cap:
+            raise _Abort(WeightsNotFoundError(
+                f"{url} sends more than {cap} bytes for {dest.name} (no size is known for "
+                f"it); discarded; {_regenerate_hint(dest)}", path=dest))
         if size is not None and done > size:
             raise _Abort(ChecksumMismatchError(
                 f"{url} sends more than the {size} bytes {dest.name} has ({origin}); "

@@ -12,7 +12,10 @@ import hashlib
 import json
 import shutil
 import socket
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -289,3 +292,56 @@ def test_offline_mode_never_touches_the_network(server: Server, torch_home: Path
     monkeypatch.setenv(OFFLINE_ENV, "0")
     _pnet_from_mirror()
     assert server.requests == ["/weights/pnet.pt"]
+
+
+class _Misbehaving(BaseHTTPRequestHandler):
+    """``/drip``: a byte every 0.5 s; ``/cut``: a chunked body that stops mid-chunk."""
+
+    def do_GET(self) -> None:
+        if self.path.endswith("/drip"):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            for _ in range(1000):
+                try:
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.5)
+        else:
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"400\r\n" + b"y" * 100)     # announces 1024 bytes, sends 100
+            self.wfile.flush()
+            self.close_connection = True
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def misbehaving() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Misbehaving)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_dripping_mirror_hits_the_overall_deadline(misbehaving: str, tmp_path: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(WeightsNotFoundError, match="did not finish in time") as caught:
+        download_file(f"{misbehaving}/drip", tmp_path / "w.pt", sha256="0" * 64, size=1000,
+                      deadline=2.0)
+    assert time.monotonic() - started < 10
+    assert "\n" not in str(caught.value) and not list(tmp_path.iterdir())
+
+
+def test_a_cut_chunked_download_is_one_error(misbehaving: str, tmp_path: Path) -> None:
+    with pytest.raises(WeightsNotFoundError, match="broke off") as caught:
+        download_file(f"{misbehaving}/cut", tmp_path / "w.pt", sha256="0" * 64)
+    assert "\n" not in str(caught.value) and not list(tmp_path.iterdir())

@@ -192,3 +192,19 @@ def test_damaged_shipped_weights_are_refused(tmp_path: Path,
     monkeypatch.setattr(shipped, "SHIPPED_DIR", copy)
     with pytest.raises(ChecksumMismatchError, match="reinstall facenet-convert"):
         RNet(pretrained=True)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "tensor", "pil"])
+def test_pixel_cap_holds_for_images_in_memory(kind: str, nets: dict[str, Path],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A huge in-memory image is refused from its shape, before any conversion allocates."""
+    from facenet_convert.converter.core.errors import DetectionInputError
+
+    monkeypatch.setenv("FACENET_CONVERT_MAX_PIXELS", "10000")
+    mtcnn = MTCNN(pnet=nets["pnet"], rnet=nets["rnet"], onet=nets["onet"])
+    pixels = np.zeros((101, 100, 3), dtype=np.float32)            # float: would be converted
+    image = {"numpy": pixels, "tensor": torch.from_numpy(pixels),
+             "pil": Image.new("RGB", (100, 101))}[kind]
+    with pytest.raises(DetectionInputError, match="10,100 pixels is over the 10,000"):
+        mtcnn.detect(image)
+    assert mtcnn.detect(np.zeros((100, 100, 3), dtype=np.uint8))[0] is None

@@ -89,12 +89,13 @@ def embed_command(images: tuple[str, ...], output: str, input_list: str | None,
     paths_and_weights = [*paths, *([weights] if weights else [])]
     for target in targets:
         check_output_path(target, force=force, inputs=paths_and_weights)
+    # the detector first: bad --mtcnn weights fail before the engine is exported and cached
+    detector = load_detector(mtcnn_dir, margin, min_face_size, device) if detect else None
     loaded = load_embedding_model(weights, pretrained, preprocessing, device, **engine)
     if loaded.note:
         warn(loaded.note)
     if loaded.embedder.note:     # builds and checks the engine before any image is read
         warn(loaded.embedder.note)
-    detector = load_detector(mtcnn_dir, margin, min_face_size, device) if detect else None
 
     with Progress("embedding", len(paths)) as progress:
         result = embed_images(loaded, paths, skipped=missing, detector=detector,
