@@ -217,11 +217,30 @@ def match_onnx(model: OnnxModel) -> Architecture:
     from facenet_convert.converter.registry import get_architecture, names
 
     name = model.metadata.get("architecture")
-    if not name:
-        raise EngineError(f"the ONNX model has no {METADATA_PREFIX}architecture metadata; "
-                          f"expected a file written by `facenet-convert export` "
+    if not name or name not in names():
+        raise EngineError(f"the ONNX model's {METADATA_PREFIX}architecture metadata is "
+                          f"{name!r}; expected a file written by `facenet-convert export` "
                           f"(one of {', '.join(names())})", path=model.path)
     return get_architecture(name)
+
+
+#: Largest embedding an export may declare (FaceNet's are 128 or 512).
+MAX_EMBEDDING_SIZE = 8192
+
+
+def onnx_embedding_size(model: OnnxModel) -> int:
+    """The embedding size an export declares, checked: a whole number up to
+    :data:`MAX_EMBEDDING_SIZE`, equal to the model's first output width when that is fixed."""
+    text = str(model.metadata.get("embedding_size") or "512").strip()
+    if not (text.isascii() and text.isdigit() and 0 < int(text) <= MAX_EMBEDDING_SIZE):
+        raise EngineError(f"the ONNX model declares embedding size {text[:40]!r}; expected a "
+                          f"whole number from 1 to {MAX_EMBEDDING_SIZE}", path=model.path)
+    size = int(text)
+    width = model.session.get_outputs()[0].shape[-1]
+    if isinstance(width, int) and width != size:
+        raise EngineError(f"the ONNX model declares {size}-d embeddings but its output is "
+                          f"{width} wide; the file's metadata was changed", path=model.path)
+    return size
 
 
 # ----------------------------------------------------------------------------- engines

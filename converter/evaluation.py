@@ -509,6 +509,8 @@ def check_embeddings(matrix: np.ndarray, names: Sequence[str], *,
     if matrix.dtype.kind not in "fiu":
         raise error(f"embeddings hold {matrix.dtype} values, not numbers; expected the float "
                     "rows `facenet-convert embed` writes", path=where)
+    if matrix.size == 0:
+        return                                   # nothing embedded: the caller says so
     rows = matrix.reshape(matrix.shape[0], -1) if matrix.ndim else matrix.reshape(1, -1)
     bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
     if bad.size:

@@ -502,7 +502,9 @@ def _stand_in(record: Architecture, onnx: Any) -> Any:
     cls = record.model_class()
     if record.task != "embedding":
         return cls().eval()
-    return cls(embedding_size=int(onnx.metadata.get("embedding_size") or 512)).eval()
+    from facenet_convert.converter.engines import onnx_embedding_size
+
+    return cls(embedding_size=onnx_embedding_size(onnx)).eval()
 
 
 def _compare_onnx(report: ParityReport, record: Architecture, reference: Any, net: Any,

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from facenet_convert.converter.core.atomic import atomic_output, check_output_path
 from facenet_convert.converter.core.checks import dumps as json_dumps
-from facenet_convert.converter.core.errors import ConverterError, ScaleError
+from facenet_convert.converter.core.errors import ConverterError, ScaleError, one_line
 from facenet_convert.converter.core.extras import require_extra
 from facenet_convert.converter.core.hashing import sha256_file
 from facenet_convert.converter.core.inputs import input_inside, read_input_list, unique_files
@@ -673,8 +673,8 @@ class AlignShards:
 
 
 def _rebuilding(path: Path) -> None:
-    print(f"facenet-convert: {path} (or a file it lists) does not match what was recorded "
-          "when it was written; computing it again", file=sys.stderr)
+    print(one_line(f"facenet-convert: {path} (or a file it lists) does not match what was "
+                   "recorded when it was written; computing it again"), file=sys.stderr)
 
 
 def _align_file(index: int, shard_id: str) -> str:

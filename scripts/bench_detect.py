@@ -35,8 +35,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 SIZES = {"small 300x250": (300, 250), "1080p 1920x1080": (1920, 1080)}
 BLOCK = 3
 """Timed calls per block: each side runs back to back (as ``align`` runs photos), in blocks
@@ -54,7 +52,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _photos() -> dict[str, dict[str, object]]:
-    from tests.detection_photos import PHOTOS, resized
+    from facenet_convert.third_party.facenet.testing.photos import PHOTOS, resized
 
     base = {"t1": PHOTOS["t1"](), "astronaut": PHOTOS["astronaut"]()}
     return {size: {name: resized(photo, *dims) for name, photo in base.items()}

@@ -40,8 +40,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 EMBEDDING_SIZE = 512
 
 

@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> None:
@@ -29,12 +25,17 @@ def main() -> None:
     args = parser.parse_args()
 
     import numpy as np
+    from sklearn.model_selection import KFold
 
     from facenet_convert.converter.evaluation import evaluate
-    from tests.test_evaluate import OldScipyInterpolate, lfw_like, upstream
+    from facenet_convert.third_party.facenet.testing.upstream_code import (
+        OldScipyInterpolate,
+        lfw_evaluation,
+        lfw_like,
+    )
 
     emb, issame = lfw_like(seed=0, pairs=args.pairs, dim=512)
-    up = upstream(OldScipyInterpolate)
+    up = lfw_evaluation(OldScipyInterpolate, KFold)
 
     def best(run: object) -> tuple[float, object]:
         times, result = [], None

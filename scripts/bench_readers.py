@@ -32,7 +32,6 @@ def _child(approach: str, prefix: str, names_file: str) -> None:
     start = time.perf_counter()
     names = json.loads(Path(names_file).read_text())
     if approach == "ours":
-        sys.path.insert(0, str(ROOT))
         from facenet_convert.converter.sources.tf_bundle import TFCheckpointReader
 
         imported = time.perf_counter()
@@ -92,7 +91,6 @@ def main() -> None:
     parser.add_argument("--json", default=str(ROOT / "bench-out" / "bench_readers.json"),
                         help="where to write results (default: bench-out/, git-ignored)")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
     prefix = _resolve(args)
     from facenet_convert.converter.sources.tf_bundle import TFCheckpointReader
 

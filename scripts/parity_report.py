@@ -29,8 +29,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from facenet_convert.converter.core.errors import ConverterError
 
 EMBEDDING_SIZE = 128

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facenet_convert.converter.sources.mtcnn_npy import MtcnnNpyReader
 from facenet_convert.converter.sources.sstable import MAGIC, crc32c_extend, mask_crc
 
 
@@ -159,3 +160,33 @@ def first_block_trailer(table: bytes) -> int:
         if mask_crc(crc32c_extend(0, table[:end + 1])) == stored:
             return end
     raise AssertionError("no block trailer found")
+
+
+# ------------------------------------------------- files valid but for one thing (hostile tests)
+
+
+def pnet_arrays(det_npy: dict[str, Path]) -> dict[str, np.ndarray]:
+    """The real PNet weights, to write into files that are valid but for one thing."""
+    with MtcnnNpyReader(det_npy["det1"]) as reader:
+        return {name: np.array(reader.read(name)) for name in reader.tensors()}
+
+
+def pnet_bundle(folder: Path, det_npy: dict[str, Path], **kwargs) -> Path:
+    return write_bundle(folder / "model.ckpt-1", pnet_arrays(det_npy), **kwargs)
+
+
+def data_file(prefix: Path) -> Path:
+    return Path(f"{prefix}.data-00000-of-00001")
+
+
+def index_file(prefix: Path) -> Path:
+    return Path(f"{prefix}.index")
+
+
+def one_entry(folder: Path, entry: bytes, data: bytes = b"\0" * 16, *,
+              header: bytes | None = None) -> Path:
+    prefix = folder / "model.ckpt-1"
+    index_file(prefix).write_bytes(sstable([(b"", header or header_proto()),
+                                            (b"conv1/weights", entry)]))
+    data_file(prefix).write_bytes(data)
+    return prefix

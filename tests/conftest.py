@@ -21,7 +21,7 @@ pytest_plugins = ["tf_fixtures"]
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Fetch the pinned upstream packages the tests read once, before any test sets
     FACENET_CONVERT_OFFLINE (which forbids fetching): tests themselves never reach a host."""
-    from tests.detection_photos import INSIGHTFACE
+    from facenet_convert.third_party.facenet.testing.photos import INSIGHTFACE
 
     for wheel in (FACENET, FACENET_PYTORCH, KERAS_FACENET, INSIGHTFACE):
         fetch_wheel(wheel)

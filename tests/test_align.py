@@ -12,7 +12,7 @@ from PIL import Image
 
 from facenet_convert.converter.align import AlignOptions, align_dataset
 from facenet_convert.converter.commands.align import align_command
-from tests.detection_photos import PHOTOS, resized
+from facenet_convert.third_party.facenet.testing.photos import PHOTOS, resized
 
 pytest.importorskip("cv2", reason="opencv-python-headless runs MTCNN's pyramid")
 
@@ -44,7 +44,7 @@ def _options(published_mtcnn: dict[str, Path], **kwargs: object) -> AlignOptions
 def _upstream_crops(photo: np.ndarray) -> list[tuple[np.ndarray, list[int]]]:
     """align_dataset_mtcnn.py's single-face path on upstream detect_face's boxes (TF)."""
     from facenet_convert.third_party.facenet.testing.reference import align_crop
-    from tests.test_detection import upstream_results
+    from tests.upstream_detection import upstream_results
 
     rgb = np.repeat(photo[:, :, None], 3, axis=2) if photo.ndim == 2 else photo
     boxes, _ = upstream_results({"photo": rgb})["photo"]

@@ -8,7 +8,6 @@ character for character. The images are real photographs shipped by PyPI package
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import io
 import json
@@ -23,8 +22,8 @@ from click.testing import CliRunner
 from facenet_convert.converter.cli import main
 from facenet_convert.converter.embedding import embed_paths, load_embedding_model
 from facenet_convert.converter.evaluation import distance_matrix
-from facenet_convert.third_party.wheels import FACENET, wheel_member
-from tests.test_detection import PHOTOS, insightface_image
+from facenet_convert.third_party.facenet.testing.photos import PHOTOS, insightface_image
+from facenet_convert.third_party.facenet.testing.upstream_code import upstream_functions
 
 torch = pytest.importorskip("torch")
 Image = pytest.importorskip("PIL.Image")
@@ -48,9 +47,6 @@ def faces(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def upstream_compare_output(image_files: list[str], emb: np.ndarray) -> str:
     """What upstream compare.py's ``main`` prints for ``emb`` (its TF parts stubbed)."""
-    source = Path(wheel_member(FACENET, "facenet/src/compare.py")).read_text()
-    chosen = [n for n in ast.parse(source).body
-              if isinstance(n, ast.FunctionDef) and n.name == "main"]
     session = types.SimpleNamespace(run=lambda fetch, feed_dict: emb)
     graph = types.SimpleNamespace(get_tensor_by_name=lambda name: name,
                                   as_default=contextlib.nullcontext)
@@ -60,8 +56,7 @@ def upstream_compare_output(image_files: list[str], emb: np.ndarray) -> str:
     namespace: dict[str, Any] = {
         "np": np, "tf": tf, "facenet": types.SimpleNamespace(load_model=lambda model: None),
         "load_and_align_data": lambda paths, size, margin, fraction: np.zeros((len(paths),))}
-    exec(compile(ast.Module(body=chosen, type_ignores=[]), "compare.py", "exec"),  # noqa: S102
-         namespace)
+    upstream_functions("facenet/src/compare.py", ("main",), namespace)
     args = types.SimpleNamespace(image_files=list(image_files), image_size=160, margin=44,
                                  gpu_memory_fraction=1.0, model="model")
     out = io.StringIO()

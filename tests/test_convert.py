@@ -19,7 +19,7 @@ from facenet_convert.converter.architectures import inception_resnet_v1 as irv1
 from facenet_convert.converter.cli import main
 from facenet_convert.converter.conversion import convert
 from facenet_convert.converter.core.errors import MappingError, OutputError
-from tests.test_tables import synthetic
+from tests.synthetic_models import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 NETS = (("det1", "pnet"), ("det2", "rnet"), ("det3", "onet"))

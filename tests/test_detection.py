@@ -8,12 +8,8 @@ sha256 of the image and of the software versions, so only the first run pays for
 
 from __future__ import annotations
 
-import ast
-import hashlib
 import itertools
-import warnings
 from concurrent.futures import ThreadPoolExecutor
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +22,14 @@ from facenet_convert.models.area_resize import CropPlan, CropSource, resize_boxe
 from facenet_convert.models.detection import MTCNN, _IntegralSource, batched_nms
 from facenet_convert.models.mtcnn import prelu_pool
 from facenet_convert.models.workers import TorchWorkers
-from facenet_convert.third_party.wheels import FACENET, cache_dir, wheel_member
-from tests.detection_photos import EXPECTED_FACES, PHOTOS, insightface_image, variants
+from facenet_convert.third_party.facenet.testing.photos import (
+    EXPECTED_FACES,
+    PHOTOS,
+    insightface_image,
+    variants,
+)
+from facenet_convert.third_party.facenet.testing.upstream_code import upstream_functions
+from tests.upstream_detection import upstream_results
 
 __all__ = ["PHOTOS", "insightface_image"]          # test_embed_verify imports them from here
 
@@ -44,15 +46,7 @@ def detector(published_mtcnn: dict[str, Path]) -> MTCNN:
 
 def _upstream_nms() -> Any:
     """Upstream's numpy ``nms`` compiled from the pinned wheel (no TF or cv2 needed)."""
-    member = "facenet/src/align/detect_face.py"
-    tree = ast.parse(Path(wheel_member(FACENET, member)).read_text())
-    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "nms")
-    namespace: dict[str, Any] = {"np": np}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SyntaxWarning)         # upstream's `method is 'Min'`
-        code = compile(ast.Module(body=[node], type_ignores=[]), member, "exec")
-    exec(code, namespace)  # noqa: S102 - upstream nms from the pinned wheel, tests only
-    return namespace["nms"]
+    return upstream_functions("facenet/src/align/detect_face.py", ("nms",))["nms"]
 
 
 def test_batched_nms_equals_upstream_per_group_ties_included() -> None:
@@ -291,48 +285,6 @@ def identity_cases() -> dict[str, np.ndarray]:
         for variant, image in variants(photo).items():
             cases[f"{name}/{variant}"] = image
     return cases
-
-
-def _cache_key(image: np.ndarray) -> str:
-    digest = hashlib.sha256()
-    versions = [FACENET.sha256, cv2.__version__, np.__version__]
-    try:
-        versions.append(metadata.version("tensorflow"))
-    except metadata.PackageNotFoundError:
-        versions.append("no-tf")
-    digest.update(repr((image.shape, versions, "minsize20 t.6.7.7 f.709")).encode())
-    digest.update(np.ascontiguousarray(image).tobytes())
-    return digest.hexdigest()
-
-
-def upstream_results(cases: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Upstream (boxes, points) per case, from the cache or computed with TF and cached."""
-    folder = cache_dir() / "detect-upstream"
-    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    missing = []
-    for name, image in cases.items():
-        path = folder / f"{_cache_key(image)}.npz"
-        if path.is_file():
-            with np.load(path) as saved:
-                found[name] = (saved["boxes"], saved["points"])
-        else:
-            missing.append((name, path))
-    if missing:
-        pytest.importorskip("tensorflow")
-        from facenet_convert.third_party.facenet.testing.reference import UpstreamDetector
-
-        folder.mkdir(parents=True, exist_ok=True)
-        with UpstreamDetector() as upstream:
-            if not upstream.uses_real_cv2:
-                pytest.skip("upstream detect_face was loaded with the cv2 stub")
-            for name, path in missing:
-                boxes, points = upstream.detect(cases[name])
-                points = np.asarray(points).reshape(10, -1)
-                tmp = path.with_suffix(".part.npz")
-                np.savez(tmp, boxes=np.asarray(boxes).reshape(-1, 5), points=points)
-                tmp.replace(path)
-                found[name] = (np.asarray(boxes).reshape(-1, 5), points)
-    return found
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

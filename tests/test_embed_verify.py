@@ -20,8 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 from facenet_convert.converter.cli import main
-from tests.test_detection import PHOTOS, insightface_image
-from tests.test_preprocessing import upstream_functions
+from facenet_convert.third_party.facenet.testing.photos import PHOTOS, insightface_image
+from facenet_convert.third_party.facenet.testing.upstream_code import upstream_functions
 
 # the session fixtures (module-level names are how pytest finds them)
 from tests.tf_fixtures import fixtures_dir, upstream_ckpt_128, upstream_ckpt_512  # noqa: F401

@@ -18,7 +18,6 @@ Real data: photographs shipped by PyPI packages (scikit-image, insightface), lai
 
 from __future__ import annotations
 
-import ast
 import json
 import types
 from pathlib import Path
@@ -36,8 +35,12 @@ from facenet_convert.converter.embedding import (
     load_embedding_model,
     write_embeddings,
 )
-from facenet_convert.third_party.wheels import FACENET, wheel_member
-from tests.test_detection import PHOTOS, insightface_image
+from facenet_convert.third_party.facenet.testing.photos import PHOTOS, insightface_image
+from facenet_convert.third_party.facenet.testing.upstream_code import (
+    OldScipyInterpolate,
+    lfw_evaluation,
+    lfw_like,
+)
 
 # the session fixtures (module-level names are how pytest finds them)
 from tests.tf_fixtures import fixtures_dir, upstream_ckpt_512  # noqa: F401
@@ -47,53 +50,9 @@ sklearn_metrics = pytest.importorskip("sklearn.metrics")
 interpolate = pytest.importorskip("scipy.interpolate")
 optimize = pytest.importorskip("scipy.optimize")
 
-FACENET_FUNCTIONS = ("distance", "calculate_roc", "calculate_accuracy", "calculate_val",
-                     "calculate_val_far")
-
-
-def _compile(member: str, names: tuple[str, ...], namespace: dict[str, Any]) -> dict[str, Any]:
-    """Upstream top-level functions from the pinned wheel, compiled into ``namespace``."""
-    source = Path(wheel_member(FACENET, member)).read_text()
-    chosen = [node for node in ast.parse(source).body
-              if isinstance(node, ast.FunctionDef) and node.name in names]
-    assert {node.name for node in chosen} == set(names)
-    exec(compile(ast.Module(body=chosen, type_ignores=[]), member, "exec"), namespace)  # noqa: S102
-    return namespace
-
-
-class OldScipyInterpolate:
-    """scipy <= 1.8 ``interp1d(kind='slinear')``: stable sort, then ``make_interp_spline(x, y,
-    k=1)``, whose k=1 branch is ``BSpline.construct_fast(r_[x[0], x, x[-1]], y, 1)``; scipy 1.9
-    added only the duplicate check in front of it. Out-of-range x raises, as interp1d does."""
-
-    @staticmethod
-    def interp1d(x: Any, y: Any, kind: str) -> Any:
-        assert kind == "slinear"
-        x = np.asarray(x, dtype=np.float64)
-        order = np.argsort(x, kind="mergesort")
-        xs, ys = x[order], np.asarray(y, dtype=np.float64)[order]
-        spline = interpolate.BSpline.construct_fast(np.r_[xs[0], xs, xs[-1]],
-                                                    np.ascontiguousarray(ys), 1)
-
-        def at(value: float) -> np.ndarray:
-            if not xs[0] <= value <= xs[-1]:
-                raise ValueError("A value in x_new is outside the interpolation range.")
-            return spline(value)
-
-        return at
-
-
 def upstream(interp: Any = interpolate) -> types.SimpleNamespace:
     """facenet's functions and lfw.evaluate, with ``interpolate`` bound to ``interp``."""
-    import math
-
-    facenet = _compile("facenet/src/facenet.py", FACENET_FUNCTIONS,
-                       {"np": np, "math": math, "interpolate": interp,
-                        "KFold": sklearn_model_selection.KFold})
-    module = types.SimpleNamespace(**{n: facenet[n] for n in FACENET_FUNCTIONS})
-    lfw = _compile("facenet/src/lfw.py", ("evaluate",), {"np": np, "facenet": module})
-    module.evaluate = lfw["evaluate"]
-    return module
+    return lfw_evaluation(interp, sklearn_model_selection.KFold)
 
 
 @pytest.fixture(scope="module")
@@ -104,20 +63,6 @@ def up() -> types.SimpleNamespace:
 @pytest.fixture(scope="module")
 def up_old() -> types.SimpleNamespace:
     return upstream(OldScipyInterpolate)
-
-
-def lfw_like(seed: int, pairs: int = 6000, dim: int = 128, dtype: Any = np.float64
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """LFW's order (sets of same pairs then different pairs), L2-normalized rows a0 b0 a1 b1."""
-    rng = np.random.default_rng(seed)
-    issame = (np.arange(pairs) // max(pairs // 20, 1)) % 2 == 0
-    a = rng.standard_normal((pairs, dim))
-    b = np.where(issame[:, None], a + rng.uniform(0.4, 1.6, (pairs, 1))
-                 * rng.standard_normal((pairs, dim)), rng.standard_normal((pairs, dim)))
-    rows = np.empty((2 * pairs, dim))
-    rows[0::2], rows[1::2] = a, b
-    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows.astype(dtype), issame
 
 
 def _assert_same_roc(ours: ev.Roc, tpr: np.ndarray, fpr: np.ndarray, acc: np.ndarray) -> None:

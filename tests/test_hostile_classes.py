@@ -225,7 +225,7 @@ def test_2_device_and_forced_format_refused(tmp_path: Path, inputs: Path) -> Non
 
 
 def test_2_fifo_checkpoint_parts_refused(tmp_path: Path, inputs: Path, det_npy) -> None:
-    from test_hostile_inputs import data_file, pnet_bundle
+    from bundle_writer import data_file, pnet_bundle
 
     prefix = pnet_bundle(inputs, det_npy)
     shard = data_file(prefix)
@@ -265,8 +265,7 @@ def test_2_fifo_weights_and_images_refused(tmp_path: Path, inputs: Path) -> None
 # ------------------------------------------------------------------ 3. the same limits
 
 def test_3_rank_and_empty_huge_dims(tmp_path: Path, inputs: Path, det_npy) -> None:
-    from bundle_writer import entry_proto
-    from test_hostile_inputs import one_entry
+    from bundle_writer import entry_proto, one_entry
 
     huge = one_entry(inputs, entry_proto(1, [0, 1 << 40, 1 << 40], 0, 0, 0, 0), b"")
     check_failure(tmp_path, huge, "zero dimensions", name="model.ckpt-1.index")
@@ -296,8 +295,7 @@ def test_3_graphdef_limits(tmp_path: Path, inputs: Path, dims, words) -> None:
 
 
 def test_3_checkpoint_rank(tmp_path: Path, inputs: Path) -> None:
-    from bundle_writer import entry_proto
-    from test_hostile_inputs import one_entry
+    from bundle_writer import entry_proto, one_entry
 
     deep = one_entry(inputs, entry_proto(1, [1] * 300, 0, 0, 4, 0), b"\0" * 4)
     check_failure(tmp_path, deep, "254", name="model.ckpt-1.index")
@@ -374,7 +372,7 @@ def test_3_odd_numpy_dtypes_in_npy(tmp_path: Path, inputs: Path, state) -> None:
     (b"model.ckpt-\xff1", ("not utf-8",)),
 ])
 def test_4_state_file_escapes(tmp_path: Path, inputs: Path, det_npy, value, words) -> None:
-    from test_hostile_inputs import pnet_bundle
+    from bundle_writer import pnet_bundle
 
     pnet_bundle(inputs, det_npy)
     (inputs / "checkpoint").write_bytes(b'model_checkpoint_path: "' + value + b'"\n')
@@ -382,7 +380,7 @@ def test_4_state_file_escapes(tmp_path: Path, inputs: Path, det_npy, value, word
 
 
 def test_4_state_file_escapes_decode_like_tf(tmp_path: Path, inputs: Path, det_npy) -> None:
-    from test_hostile_inputs import pnet_bundle
+    from bundle_writer import pnet_bundle
 
     pnet_bundle(inputs, det_npy)
     (inputs / "checkpoint").write_bytes(b'model_checkpoint_path: "/x/model.ck\\x70t-\\061"\n')
@@ -422,7 +420,7 @@ def test_5_symlinked_directory_alias(tmp_path: Path, inputs: Path, det_npy) -> N
 
 
 def test_5_state_file_is_an_input(tmp_path: Path, inputs: Path, det_npy) -> None:
-    from test_hostile_inputs import pnet_bundle
+    from bundle_writer import pnet_bundle
 
     pnet_bundle(inputs, det_npy)
     state = inputs / "checkpoint"

@@ -18,8 +18,8 @@ from PIL import Image
 
 from facenet_convert.models.detection import MTCNN
 from facenet_convert.models.mtcnn import RNet
+from facenet_convert.third_party.facenet.testing.photos import PHOTOS, resized
 from facenet_convert.third_party.wheels import FACENET_PYTORCH, fetch_wheel, wheel_member
-from tests.detection_photos import PHOTOS, resized
 
 pytest.importorskip("cv2", reason="opencv-python-headless runs MTCNN's pyramid")
 

@@ -8,7 +8,6 @@ scipy.misc and sklearn), so the comparison is with the real code, not a copy.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +25,11 @@ from facenet_convert.models.preprocessing import (
     to_rgb_array,
 )
 from facenet_convert.models.releases import FIXED_STANDARDIZATION, PREWHITEN, RELEASES
-from facenet_convert.third_party.wheels import FACENET, wheel_member
+from facenet_convert.third_party.facenet.testing.upstream_code import upstream_functions
 from tests.synthetic_models import realistic_model
 
 torch = pytest.importorskip("torch")
 Image = pytest.importorskip("PIL.Image")
-
-
-def upstream_functions(member: str, names: tuple[str, ...]) -> dict[str, Any]:
-    """Compile selected top-level functions of an upstream file, with only numpy in scope."""
-    source = Path(wheel_member(FACENET, member)).read_text()
-    tree = ast.parse(source)
-    chosen = [node for node in tree.body
-              if isinstance(node, ast.FunctionDef) and node.name in names]
-    assert {node.name for node in chosen} == set(names)
-    namespace: dict[str, Any] = {"np": np}
-    # upstream functions from the pinned wheel, compiled alone (the module imports scipy etc.)
-    exec(compile(ast.Module(body=chosen, type_ignores=[]), member, "exec"), namespace)  # noqa: S102
-    return namespace
 
 
 @pytest.fixture(scope="module")

@@ -130,15 +130,20 @@ def test_align_sigterm_keeps_finished_crops_and_says_so(photos: Path, tmp_path: 
 # ------------------------------------------------------------------------------ align
 
 def test_two_aligns_into_one_folder(photos: Path, tmp_path: Path) -> None:
+    many = tmp_path / "many"
+    (many / "a").mkdir(parents=True)
+    for k in range(200):                           # a first run that outlasts the second
+        os.link(photos / "a" / f"p{k % 12:02d}.png", many / "a" / f"q{k:03d}.png")
     out = tmp_path / "aligned"
-    first = subprocess.Popen([*CLI, "align", str(photos), str(out)], cwd=tmp_path, text=True,
+    first = subprocess.Popen([*CLI, "align", str(many), str(out)], cwd=tmp_path, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _started(first, out / "a" / "p00.png")
-    second = cli("align", photos, out, "--margin", "44", "--resume", cwd=tmp_path)
+    _started(first, out / "a" / "q000.png")
+    second = cli("align", many, out, "--margin", "44", "--resume", cwd=tmp_path)
+    assert first.poll() is None, "the first run ended before the second reached the lock"
     one_error_line(second, "another facenet-convert align is writing into this folder")
-    first.communicate(timeout=300)
-    assert first.returncode == 0
-    mixed = cli("align", photos, out, "--margin", "44", "--resume", cwd=tmp_path)
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=120)
+    mixed = cli("align", many, out, "--margin", "44", "--resume", cwd=tmp_path)
     one_error_line(mixed, "other settings", "margin")
 
 
@@ -244,3 +249,64 @@ def test_export_default_chains_into_parity(det_npy: dict[str, Path], tmp_path: P
         done = cli("parity", det_npy["det3"], out, "--batches", "1", cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert "parity PASS" in done.stdout
+
+
+def test_sigterm_while_export_traces_is_one_interrupted_line(weights: Path,
+                                                             tmp_path: Path) -> None:
+    """torch.export turns the signal's exception into its own multi-line error: the CLI
+    still reports the run as interrupted, in one line, and writes nothing."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "model.onnx"
+    process = subprocess.Popen([*CLI, "export", str(weights), "-o", str(out)], cwd=tmp_path,
+                               text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(5.0)                      # imports and loading done; tracing takes longer
+    assert process.poll() is None, process.communicate()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert stderr.strip().splitlines() == ["facenet-convert: interrupted; nothing written"]
+    assert not out.exists() and not list(tmp_path.glob(".*"))
+
+
+def test_offline_forbids_fetching_upstream_packages(tmp_path: Path) -> None:
+    from facenet_convert.converter.core.errors import FetchError
+    from facenet_convert.third_party.wheels import FACENET, fetch_wheel
+
+    env = {"FACENET_CONVERT_CACHE": str(tmp_path / "cache"), "FACENET_CONVERT_OFFLINE": "1"}
+    code = ("import sys\n"
+            "def refuse(event, args):\n"
+            "    if event == 'subprocess.Popen': raise SystemExit('SPAWNED')\n"
+            "sys.addaudithook(refuse)\n"
+            "from facenet_convert.third_party.wheels import FACENET, fetch_wheel\n"
+            "fetch_wheel(FACENET)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120, check=False)
+    assert done.returncode != 0 and "SPAWNED" not in done.stderr + done.stdout
+    assert FetchError.__name__ in done.stderr and FACENET.filename in done.stderr
+    assert "FACENET_CONVERT_OFFLINE" in done.stderr and fetch_wheel
+
+
+@pytest.mark.parametrize(("key", "value", "words"), [
+    ("embedding_size", "1000000000000", "whole number from 1 to"),
+    ("embedding_size", "128", "output is 512 wide"),
+    ("architecture", "../../etc", "architecture metadata is"),
+])
+def test_export_metadata_that_lies_is_refused(key: str, value: str, words: str, weights: Path,
+                                              tmp_path: Path) -> None:
+    """``parity SOURCE OUT.onnx`` builds its stand-in from the export's metadata: a huge or
+    false embedding size, or an unknown architecture, is one error, never an allocation."""
+    onnx = pytest.importorskip("onnx")
+    from facenet_convert.converter.core.errors import EngineError
+    from facenet_convert.converter.engines import OnnxModel, match_onnx, onnx_embedding_size
+
+    out = tmp_path / "m.onnx"
+    assert cli("export", weights, "-o", out, cwd=tmp_path).returncode == 0
+    proto = onnx.load(str(out))
+    for prop in proto.metadata_props:
+        if prop.key == f"facenet_convert.{key}":
+            prop.value = value
+    onnx.save(proto, str(out))
+    model = OnnxModel(out)
+    with pytest.raises(EngineError, match=words):
+        match_onnx(model)
+        onnx_embedding_size(model)

@@ -28,7 +28,7 @@ from facenet_convert.converter.registry import (
 from facenet_convert.converter.sources.memory import ArraySource
 from facenet_convert.models.preprocessing import STANDARDIZATIONS
 from facenet_convert.models.releases import RELEASES
-from tests.test_tables import convert_arrays, synthetic
+from tests.synthetic_models import convert_arrays, synthetic
 
 RECORDS = architectures()
 IDS = [record.name for record in RECORDS]

@@ -39,7 +39,7 @@ from facenet_convert.converter.scale import (
     read_embeddings,
     require_ray,
 )
-from tests.detection_photos import PHOTOS, resized
+from facenet_convert.third_party.facenet.testing.photos import PHOTOS, resized
 
 # Ray's single-machine mode, set before ray is imported (the processes it starts inherit it):
 # else Ray 2.60 rewrites 127.0.0.1 to the machine's outward address and listens everywhere
@@ -470,7 +470,7 @@ def test_resume_rebuilds_tampered_shards_and_crops(cluster: str, faces: Path, we
     align = ["align", align_photos, aligned, "--mtcnn", published_mtcnn["pnet"].parent,
              "--engine", "ray", "--shard-size", 3]
     assert _run(*align).exit_code == 0
-    crop = sorted(aligned.rglob("*.png"))[0]
+    crop = min(aligned.rglob("*.png"))
     original = crop.read_bytes()
     crop.write_bytes(original[:-8] + bytes(8))
     rerun = _run(*align)

@@ -17,44 +17,15 @@ from facenet_convert.converter.architectures import inception_resnet_v1 as irv1
 from facenet_convert.converter.core.errors import MappingError
 from facenet_convert.converter.detect import detect
 from facenet_convert.converter.mapping import (
-    TRANSFORMS,
-    TargetEntry,
     compile_table,
     expected_source_name,
-    materialize,
-    plan,
 )
 from facenet_convert.converter.registry import all_tables, get_architecture, get_table, names
 from facenet_convert.converter.sources.memory import ArraySource
 from facenet_convert.converter.tables import inception_resnet_v1_slim as slim
+from tests.synthetic_models import convert_arrays, synthetic
 
 DATA = Path(__file__).parent / "data"
-
-
-def synthetic(table_name: str, entries: list[TargetEntry], *,
-              extras: dict[str, np.ndarray] | None = None, seed: int = 0
-              ) -> dict[str, np.ndarray]:
-    """A source holding exactly what ``table_name`` expects for ``entries``."""
-    table = get_table(table_name)
-    rng = np.random.default_rng(seed)
-    rules = compile_table(table)
-    arrays: dict[str, np.ndarray] = {}
-    for entry in entries:
-        name = expected_source_name(table, entry.key)
-        if name is None or name.endswith("gamma"):
-            continue  # filled
-        rule = next(r.rule for r in rules if r.regex.fullmatch(name))
-        shape = TRANSFORMS[rule.transform].source_shape(entry.shape)
-        arrays[name] = rng.normal(size=shape).astype(np.float32)
-    arrays.update(extras or {})
-    return arrays
-
-
-def convert_arrays(table_name: str, arrays: dict[str, np.ndarray],
-                   entries: list[TargetEntry], **kwargs):
-    reader = ArraySource(arrays)
-    the_plan = plan(get_table(table_name), reader.tensors(), entries, **kwargs)
-    return the_plan, materialize(the_plan, reader)
 
 
 @pytest.mark.parametrize("name", sorted(all_tables()))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facenet_convert.converter.core.cache import cache_dir, writable_dir
-from facenet_convert.converter.core.errors import FetchError
+from facenet_convert.converter.core.errors import FetchError, one_line
 from facenet_convert.converter.core.hashing import sha256_file
 
 __all__ = ["FACENET", "FACENET_PYTORCH", "KERAS_FACENET", "PinnedWheel", "cache_dir",
@@ -63,7 +63,8 @@ def _offline() -> bool:
 
 
 def _replaced(path: Path, what: str) -> None:
-    print(f"facenet-convert: {path} does not match {what}; replacing it", file=sys.stderr)
+    print(one_line(f"facenet-convert: {path} does not match {what}; replacing it"),
+          file=sys.stderr)
 
 
 def fetch_wheel(wheel: PinnedWheel) -> Path:

@@ -1,4 +1,6 @@
-"""Options shared by the commands that embed faces (embed, verify, and the ones after them)."""
+"""Options shared by the commands that embed faces (embed, verify, and the ones after them).
+
+``warn`` (the one-line warning) is re-exported here for the commands."""
 
 from __future__ import annotations
 
@@ -7,9 +9,11 @@ from typing import Any, Self
 
 import click
 
-from facenet_convert.converter.commands.declare import Input
+from facenet_convert.converter.commands.declare import Input, warn
 from facenet_convert.converter.core.atomic import raise_if_interrupted
 from facenet_convert.models.releases import release_names
+
+__all__ = ["Progress", "detect_options", "model_options", "scale_options", "warn"]
 
 
 class Progress:
@@ -83,8 +87,6 @@ def detect_options(func: Any) -> Any:
     return func
 
 
-def warn(message: str) -> None:
-    click.echo(f"facenet-convert: warning: {message}", err=True)
 
 
 

@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from facenet_convert.converter.core.errors import CacheError
+from facenet_convert.converter.core.errors import CacheError, one_line
 
 CACHE_ENV = "FACENET_CONVERT_CACHE"
 
@@ -80,8 +80,8 @@ def read_cached(path: Path, what: str) -> bool:
     except (OSError, UnicodeDecodeError):
         good = False
     if not good:
-        print(f"facenet-convert: {what} {path} does not match its recorded sha256; "
-              "rebuilding it", file=sys.stderr)
+        print(one_line(f"facenet-convert: {what} {path} does not match its recorded sha256; "
+                       "rebuilding it"), file=sys.stderr)
         for stale in (path, _record(path)):
             try:
                 stale.unlink()

@@ -6,16 +6,14 @@ must stand on its own and must not contain newlines.
 
 from __future__ import annotations
 
-import re
 from os import PathLike
 
-# C0 and C1 controls, DEL, Unicode line/paragraph separators and lone surrogates (undecodable
-# bytes of a file name): any of them could break the one printable line or rewrite the terminal.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# Escaped: every character Python does not call printable (C0 and C1 controls, DEL, line and
+# paragraph separators, lone surrogates from undecodable bytes of a file name, and format
+# characters such as U+202E RIGHT-TO-LEFT OVERRIDE, which could reorder what the terminal shows).
 
 
-def _escape(match: re.Match[str]) -> str:
-    char = match.group()
+def _escape_char(char: str) -> str:
     code = ord(char)
     if 0xDC80 <= code <= 0xDCFF:  # surrogateescape'd byte of a non-UTF-8 name
         return f"\\x{code - 0xDC00:02x}"
@@ -25,8 +23,12 @@ def _escape(match: re.Match[str]) -> str:
 
 
 def one_line(text: str) -> str:
-    """``text`` as one printable line: newlines become spaces, other controls are escaped."""
-    return _UNPRINTABLE.sub(_escape, " ".join(text.split("\n")))
+    """``text`` as one printable line: newlines become spaces, every other character that is
+    not printable is escaped."""
+    joined = " ".join(text.split("\n"))
+    if joined.isprintable():
+        return joined
+    return "".join(char if char.isprintable() else _escape_char(char) for char in joined)
 
 
 class ConverterError(Exception):
