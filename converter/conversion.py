@@ -28,8 +28,8 @@ from facenet_convert.converter.core.atomic import check_output_path, staged_outp
 from facenet_convert.converter.core.errors import MappingError, OutputError
 from facenet_convert.converter.core.hashing import sha256_file
 from facenet_convert.converter.core.version import __version__
-from facenet_convert.converter.detect import Detection, detect
 from facenet_convert.converter.mapping import Plan, Table, materialize, plan
+from facenet_convert.converter.recognition import Detection, detect
 from facenet_convert.converter.registry import get_architecture, get_table, names
 from facenet_convert.converter.sources.base import SourceReader
 from facenet_convert.converter.writers import (

@@ -55,20 +55,20 @@ class LoadedModel:
     fuse: bool = True            # False: the plain model unless a backend/precision is asked
     backend: str = "auto"
     precision: str = "fp32"
-    _embedder: Engine | None = None
+    _engine: Engine | None = None
 
     @property
-    def embedder(self) -> Engine:
+    def engine(self) -> Engine:
         """The model on its checked inference engine (``converter/engines.py``); the plain
         model when ``fuse`` is False and neither ``backend`` nor ``precision`` was chosen."""
-        if self._embedder is None:
+        if self._engine is None:
             from facenet_convert.converter.engines import make_engine, plain_engine
 
             if self.fuse or self.backend != "auto" or self.precision != "fp32":
-                self._embedder = make_engine(self.model, self.backend, self.precision)
+                self._engine = make_engine(self.model, self.backend, self.precision)
             else:
-                self._embedder = plain_engine(self.model)
-        return self._embedder
+                self._engine = plain_engine(self.model)
+        return self._engine
 
     @property
     def embedding_size(self) -> int:
@@ -209,7 +209,7 @@ def embed_files(loaded: LoadedModel, paths: Sequence[Path], *, batch_size: int =
 
     dataset = FaceImages(paths, preprocess=Preprocess(loaded.preprocessing, fit=fit))
     for batch in face_loader(dataset, batch_size=batch_size, num_workers=workers):
-        vectors = embed_batch(loaded.embedder, batch.images).numpy()
+        vectors = embed_batch(loaded.engine, batch.images).numpy()
         if on_done is not None:
             on_done(len(batch) + len(batch.failures))
         yield batch.paths, vectors, batch.failures
@@ -275,7 +275,7 @@ def embed_detected(loaded: LoadedModel, detector: MTCNN, paths: Sequence[Path], 
         if not pending:
             return
         crops = torch.cat([faces.crops for faces in pending])
-        vectors = embed_batch(loaded.embedder, crops).numpy()
+        vectors = embed_batch(loaded.engine, crops).numpy()
         out.rows.append(vectors)
         for faces in pending:
             out.names.extend(faces.names)
@@ -419,7 +419,7 @@ def verify_pair(loaded: LoadedModel, image1: Path, image2: Path, *,
 
     batch = torch.cat([face_input(loaded, image1, detector, fit),
                        face_input(loaded, image2, detector, fit)])
-    vectors = embed_batch(loaded.embedder, batch).numpy()
+    vectors = embed_batch(loaded.engine, batch).numpy()
     return euclidean_distance(vectors[0], vectors[1])
 
 
@@ -492,7 +492,7 @@ def embed_paths(loaded: LoadedModel, paths: Sequence[Path], *, detector: MTCNN |
             import torch
 
             inputs = torch.cat([images, images.flip(-1)]) if flip else images
-            parts["ours"].append(embed_batch(loaded.embedder, inputs).numpy())
+            parts["ours"].append(embed_batch(loaded.engine, inputs).numpy())
             if reference is not None:
                 parts["ref"].append(np.asarray(reference(inputs.numpy()), dtype=np.float32))
             embedded.extend(done)

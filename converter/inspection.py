@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from facenet_convert.converter.detect import detect
+from facenet_convert.converter.recognition import detect
 from facenet_convert.converter.registry import get_architecture
 from facenet_convert.converter.sources import open_source
 

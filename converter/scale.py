@@ -519,7 +519,7 @@ def embed_to_shards(paths: Sequence[Path], output_dir: str | os.PathLike[str],
     _check_outside(out, [*inputs, *([spec.weights] if spec.weights else [])])
     if loaded is None:
         loaded, _ = spec.load()
-    loaded.embedder.describe()          # the engine built here first: actors find it cached
+    loaded.engine.describe()          # the engine built here first: actors find it cached
     settings = _embed_settings(spec, loaded)
     _mkdir(out)
     shards = plan_shards(inputs, shard_size_for(options.shard_size, spec.batch_size),
@@ -569,7 +569,7 @@ class PathShards:
         return {"record": np.array(records, dtype=object)}
 
 
-def path_embedder(spec: EmbedSpec, options: RayOptions | None = None) -> Callable[..., Any]:
+def path_engine(spec: EmbedSpec, options: RayOptions | None = None) -> Callable[..., Any]:
     """An ``embed_paths`` look-alike that runs on Ray, for ``evaluate_pairs(embed=...)``: the
     actors rebuild the model from ``spec`` (the ``loaded`` and ``detector`` given are the
     driver's, unused); results in input order, skips as the local engine reports them."""
@@ -751,7 +751,7 @@ def _align_settings(options: AlignOptions) -> dict[str, Any]:
     return settings
 
 
-def align_dataset(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str],
+def align_ray_dataset(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str],
                   options: AlignOptions | None = None, *, ray_options: RayOptions | None = None
                   ) -> ray.data.Dataset:
     """A lazy ``ray.data.Dataset`` of shard records (JSON strings, column ``record``); running

@@ -87,17 +87,15 @@ _STRIDE = 2     # PNet's output stride
 _MTCNN_SCALE = 0.0078125
 _NET_BATCH = 64
 _PART_CROPS = {24: 48, 48: 12}
-"""Crops per RNet / ONet part to aim for (at least two parts when there are two crops): a net
-call costs a fixed ~0.3 ms (RNet) / ~0.5 ms (ONet) plus ~0.07 / ~0.4 ms per crop on one core.
-Measured on 2 cores, 300x250 photos: t1 (206 RNet, 33 ONet crops) 28.7 ms vs 31.2 with parts
-of 24 / 6 crops, astronaut (63, 10) 15.9 ms either way."""
+"""Crops per RNet / ONet part to aim for (at least two parts when there are two crops): each
+net call has a fixed cost beside its per-crop cost, so parts large enough to amortise it and
+enough of them to keep both workers busy (docs/performance.md has the measurements)."""
 _MAX_PARTS = 8
 _MIN_BAND = 150_000   # uint8 values (~220x220 RGB) per PNet band at least
 _SIDE_BY_SIDE = 500_000
 """Mean pixels per photo from which a list is detected photo by photo side by side on the
-workers rather than as one cascade. Measured on 2 cores, 8-photo lists: 1920x1080 photos
-176 ms/image side by side vs 220 as one cascade; 300x250 ones 25.6 vs 22.8 (small photos
-spend more of their time in Python, and two photo pipelines then wait on the GIL)."""
+workers rather than as one cascade: large photos gain from it, small ones spend more of their
+time in Python, where two photo pipelines would wait on the GIL (docs/performance.md)."""
 
 
 @dataclass
@@ -240,7 +238,7 @@ def _object_array(items: list[Any]) -> np.ndarray:
 
 class _IntegralSource(CropSource):
     """A :class:`CropSource` whose summed-area table comes from ``cv2.integral``: the same
-    exact int32 sums (tested equal), ~30x faster than numpy's two cumsums on a 1080p photo."""
+    exact int32 sums (tested equal), far faster than numpy's two cumsums."""
 
     @property
     def table(self) -> np.ndarray:
@@ -361,7 +359,7 @@ class MTCNN(nn.Module):
         self.selection_method = selection_method or (
             "largest" if select_largest else "probability")
         self.keep_all = bool(keep_all)
-        for net in (self.pnet, self.rnet, self.onet):     # 2-4x faster convs on CPU
+        for net in (self.pnet, self.rnet, self.onet):     # oneDNN's faster CPU convolutions
             net.to(memory_format=torch.channels_last)
         self._workers = TorchWorkers(torch.get_num_threads(), "mtcnn")
         self.eval()

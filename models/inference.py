@@ -2,9 +2,9 @@
 
 :class:`Embedder` runs the model as it is (public torch ops only) and splits a batch over
 Python threads. The faster engines (ONNX Runtime, torch frozen for inference, bf16) are in
-``converter/engines.py``, which falls back to this one. The former fused path on private
-oneDNN ops (``torch.ops.mkldnn._convolution_pointwise``) was removed: ONNX Runtime was faster
-on the same machine and is a public, maintained runtime (issue 16).
+``converter/engines.py``, which falls back to this one. Only public torch ops are used here:
+private fused oneDNN ops change between torch releases, and the maintained fast path is ONNX
+Runtime.
 """
 
 from __future__ import annotations

@@ -4,13 +4,12 @@ Each one replaced numpy/torch code that walked the same data many times over, an
 the same bits as the code it replaced (tests compare them):
 
 * :func:`table_crops`: candidate crops as 16 weighted prefix sums per output pixel, scaled
-  for the nets in the same pass. numpy needed 16 gathers and 32 array passes per chunk of
-  boxes; the loop reads each prefix sum once (1080p photo, 410 large RNet boxes: 41 ms ->
-  7 ms); it also replaced two batched matrix products per small box and the scaling after.
+  for the nets in the same pass: numpy needs 16 gathers and 32 array passes per chunk of
+  boxes, the loop reads each prefix sum once.
 * :func:`prelu_max_pool`: PReLU then ceil-mode max pooling of a channels-last map in one
-  pass. torch's PReLU on PNet's 10-channel map was slower than the convolution before it
-  (largest 1080p level: PReLU + pooling 22 ms -> 5 ms). Equal values; a zero may come out
-  as -0.0 where torch gives 0.0 or the reverse, which no later sum can see.
+  pass: torch's PReLU on PNet's 10-channel map costs more than the convolution before it.
+  Equal values; a zero may come out as -0.0 where torch gives 0.0 or the reverse, which no
+  later sum can see. (Measurements: docs/performance.md.)
 * :func:`greedy_nms`: upstream's greedy NMS visiting boxes in order, which touches only the
   pairs it needs instead of building the whole pairwise matrix.
 

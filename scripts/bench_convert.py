@@ -118,8 +118,8 @@ def run_once(code: str, args: list[str]) -> tuple[float, float]:
 
 def needed_bytes(prefix: Path) -> tuple[list[list[object]], Path, int]:
     """(name, offset, size, shape) of each tensor the target needs, read from the plan."""
-    from facenet_convert.converter.detect import detect
     from facenet_convert.converter.mapping import plan
+    from facenet_convert.converter.recognition import detect
     from facenet_convert.converter.registry import get_architecture, get_table
     from facenet_convert.converter.sources.tf_bundle import TFCheckpointReader
 

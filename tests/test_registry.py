@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from facenet_convert.converter.architecture import TASKS, Architecture
 from facenet_convert.converter.cli import main
-from facenet_convert.converter.detect import detect
 from facenet_convert.converter.mapping import compile_table
+from facenet_convert.converter.recognition import detect
 from facenet_convert.converter.registry import (
     all_tables,
     architectures,

@@ -15,11 +15,11 @@ import pytest
 
 from facenet_convert.converter.architectures import inception_resnet_v1 as irv1
 from facenet_convert.converter.core.errors import MappingError
-from facenet_convert.converter.detect import detect
 from facenet_convert.converter.mapping import (
     compile_table,
     expected_source_name,
 )
+from facenet_convert.converter.recognition import detect
 from facenet_convert.converter.registry import all_tables, get_architecture, get_table, names
 from facenet_convert.converter.sources.memory import ArraySource
 from facenet_convert.converter.tables import inception_resnet_v1_slim as slim

@@ -94,8 +94,8 @@ def embed_command(images: tuple[str, ...], output: str, input_list: str | None,
     loaded = load_embedding_model(weights, pretrained, preprocessing, device, **engine)
     if loaded.note:
         warn(loaded.note)
-    if loaded.embedder.note:     # builds and checks the engine before any image is read
-        warn(loaded.embedder.note)
+    if loaded.engine.note:     # builds and checks the engine before any image is read
+        warn(loaded.engine.note)
 
     with Progress("embedding", len(paths)) as progress:
         result = embed_images(loaded, paths, skipped=missing, detector=detector,
@@ -136,7 +136,7 @@ def _embed_on_ray(paths: list[Any], missing: list[tuple[str, str]], output: str,
                      engine["precision"], True, detect, mtcnn_dir, margin, min_face_size, fit,
                      batch_size)
     loaded, _ = spec.load()
-    for note in (loaded.note, loaded.embedder.note):   # builds the engine (and its cache) once
+    for note in (loaded.note, loaded.engine.note):   # builds the engine (and its cache) once
         if note:
             warn(note)
     with Progress("embedding (ray)", len(paths)) as progress:
