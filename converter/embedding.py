@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facenet_convert.converter.core.errors import EmbedError, OutputError
-from facenet_convert.converter.registry import get_architecture, match_state, names
 
 if TYPE_CHECKING:
     import numpy as np
@@ -85,60 +84,13 @@ def load_embedding_model(weights: str | os.PathLike[str] | None = None,
     it has, else the embedding size decides (128-d releases prewhiten, 512-d ones use fixed
     standardization) and ``note`` says so. ``preprocessing`` overrides either.
     """
-    from facenet_convert.converter.building import build_model
-    from facenet_convert.models.preprocessing import (
-        guess_preprocessing,
-        preprocessing_for,
-        standardization,
-    )
-    from facenet_convert.models.releases import RELEASES, get_release
-    from facenet_convert.models.weights import load_weights_file
+    from facenet_convert.converter.building import load_model
 
     if (weights is None) == (pretrained is None):
         raise EmbedError("pass exactly one of --weights FILE or --pretrained NAME")
-    if preprocessing is not None:
-        try:
-            standardization(preprocessing)
-        except ValueError as error:
-            raise EmbedError(str(error)) from None
-    note = None
-    if pretrained is not None:
-        release = get_release(pretrained)
-        record = get_architecture(release.architecture)
-        if record.task != "embedding":
-            raise EmbedError(f"release {release.name} is a {record.name} ({record.task}) "
-                             f"model, not an embedding model; embedding architectures: "
-                             f"{', '.join(names('embedding'))}")
-        model = record.model_class()(pretrained=release.name)
-        chosen = preprocessing or preprocessing_for(release)
-        source = release.name
-    else:
-        path = Path(os.fspath(weights))  # type: ignore[arg-type]
-        if not path.is_file():
-            raise EmbedError("no such weights file; give a .pt or .safetensors state dict "
-                             "written by `facenet-convert convert`", path=path)
-        state = load_weights_file(path)
-        shapes = {key: tuple(value.shape) for key, value in state.items()}
-        record = match_state(shapes)
-        if record is None or record.task != "embedding":
-            what = "detection" if record is not None else "no known"
-            raise EmbedError(f"these weights fit {what} architecture, not an embedding model "
-                             f"({', '.join(names('embedding'))}); give weights converted "
-                             "from a FaceNet checkpoint", path=path)
-        model = build_model(record, state, path)
-        source = str(path)
-        chosen = preprocessing
-        if chosen is None:
-            named = next((r for r in RELEASES if r.architecture == record.name
-                          and r.filename == path.name), None)
-            if named is not None:
-                chosen = preprocessing_for(named)
-            elif record.name == "inception_resnet_v1":
-                chosen = guess_preprocessing(int(model.embedding_size))
-                note = (f"{path.name}: unknown release, assuming {chosen} for "
-                        f"{model.embedding_size}-d embeddings; pass --preprocessing to choose")
-            else:
-                chosen = record.preprocessing or guess_preprocessing(int(model.embedding_size))
+    built = load_model(weights, release=pretrained, preprocessing=preprocessing,
+                       task="embedding", error=EmbedError)
+    model, chosen, source, note = built.model, built.preprocessing, built.source, built.note
     model.eval()
     model.to(device)
     return LoadedModel(model, chosen, source, note, fuse, backend, precision)

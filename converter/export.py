@@ -28,7 +28,6 @@ from facenet_convert.converter.core.errors import ConverterError
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-    from facenet_convert.converter.architecture import Architecture
 
 FORMATS = {".onnx": "onnx", ".pt2": "torch.export"}
 TOLERANCE = 1e-5
@@ -66,48 +65,6 @@ class ExportReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "passed": self.passed}
-
-
-def load_for_export(weights: str | os.PathLike[str], model: str = "auto"
-                    ) -> tuple[Architecture, nn.Module]:
-    """The registry record and our model (eval, strictly loaded) for converted ``weights``."""
-    from facenet_convert.converter.building import build_model
-    from facenet_convert.converter.registry import get_architecture, match_state, names
-    from facenet_convert.models.weights import load_weights_file
-
-    path = Path(weights)
-    if not path.is_file():
-        raise ExportError("no such weights file (expected a .pt or .safetensors written by "
-                          "`facenet-convert convert`)", path=path)
-    state = load_weights_file(path)
-    shapes = {key: tuple(value.shape) for key, value in state.items()}
-    found = match_state(shapes)
-    record = found if model == "auto" else get_architecture(model)
-    if record is None:
-        raise ExportError(f"unknown architecture: these weights fit none of {', '.join(names())}; "
-                          "give weights written by `facenet-convert convert`", path=path)
-    if found is not None and found.name != record.name:
-        raise ExportError(f"--model {record.name} but the weights are for {found.name}",
-                          path=path)
-    return record, build_model(record, state, path)
-
-
-def _standardizer(record: Architecture, weights: Path, net: nn.Module) -> str:
-    """The input standardization, chosen as ``embed`` chooses it: the release whose file name
-    the weights have, else for Inception-ResNet-V1 the embedding size (128-d releases
-    prewhiten), else the record's; MTCNN's nets take ``(x - 127.5) * 0.0078125``."""
-    from facenet_convert.models.preprocessing import guess_preprocessing, preprocessing_for
-    from facenet_convert.models.releases import RELEASES
-
-    if record.task == "detection":
-        return "mtcnn"
-    named = next((r for r in RELEASES if r.architecture == record.name
-                  and r.filename == weights.name), None)
-    if named is not None:
-        return preprocessing_for(named)
-    if record.name == "inception_resnet_v1":
-        return guess_preprocessing(int(net.embedding_size))
-    return record.preprocessing or "none"
 
 
 def _make_wrapper(net: nn.Module, preprocessing: str) -> nn.Module:
@@ -159,6 +116,7 @@ def export_model(weights: str | os.PathLike[str], output: str | os.PathLike[str]
     """Export ``weights`` to ``output`` (``.onnx`` or ``.pt2``) after verifying the export."""
     import torch
 
+    from facenet_convert.converter.building import load_model
     from facenet_convert.converter.core.atomic import (
         check_output_path,
         staged_outputs,
@@ -180,8 +138,8 @@ def export_model(weights: str | os.PathLike[str], output: str | os.PathLike[str]
         opset = DEFAULT_OPSET
     if fmt != "onnx" and opset is not None:
         raise ExportError("--opset applies to .onnx outputs only", path=out)
-    record, net = load_for_export(weights, model)
-    preprocessing = _standardizer(record, Path(weights), net)
+    built = load_model(weights, model=model, error=ExportError)
+    record, net, preprocessing = built.record, built.model, built.preprocessing
     if with_preprocessing and preprocessing == "none":
         raise ExportError(f"--with-preprocessing: {record.name} has no known input "
                           "standardization; export without it", path=out)
