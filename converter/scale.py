@@ -313,7 +313,7 @@ def list_inputs(items: Sequence[str], input_list: str | None = None
 # ----------------------------------------------------------------------------- embed
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EmbedSpec:
     """What every actor needs to build the same model and detector as the driver (picklable)."""
 

@@ -132,9 +132,10 @@ def _embed_on_ray(paths: list[Any], missing: list[tuple[str, str]], output: str,
     )
 
     require_ray(is_loopback(ray_address))     # before loading any model: say how to install
-    spec = EmbedSpec(weights, pretrained, preprocessing, device, engine["backend"],
-                     engine["precision"], True, detect, mtcnn_dir, margin, min_face_size, fit,
-                     batch_size)
+    spec = EmbedSpec(weights=weights, pretrained=pretrained, preprocessing=preprocessing,
+                     device=device, backend=engine["backend"], precision=engine["precision"],
+                     fuse=True, detect=detect, mtcnn_dir=mtcnn_dir, margin=margin,
+                     min_face_size=min_face_size, fit=fit, batch_size=batch_size)
     loaded, _ = spec.load()
     for note in (loaded.note, loaded.engine.note):   # builds the engine (and its cache) once
         if note:

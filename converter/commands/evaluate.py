@@ -118,10 +118,12 @@ def evaluate_command(pairs: str, images_dir: str, weights: str | None, pretraine
     if scale_engine == "ray" and loaded is not None:    # the embedding step on Ray actors
         from facenet_convert.converter.scale import EmbedSpec, RayOptions, path_embedder
 
-        embed = path_embedder(EmbedSpec(weights, pretrained, preprocessing, device,
-                                        engine["backend"], engine["precision"], loaded.fuse,
-                                        detect, mtcnn_dir, margin, min_face_size, fit,
-                                        batch_size), RayOptions(ray_address, actors, shard_size))
+        spec = EmbedSpec(weights=weights, pretrained=pretrained, preprocessing=preprocessing,
+                         device=device, backend=engine["backend"],
+                         precision=engine["precision"], fuse=loaded.fuse, detect=detect,
+                         mtcnn_dir=mtcnn_dir, margin=margin, min_face_size=min_face_size,
+                         fit=fit, batch_size=batch_size)
+        embed = path_embedder(spec, RayOptions(ray_address, actors, shard_size))
 
     with Progress("embedding", len(plan.unique_paths) if loaded is not None else 0
                   ) as progress:
