@@ -19,19 +19,26 @@ from facenet_convert.converter.sources.memory import ArraySource
 from facenet_convert.models.inception_resnet_v1 import InceptionResNetV1
 
 
-def realistic_model(embedding_size: int = 512) -> InceptionResNetV1:
-    """Inception-ResNet-V1 in eval mode whose BatchNorm statistics and affine parameters are
-    seeded away from the identity, so that every layer matters to the embeddings."""
-    generator = torch.Generator().manual_seed(1)
-    model = InceptionResNetV1(embedding_size=embedding_size).eval()
+def seed_batchnorm(net: torch.nn.Module, seed: int, *, affine: bool = True) -> torch.nn.Module:
+    """Set every BatchNorm's running statistics (and, with ``affine``, its scale and shift)
+    to seeded values away from the identity, so that every layer matters to the outputs."""
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for module in model.modules():
+        for module in net.modules():
             if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
                 n = module.num_features
                 module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
                 module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.bias.copy_(torch.rand(n, generator=generator) - 0.5)
+                if affine:
+                    module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                    module.bias.copy_(torch.rand(n, generator=generator) - 0.5)
+    return net.eval()
+
+
+def realistic_model(embedding_size: int = 512) -> InceptionResNetV1:
+    """Inception-ResNet-V1 in eval mode with seeded, realistic BatchNorm (see above)."""
+    model = InceptionResNetV1(embedding_size=embedding_size)
+    seed_batchnorm(model, 1)
     return model
 
 

@@ -18,6 +18,7 @@ from facenet_convert.converter.cli import main
 from facenet_convert.converter.core.hashing import sha256_file
 from facenet_convert.converter.core.version import __version__
 from facenet_convert.converter.registry import architectures
+from tests.synthetic_models import seed_batchnorm
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
@@ -77,14 +78,8 @@ def test_onnx_export_is_verified_carries_metadata_and_runs(tf_onnx, tmp_path: Pa
 def _random_state(record: Any) -> tuple[Any, Any]:
     cls = record.model_class()
     net = cls(embedding_size=128) if record.task == "embedding" else cls()
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
-                n = module.num_features
-                module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-    return net.eval(), net.state_dict()
+    seed_batchnorm(net, 3, affine=False)
+    return net, net.state_dict()
 
 
 @pytest.mark.parametrize("record", [r for r in architectures()

@@ -20,6 +20,7 @@ from facenet_convert.models.detection import MTCNN
 from facenet_convert.models.mtcnn import RNet
 from facenet_convert.third_party.facenet.testing.photos import PHOTOS, resized
 from facenet_convert.third_party.wheels import FACENET_PYTORCH, fetch_wheel, wheel_member
+from tests.no_spawn import NO_SPAWN
 
 pytest.importorskip("cv2", reason="opencv-python-headless runs MTCNN's pyramid")
 
@@ -125,20 +126,10 @@ def test_selection_methods(nets: dict[str, Path], t1: np.ndarray) -> None:
         MTCNN(selection_method="biggest", **nets)
 
 
-_NO_SPAWN = """
-import sys
-def _refuse(event, args):
-    if event in ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
-                 "os.fork", "os.forkpty"):
-        raise RuntimeError(f"spawned a process: {event} {args!r:.200}")
-sys.addaudithook(_refuse)
-"""
-
-
 def test_fresh_machine_detects_with_shipped_weights_and_spawns_nothing(tmp_path: Path) -> None:
     """Empty caches, no network: MTCNN() loads the weights shipped in the package, finds the
     face, starts no process (no pip) and writes nothing to the torch or facenet-convert caches."""
-    script = _NO_SPAWN + (
+    script = NO_SPAWN + (
         "from facenet_convert.models.detection import MTCNN\n"
         "from skimage import data\n"
         "print(len(MTCNN().detect_faces(data.astronaut())[0]))\n")

@@ -14,13 +14,9 @@ from pathlib import Path
 
 import pytest
 
-RUNNER = """
-import sys
-def _refuse(event, args):
-    if event in ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
-                 "os.fork", "os.forkpty"):
-        raise SystemExit(f"SPAWNED {event} {args!r:.300}")
-sys.addaudithook(_refuse)
+from tests.no_spawn import NO_SPAWN
+
+RUNNER = NO_SPAWN + """
 from facenet_convert.converter.cli import main
 main(sys.argv[1:], prog_name="facenet-convert")
 """

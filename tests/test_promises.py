@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.no_spawn import NO_SPAWN
 from tests.synthetic_models import realistic_model
 
 CLI = [sys.executable, "-m", "facenet_convert.converter"]
@@ -273,12 +274,8 @@ def test_offline_forbids_fetching_upstream_packages(tmp_path: Path) -> None:
     from facenet_convert.third_party.wheels import FACENET, fetch_wheel
 
     env = {"FACENET_CONVERT_CACHE": str(tmp_path / "cache"), "FACENET_CONVERT_OFFLINE": "1"}
-    code = ("import sys\n"
-            "def refuse(event, args):\n"
-            "    if event == 'subprocess.Popen': raise SystemExit('SPAWNED')\n"
-            "sys.addaudithook(refuse)\n"
-            "from facenet_convert.third_party.wheels import FACENET, fetch_wheel\n"
-            "fetch_wheel(FACENET)\n")
+    code = NO_SPAWN + ("from facenet_convert.third_party.wheels import FACENET, fetch_wheel\n"
+                       "fetch_wheel(FACENET)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=120, check=False)
     assert done.returncode != 0 and "SPAWNED" not in done.stderr + done.stdout
