@@ -29,6 +29,7 @@ from click.testing import CliRunner
 
 from facenet_convert.converter import evaluation as ev
 from facenet_convert.converter.cli import main
+from facenet_convert.converter.core.errors import EvaluationError
 from facenet_convert.converter.embedding import (
     embed_images,
     expand_inputs,
@@ -154,7 +155,7 @@ def test_kfold_equals_sklearn() -> None:
         for (a, b), (c, d) in zip(ours, theirs, strict=True):
             np.testing.assert_array_equal(a, c)
             np.testing.assert_array_equal(b, d)
-    with pytest.raises(ev.EvaluationError, match="more than the 3 pairs"):
+    with pytest.raises(EvaluationError, match="more than the 3 pairs"):
         ev.kfold(3, 10)
 
 
@@ -163,7 +164,7 @@ def test_empty_side_is_an_error_not_a_division_by_zero(up_old: Any) -> None:
     issame = np.r_[np.ones(20, bool), np.zeros(20, bool)]   # sorted: fold 1 has no different
     with pytest.raises(ZeroDivisionError):
         up_old.evaluate(emb, issame, nrof_folds=2)
-    with pytest.raises(ev.EvaluationError, match="fold 1 has no same-person pairs.*fewer --folds"):
+    with pytest.raises(EvaluationError, match="fold 1 has no same-person pairs.*fewer --folds"):
         ev.evaluate(emb, issame, nrof_folds=2)
 
 
@@ -251,7 +252,7 @@ def _rows(pairs: Path, root: Path, npz: Path) -> tuple[np.ndarray, np.ndarray]:
     resolved = ev.pair_paths(root, ev.read_pairs(pairs))
     rows = np.zeros((len(resolved.paths), 512))
     for k, path in enumerate(resolved.paths):
-        rows[k] = table[ev._name_key(str(path))]
+        rows[k] = table[ev.name_key(str(path))]
     return rows, np.asarray(resolved.issame)
 
 
