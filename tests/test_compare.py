@@ -20,8 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 from facenet_convert.converter.cli import main
-from facenet_convert.converter.embedding import embed_paths, load_embedding_model
 from facenet_convert.converter.comparison import distance_matrix
+from facenet_convert.converter.embedding import embed_paths, load_embedding_model
 from facenet_convert.third_party.facenet.testing.photos import PHOTOS, insightface_image
 from facenet_convert.third_party.facenet.testing.upstream_code import upstream_functions
 

@@ -12,9 +12,9 @@ from facenet_convert.converter.commands.options import (
     model_options,
     warn,
 )
+from facenet_convert.converter.comparison import compare_images, matrix_table, write_matrix
 from facenet_convert.converter.core.errors import EmbedError
 from facenet_convert.converter.embedding import expand_inputs, load_detector, load_embedding_model
-from facenet_convert.converter.comparison import compare_images, matrix_table, write_matrix
 
 
 @click.command("compare", cls=DeclaredCommand)
