@@ -47,13 +47,11 @@ The class offers facenet-pytorch's API (``MTCNN(image_size=160, margin=0, ...)``
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import math
 import os
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,17 +59,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from facenet_convert.converter.core.errors import DetectionInputError
 from facenet_convert.models.area_resize import CropPlan, CropSource
-from facenet_convert.models.kernels import greedy_nms
 from facenet_convert.models.mtcnn import ONet, PNet, RNet
+from facenet_convert.models.mtcnn_boxes import (
+    batched_nms,
+    regress,
+    rerec,
+    valid_boxes,
+)
+from facenet_convert.models.mtcnn_inputs import as_batch, object_array, to_uint8_rgb
+from facenet_convert.models.mtcnn_schedule import call, part_count, single_threaded_opencv
 from facenet_convert.models.preprocessing import (
-    MAX_PIXELS_ENV,
     ImageLike,
     fixed_image_standardization,
-    max_pixels,
     resize_uint8,
-    to_rgb_array,
 )
 from facenet_convert.models.workers import TorchWorkers
 
@@ -85,12 +86,6 @@ SELECTION_METHODS = ("probability", "largest", "largest_over_threshold",
 _CELL = 12      # PNet's receptive field
 _STRIDE = 2     # PNet's output stride
 _MTCNN_SCALE = 0.0078125
-_NET_BATCH = 64
-_PART_CROPS = {24: 48, 48: 12}
-"""Crops per RNet / ONet part to aim for (at least two parts when there are two crops): each
-net call has a fixed cost beside its per-crop cost, so parts large enough to amortise it and
-enough of them to keep both workers busy (docs/performance.md has the measurements)."""
-_MAX_PARTS = 8
 _MIN_BAND = 150_000   # uint8 values (~220x220 RGB) per PNet band at least
 _SIDE_BY_SIDE = 500_000
 """Mean pixels per photo from which a list is detected photo by photo side by side on the
@@ -115,125 +110,6 @@ class FaceDetections:
         return int(self.boxes.shape[0])
 
 
-# --------------------------------------------------------------------------- NMS
-
-def upstream_order(scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Visiting order of upstream's ``nms`` in every group: ``np.argsort(s)`` reversed.
-
-    ``groups`` must be non-decreasing (each group contiguous). The argsort runs on each group's
-    own float64 score array, as upstream calls it, so ties break exactly as there.
-    """
-    bounds = np.flatnonzero(np.diff(groups)) + 1
-    starts = np.concatenate([[0], bounds]).astype(np.int64)
-    ends = np.concatenate([bounds, [groups.shape[0]]]).astype(np.int64)
-    parts = [start + np.argsort(np.ascontiguousarray(scores[start:end], dtype=np.float64))[::-1]
-             for start, end in zip(starts.tolist(), ends.tolist(), strict=True)]
-    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-
-
-def batched_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, threshold: float,
-                mode: str = "union") -> np.ndarray:
-    """Upstream's greedy NMS run independently within each group.
-
-    ``groups`` is non-decreasing. Within a group boxes are visited in :func:`upstream_order`
-    and a box is dropped when a kept earlier one overlaps it by more than ``threshold``
-    (:func:`models.kernels.greedy_nms`). Returns indices into ``boxes``: by group, then in
-    picking order (as upstream's ``pick``).
-    """
-    if mode not in ("union", "min"):
-        raise ValueError(f"NMS mode must be 'union' or 'min', not {mode!r}")
-    count = int(boxes.shape[0])
-    if count == 0:
-        return np.empty(0, dtype=np.int64)
-    if groups[0] == groups[-1]:             # one group (a level's candidates, one photo)
-        order = np.argsort(np.ascontiguousarray(scores, dtype=np.float64))[::-1]
-        return order[greedy_nms(boxes[order], threshold, mode == "min")]
-    order = upstream_order(scores, groups)
-    sorted_groups = groups[order]
-    bounds = np.flatnonzero(np.diff(sorted_groups)) + 1
-    kept = []
-    for first, last in itertools.pairwise([0, *bounds.tolist(), count]):
-        chosen = order[first:last]
-        kept.append(chosen[greedy_nms(boxes[chosen], threshold, mode == "min")])
-    return np.concatenate(kept)
-
-
-# --------------------------------------------------------------------------- box helpers
-
-def _regress(boxes: np.ndarray, reg: np.ndarray, plus_one: bool) -> np.ndarray:
-    """Upstream's calibration; PNet's stage uses widths ``x2 - x1``, ``bbreg`` ``x2 - x1 + 1``."""
-    extra = 1.0 if plus_one else 0.0
-    w = boxes[:, 2] - boxes[:, 0] + extra
-    h = boxes[:, 3] - boxes[:, 1] + extra
-    return np.stack([boxes[:, 0] + reg[:, 0] * w, boxes[:, 1] + reg[:, 1] * h,
-                     boxes[:, 2] + reg[:, 2] * w, boxes[:, 3] + reg[:, 3] * h], axis=1)
-
-
-def _rerec(boxes: np.ndarray) -> np.ndarray:
-    """Square boxes around their centers with side ``max(w, h)`` (upstream ``rerec``)."""
-    h = boxes[:, 3] - boxes[:, 1]
-    w = boxes[:, 2] - boxes[:, 0]
-    side = np.maximum(w, h)
-    x1 = boxes[:, 0] + w * 0.5 - side * 0.5
-    y1 = boxes[:, 1] + h * 0.5 - side * 0.5
-    return np.stack([x1, y1, x1 + side, y1 + side], axis=1)
-
-
-def _valid(boxes: np.ndarray) -> np.ndarray:
-    """Boxes with a positive integer size (upstream would crash on the others)."""
-    return ((boxes[:, 2] - boxes[:, 0] + 1) >= 1) & ((boxes[:, 3] - boxes[:, 1] + 1) >= 1)
-
-
-# --------------------------------------------------------------------------- inputs
-
-def _check_pixels(image: Any) -> None:
-    """The pixel cap of decoded files holds for images passed in memory too, checked before
-    any conversion allocates (a 20000x20000 array would take gigabytes and minutes)."""
-    if isinstance(image, (np.ndarray, Tensor)) and image.ndim >= 2:
-        height, width = int(image.shape[0]), int(image.shape[1])
-    elif hasattr(image, "size") and isinstance(getattr(image, "size", None), tuple):
-        width, height = (int(v) for v in image.size[:2])
-    else:
-        return
-    cap = max_pixels()
-    if height * width > cap:
-        raise DetectionInputError(f"image of {width}x{height} = {height * width:,} pixels is "
-                                  f"over the {cap:,} allowed; resize it, or set "
-                                  f"{MAX_PIXELS_ENV} to raise the cap")
-
-
-def _to_uint8_rgb(image: Any) -> np.ndarray:
-    """uint8 ``(H, W, 3)`` from PIL, numpy or an HWC torch tensor (floats: 0..255, rounded)."""
-    _check_pixels(image)
-    if isinstance(image, Tensor):
-        image = image.detach().cpu().numpy()
-    if isinstance(image, np.ndarray) and image.dtype != np.uint8:
-        if image.dtype.kind != "f":
-            raise DetectionInputError(f"expected uint8 pixels or floats in 0..255, got dtype "
-                                      f"{image.dtype} (convert 16-bit images to 8 bits)")
-        image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    try:
-        return to_rgb_array(image)
-    except TypeError as error:
-        raise DetectionInputError(str(error)) from None
-
-
-def _as_batch(images: Any) -> tuple[list[np.ndarray], bool]:
-    """The images of a call and whether it was a batch (list/tuple or a 4-d array/tensor)."""
-    if isinstance(images, (list, tuple)):
-        return [_to_uint8_rgb(image) for image in images], True
-    if isinstance(images, (np.ndarray, Tensor)) and images.ndim == 4:
-        return [_to_uint8_rgb(image) for image in images], True
-    return [_to_uint8_rgb(images)], False
-
-
-def _object_array(items: list[Any]) -> np.ndarray:
-    out = np.empty(len(items), dtype=object)
-    for index, item in enumerate(items):
-        out[index] = item
-    return out
-
-
 # --------------------------------------------------------------------------- the detector
 
 class _IntegralSource(CropSource):
@@ -250,49 +126,6 @@ class _IntegralSource(CropSource):
 
             self._table = cv2.integral(np.ascontiguousarray(self.image), sdepth=cv2.CV_32S)
         return self._table
-
-
-_OPENCV_LOCK = threading.Lock()
-_OPENCV_USERS = [0, 1]    # detections running now, the thread count to give back after them
-
-
-@contextlib.contextmanager
-def _single_threaded_opencv() -> Iterator[None]:
-    """OpenCV's own thread pool off while detections run, the caller's setting back after.
-
-    Our workers already run the pyramid resizes side by side; OpenCV splitting each resize
-    over all cores as well put twice as many threads as cores to work (8 large photos side
-    by side, two runs on 2 cores: 10-17% slower, 8-20% more CPU with OpenCV's threads on;
-    single photos: no difference measured). ``cv2.setNumThreads`` is process-wide: the first
-    of concurrent detections saves the setting and the last gives it back.
-    """
-    import cv2
-
-    with _OPENCV_LOCK:
-        if _OPENCV_USERS[0] == 0:
-            _OPENCV_USERS[1] = cv2.getNumThreads()
-            cv2.setNumThreads(1)
-        _OPENCV_USERS[0] += 1
-    try:
-        yield
-    finally:
-        with _OPENCV_LOCK:
-            _OPENCV_USERS[0] -= 1
-            if _OPENCV_USERS[0] == 0:
-                cv2.setNumThreads(_OPENCV_USERS[1])
-
-
-def _part_count(crops: int, size: int) -> int:
-    """How many parts an image's RNet (``size`` 24) / ONet (48) crops are cut into: by the
-    crops alone (never by the thread count, so results do not depend on it), at most
-    ``_NET_BATCH`` crops a part; an even count keeps two workers equally busy."""
-    parts = min(_MAX_PARTS, max(min(2, crops), round(crops / _PART_CROPS[size])))
-    parts = max(parts, math.ceil(crops / _NET_BATCH))
-    return parts + 1 if 1 < parts < crops and parts % 2 else parts
-
-
-def _call(job: Callable[[], Any]) -> Any:
-    return job()
 
 
 def _detect_forward(net: nn.Module) -> Callable[[Tensor], Any]:
@@ -393,10 +226,10 @@ class MTCNN(nn.Module):
         :data:`_SIDE_BY_SIDE`): there each photo is detected on one worker from start to end,
         side by side, and gets exactly its result alone.
         """
-        arrays, _ = _as_batch(images)
+        arrays, _ = as_batch(images)
         side_by_side = (len(arrays) > 1 and self.device.type == "cpu" and self._workers.count > 1
                         and np.mean([a.shape[0] * a.shape[1] for a in arrays]) >= _SIDE_BY_SIDE)
-        with _single_threaded_opencv():
+        with single_threaded_opencv():
             if side_by_side:
                 return [found for one in self._workers.map(self._cascade, [[a] for a in arrays])
                         for found in one]
@@ -488,7 +321,7 @@ class MTCNN(nn.Module):
             functools.partial(resize if number in band_edges else whole, number)
             for number in range(len(groups))]
         side = list(prepare)          # first: a long task last would leave a worker idle
-        results = self._parallel(_call, ([] if band_edges else side) + first)
+        results = self._parallel(call, ([] if band_edges else side) + first)
         results = results[len(results) - len(groups):]
         found = {number: result for number, result in enumerate(results)
                  if number not in band_edges}
@@ -502,14 +335,14 @@ class MTCNN(nn.Module):
                     bands_of.append((number, functools.partial(forward,
                                                                batch[:, 2 * low:stop])))
             parts: dict[int, list[Any]] = {}
-            done = self._parallel(_call, side + [job for _, job in bands_of])
+            done = self._parallel(call, side + [job for _, job in bands_of])
             for (number, _), result in zip(bands_of, done[len(side):], strict=True):
                 parts.setdefault(number, []).append(result)
             jobs = [functools.partial(candidates, number,
                                       torch.cat([f for _, f in pieces], dim=1),
                                       torch.cat([r for r, _ in pieces], dim=2))
                     for number, pieces in parts.items()]
-            found.update(zip(parts, self._parallel(_call, jobs), strict=True))
+            found.update(zip(parts, self._parallel(call, jobs), strict=True))
         keyed = [(groups[number][1][k][0], -groups[number][1][k][1], number, k)
                  for number in found for k in range(len(groups[number][1]))]
         return [(index, found[number][k]) for index, _, number, k in sorted(keyed)]
@@ -545,7 +378,7 @@ class MTCNN(nn.Module):
                                    for index, found in levels])
         keep = batched_nms(boxes[:, :4], boxes[:, 4], image_of, 0.7, "union")
         boxes, image_of = boxes[keep], image_of[keep]
-        boxes = _rerec(_regress(boxes[:, :4], boxes[:, 5:9], plus_one=False))
+        boxes = rerec(regress(boxes[:, :4], boxes[:, 5:9], plus_one=False))
         return np.fix(boxes).astype(np.int32).astype(np.float64), image_of
 
     def _classify(self, net: Callable[[Tensor], Any], sources: dict[int, CropSource],
@@ -561,7 +394,7 @@ class MTCNN(nn.Module):
         for index in np.unique(image_of).tolist():
             chosen = np.flatnonzero(image_of == index)
             plan = CropPlan(sources[index], boxes[chosen], size)
-            tasks.extend((chosen, plan, part) for part in plan.parts(_part_count(chosen.size,
+            tasks.extend((chosen, plan, part) for part in plan.parts(part_count(chosen.size,
                                                                                 size)))
         device = self.device
 
@@ -583,7 +416,7 @@ class MTCNN(nn.Module):
 
     def _stage_two(self, sources: dict[int, CropSource], boxes: np.ndarray,
                    image_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        valid = _valid(boxes)
+        valid = valid_boxes(boxes)
         boxes, image_of = boxes[valid], image_of[valid]
         if boxes.shape[0] == 0:
             return boxes, image_of
@@ -593,14 +426,14 @@ class MTCNN(nn.Module):
         boxes, score, reg, image_of = boxes[passed], score[passed].astype(np.float64), \
             reg[passed], image_of[passed]
         keep = batched_nms(boxes, score, image_of, 0.7, "union")
-        boxes = _rerec(_regress(boxes[keep], reg[keep].astype(np.float64), plus_one=True))
+        boxes = rerec(regress(boxes[keep], reg[keep].astype(np.float64), plus_one=True))
         return boxes, image_of[keep]
 
     def _stage_three(self, sources: dict[int, CropSource], boxes: np.ndarray,
                      image_of: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         boxes = np.fix(boxes).astype(np.int32).astype(np.float64)
-        valid = _valid(boxes)
+        valid = valid_boxes(boxes)
         boxes, image_of = boxes[valid], image_of[valid]
         if boxes.shape[0] == 0:
             return (np.empty((0, 4)), np.empty(0, dtype=np.float32), np.empty((0, 5, 2)),
@@ -616,7 +449,7 @@ class MTCNN(nn.Module):
         xs = (w * marks[:, 0:5] + boxes[:, 0:1] - 1).astype(np.float32)
         ys = (h * marks[:, 5:10] + boxes[:, 1:2] - 1).astype(np.float32)
         landmarks = np.stack([xs, ys], axis=2).astype(np.float64)
-        boxes = _regress(boxes, reg.astype(np.float64), plus_one=True)
+        boxes = regress(boxes, reg.astype(np.float64), plus_one=True)
         keep = batched_nms(boxes, score.astype(np.float64), image_of, 0.7, "min")
         return boxes[keep], score[keep], landmarks[keep], image_of[keep]
 
@@ -632,7 +465,7 @@ class MTCNN(nn.Module):
     def extract(self, image: ImageLike, detections: FaceDetections | np.ndarray | Tensor
                 ) -> Tensor:
         """uint8 ``(n, 3, image_size, image_size)`` RGB face crops, as align_dataset_mtcnn."""
-        array = _to_uint8_rgb(image)
+        array = to_uint8_rgb(image)
         height, width = array.shape[:2]
         boxes = detections.boxes if isinstance(detections, FaceDetections) else detections
         crops = []
@@ -652,7 +485,7 @@ class MTCNN(nn.Module):
         """facenet-pytorch's ``detect``: ``(boxes, probs[, points])`` as numpy, None per image
         without a face; boxes largest first when ``select_largest``, else by probability.
         A batch (list, or 4-d array/tensor; sizes may differ) gives object arrays per image."""
-        arrays, batch = _as_batch(img)
+        arrays, batch = as_batch(img)
         found = self.detect_faces(arrays)
         boxes, probs, points = [], [], []
         for faces in found:
@@ -670,8 +503,8 @@ class MTCNN(nn.Module):
             probs.append(faces.probs.numpy()[order])
             points.append(faces.landmarks.numpy()[order])
         if batch:
-            result: tuple[Any, ...] = (_object_array(boxes), _object_array(probs),
-                                       _object_array(points))
+            result: tuple[Any, ...] = (object_array(boxes), object_array(probs),
+                                       object_array(points))
         else:
             result = (boxes[0], probs[0], points[0])
         return result if landmarks else result[:2]
@@ -714,7 +547,7 @@ class MTCNN(nn.Module):
         """facenet-pytorch's call: the face crop ``(3, S, S)`` (a stack with ``keep_all``), or
         None without a face; a list per image for a batch. ``save_path`` writes the uint8 crops
         as images (``name_2.png``... for further faces); ``return_prob`` adds probabilities."""
-        arrays, batch = _as_batch(img)
+        arrays, batch = as_batch(img)
         boxes, probs, points = self.detect(arrays, landmarks=True)
         paths = _save_paths(save_path, len(arrays), batch)
         faces_out: list[Tensor | None] = []
