@@ -569,7 +569,7 @@ class PathShards:
         return {"record": np.array(records, dtype=object)}
 
 
-def path_engine(spec: EmbedSpec, options: RayOptions | None = None) -> Callable[..., Any]:
+def path_embedder(spec: EmbedSpec, options: RayOptions | None = None) -> Callable[..., Any]:
     """An ``embed_paths`` look-alike that runs on Ray, for ``evaluate_pairs(embed=...)``: the
     actors rebuild the model from ``spec`` (the ``loaded`` and ``detector`` given are the
     driver's, unused); results in input order, skips as the local engine reports them."""

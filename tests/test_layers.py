@@ -146,3 +146,30 @@ def test_cycle_check_finds_a_planted_cycle(package_copy: Path):
 
 if __name__ == "__main__":
     print(json.dumps(import_cycles(build_graph())))
+
+
+def test_every_import_of_our_names_resolves() -> None:
+    """Imports inside functions run only when that path runs: every ``from facenet_convert...
+    import name`` anywhere in the package, scripts and tests must name something that exists
+    (a rename cannot leave a path that fails only when a user reaches it)."""
+    import ast
+    import importlib
+
+    root = Path(__file__).resolve().parents[1]
+    files = [p for folder in ("converter", "models", "third_party", "scripts", "tests")
+             for p in (root / folder).rglob("*.py")]
+    broken = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.ImportFrom) and node.module
+                    and node.module.startswith("facenet_convert")):
+                continue
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                if not hasattr(module, alias.name):
+                    try:
+                        importlib.import_module(f"{node.module}.{alias.name}")
+                    except ImportError:
+                        broken.append(f"{path.relative_to(root)}:{node.lineno} "
+                                      f"{node.module}.{alias.name}")
+    assert broken == []
