@@ -23,14 +23,10 @@ parity on graphs you trust. TensorFlow is imported inside functions only, after
 :func:`quiet_tensorflow`.
 """
 
+
 from __future__ import annotations
 
-import os
-import re
-import sys
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -39,203 +35,24 @@ import numpy as np
 
 from facenet_convert.converter.architecture import Architecture
 from facenet_convert.converter.core.errors import ParityError
-from facenet_convert.converter.core.extras import require_extra
 from facenet_convert.converter.registry import architectures
+from facenet_convert.converter.tf_sources import (  # noqa: F401  (parity_tf's API)
+    MTCNN_NETS,
+    TFSource,
+    first_line,
+    head_sizes_of,
+    quiet_tensorflow,
+    required_file,
+    resolve_tf_source,
+    tf_errors,
+)
 
 #: upstream facenet's names, for every model it trains: the input, the training flag, output.
 INPUT_NODE = "input"
 PHASE_TRAIN = "phase_train"
 EMBEDDINGS = "embeddings:0"
 EMA_SUFFIX = "/ExponentialMovingAverage"
-
-MTCNN_NETS = {"det1": "pnet", "det2": "rnet", "det3": "onet"}
 MTCNN_CLASSES = {"pnet": "PNet", "rnet": "RNet", "onet": "ONet"}
-_CKPT_STEP = re.compile(r"^(?P<stem>.+)\.ckpt-\d+$")
-
-
-@dataclass(frozen=True)
-class TFSource:
-    """What SOURCE is, resolved to concrete files."""
-
-    kind: str                    # "checkpoint" | "checkpoint-rebuilt" | "frozen" | "mtcnn"
-    #                              | "keras"
-    path: Path                   # as given
-    prefix: Path | None = None   # checkpoint prefix
-    meta: Path | None = None     # the meta graph, when there is one
-    pb: Path | None = None       # frozen graph
-    npy: Path | None = None      # MTCNN weights
-    h5: Path | None = None       # Keras weights (full model or weights only)
-    net: str | None = None       # "pnet" | "rnet" | "onet" for MTCNN (from the file name)
-    notes: tuple[str, ...] = ()
-
-    @property
-    def description(self) -> str:
-        if self.kind == "checkpoint":
-            return f"checkpoint {self.prefix} with meta graph {self.meta}"
-        if self.kind == "checkpoint-rebuilt":
-            return (f"checkpoint {self.prefix} (no .meta: upstream inference graph rebuilt by "
-                    "the pinned facenet 1.0.5 code)")
-        if self.kind == "frozen":
-            return f"frozen graph {self.pb}"
-        if self.kind == "keras":
-            return (f"Keras weights {self.h5} in the pinned keras-facenet 0.3.2 model "
-                    "(tf-keras)")
-        return f"upstream detect_face {self.net} with weights {self.npy}"
-
-
-# ------------------------------------------------------------------------------ quiet TF
-
-
-@contextmanager
-def _stderr_to_file() -> Iterator[None]:
-    """Send file descriptor 2 to a temporary file (TF's C++ logging writes there, whatever
-    TF_CPP_MIN_LOG_LEVEL says, before absl is initialised); replay it if the block fails."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved, 2)
-            sink.seek(0)
-            os.write(2, sink.read())
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-def quiet_tensorflow(verbose: bool = False) -> None:
-    """Import TensorFlow (and tf-slim) with its C++ start-up lines (oneDNN notice, absl
-    pre-init warning, CUDA probes) and Python warnings kept off the terminal; ``verbose``
-    leaves everything as TensorFlow prints it. Errors still show."""
-    import logging
-    import warnings
-
-    if not verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
-    require_extra("tf", "parity (the TensorFlow reference)")
-    fresh = "tensorflow" not in sys.modules
-    try:
-        if fresh and not verbose:
-            with _stderr_to_file():
-                import tensorflow as tf
-        else:
-            import tensorflow as tf
-        import tf_slim  # noqa: F401  (the upstream graph code needs it)
-    except ImportError as error:
-        raise ParityError(f"parity runs the TensorFlow reference and needs TensorFlow and "
-                          f"tf-slim ({error}); install them: pip install "
-                          "'facenet-convert[tf]'") from error
-    if verbose:
-        return
-    tf.get_logger().setLevel(logging.ERROR)
-    try:
-        from absl import logging as absl_logging
-
-        absl_logging.set_verbosity(absl_logging.ERROR)
-    except ImportError:
-        pass
-    try:
-        from tensorflow.python.util import deprecation
-
-        deprecation._PRINT_DEPRECATION_WARNINGS = False
-    except (ImportError, AttributeError):
-        pass
-    for module in ("tensorflow", "tf_slim", "keras", "tf_keras"):
-        warnings.filterwarnings("ignore", module=module)
-    warnings.filterwarnings("ignore", category=SyntaxWarning)
-
-
-# ------------------------------------------------------------------------------ sources
-
-
-def _find_meta(prefix: Path) -> Path | None:
-    """``PREFIX.meta``, or upstream's ``model-NAME.meta`` beside ``model-NAME.ckpt-STEP``."""
-    candidates = [Path(f"{prefix}.meta")]
-    match = _CKPT_STEP.match(prefix.name)
-    if match:
-        candidates.append(prefix.with_name(f"{match['stem']}.meta"))
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    metas = sorted(prefix.parent.glob("*.meta"))
-    return metas[0] if len(metas) == 1 else None
-
-
-def resolve_tf_source(source: str | os.PathLike[str]) -> TFSource:
-    """Decide how to build the reference for SOURCE (no TensorFlow needed)."""
-    from facenet_convert.converter.sources import detect_format
-
-    path = Path(source)
-    if path.suffix == ".meta" and path.is_file():
-        return _meta_source(path)
-    fmt = detect_format(path)
-    if fmt == "mtcnn-npy":
-        return TFSource("mtcnn", path, npy=path, net=MTCNN_NETS.get(path.stem))
-    if fmt == "tf-graphdef":
-        return TFSource("frozen", path, pb=path)
-    if fmt == "keras-h5":
-        return TFSource("keras", path, h5=path)
-    if fmt == "tf-checkpoint":
-        from facenet_convert.converter.sources.tf_bundle import resolve_prefix
-
-        prefix, how = resolve_prefix(path)
-        meta = _find_meta(prefix)
-        kind = "checkpoint" if meta is not None else "checkpoint-rebuilt"
-        return TFSource(kind, path, prefix=prefix, meta=meta, notes=(how,))
-    raise ParityError(f"parity needs a TensorFlow or Keras source (checkpoint folder or prefix, "
-                      f"frozen .pb, Keras .h5, MTCNN det*.npy); this is a {fmt} file, which has "
-                      "no model to run", path=path)
-
-
-def _meta_source(meta: Path) -> TFSource:
-    """A ``.meta`` given as SOURCE: its checkpoint is ``X`` for ``X.meta``, else the folder's
-    (upstream names them ``model-NAME.meta`` and ``model-NAME.ckpt-STEP``)."""
-    from facenet_convert.converter.sources.tf_bundle import resolve_prefix
-
-    same = meta.with_suffix("")
-    if Path(f"{same}.index").is_file():
-        prefix, how = same, f"prefix {same} (named like the given {meta.name})"
-    else:
-        prefix, how = resolve_prefix(meta.parent)
-    return TFSource("checkpoint", meta, prefix=prefix, meta=meta, notes=(how,))
-
-
-def _required(path: Path | None, src: TFSource) -> Path:
-    if path is None:
-        raise ParityError(f"source resolved as {src.kind} without its file", path=src.path)
-    return path
-
-
-def _first_line(error: BaseException) -> str:
-    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
-
-
-@contextmanager
-def _tf_errors(what: str, path: Path | None) -> Iterator[None]:
-    try:
-        yield
-    except ParityError:
-        raise
-    except Exception as error:  # TF / protobuf raise many types with multi-line text
-        raise ParityError(f"{what} failed ({_first_line(error)})", path=path) from error
-
-
-def _head_sizes(record: Architecture, shapes: dict[str, tuple[int, ...]], *, graph: bool
-                ) -> tuple[int, int | None] | None:
-    """(embedding size, classes) when one of ``record``'s schemes fits these tensors."""
-    for scheme in record.schemes:
-        if not scheme.fits(set(shapes), graph=graph) or scheme.embedding_tensor is None:
-            continue
-        embedding = shapes.get(scheme.embedding_tensor, ())
-        if len(embedding) != 2:
-            continue
-        classes = shapes.get(scheme.classes_tensor or "", ())
-        return int(embedding[1]), int(classes[1]) if len(classes) == 2 else None
-    return None
 
 
 # ---------------------------------------------------------------------------- running
@@ -264,7 +81,7 @@ class TFGraph:
                 f"{self.input_name}:0": np.ascontiguousarray(inputs, dtype=dtype)})
         except Exception as error:  # TF raises many types with multi-line text
             raise ParityError(f"TensorFlow failed to run the reference graph "
-                              f"({_first_line(error)})") from error
+                              f"({first_line(error)})") from error
         return [np.asarray(value) for value in values]
 
     def close(self) -> None:
@@ -306,7 +123,7 @@ class TFReference:
 
         from facenet_convert.converter.tf_float64 import inference_graph
 
-        with _tf_errors("preparing the reference graph", None):
+        with tf_errors("preparing the reference graph", None):
             prepared = inference_graph(self.graph_def, outputs=outputs,
                                        input_name=self.input_name, values=self.values,
                                        flags=self.flags, float64=float64)
@@ -365,8 +182,8 @@ def open_reference(src: TFSource, *, model: str, tf_weights: str = "raw") -> Any
 def _frozen_reference(src: TFSource) -> TFReference:
     import tensorflow as tf
 
-    pb = _required(src.pb, src)
-    with _tf_errors("parsing the frozen graph", pb):
+    pb = required_file(src.pb, src)
+    with tf_errors("parsing the frozen graph", pb):
         graph_def = tf.compat.v1.GraphDef.FromString(pb.read_bytes())
     return _with_input(TFReference(graph_def, INPUT_NODE, flags={PHASE_TRAIN: False},
                                    notes=list(src.notes)), pb)
@@ -375,7 +192,7 @@ def _frozen_reference(src: TFSource) -> TFReference:
 def _with_input(reference: TFReference, path: Path) -> TFReference:
     from facenet_convert.converter.tf_float64 import input_node
 
-    with _tf_errors("finding the graph's input", path):
+    with tf_errors("finding the graph's input", path):
         reference.input_name = input_node(reference.graph_def, (reference.input_name,))
     reference.flags = {k: v for k, v in reference.flags.items() if reference.has(f"{k}:0")}
     return reference
@@ -386,14 +203,14 @@ def _checkpoint_reference(src: TFSource, tf_weights: str) -> TFReference:
 
     from facenet_convert.converter.sources import open_source
 
-    prefix = _required(src.prefix, src)
+    prefix = required_file(src.prefix, src)
     notes = list(src.notes)
     reader = open_source(prefix, format="tf-checkpoint")
     try:
         shapes = {name: tuple(info.shape) for name, info in reader.tensors().items()}
         if src.kind == "checkpoint":
-            meta = _required(src.meta, src)
-            with _tf_errors("parsing the meta graph", meta):
+            meta = required_file(src.meta, src)
+            with tf_errors("parsing the meta graph", meta):
                 graph_def = tf.compat.v1.MetaGraphDef.FromString(meta.read_bytes()).graph_def
         else:
             graph_def = _rebuilt_graph(prefix, shapes, notes)
@@ -422,14 +239,14 @@ def _rebuilt_graph(prefix: Path, shapes: dict[str, tuple[int, ...]], notes: list
     for record in architectures("embedding"):
         if record.upstream_model_def is None:
             continue
-        sizes = _head_sizes(record, shapes, graph=False)
+        sizes = head_sizes_of(record, shapes, graph=False)
         if sizes is None:
             continue
         embedding_size, num_classes = sizes
         up = load_upstream()
         with upstream_mode():
             graph = tf.Graph()
-            with graph.as_default(), _tf_errors("rebuilding the upstream graph", prefix):
+            with graph.as_default(), tf_errors("rebuilding the upstream graph", prefix):
                 build_inference(up, embedding_size=embedding_size, num_classes=num_classes,
                                 model_def=record.upstream_model_def)
         notes.append(f"rebuilt the upstream {record.upstream_model_def} inference graph: "
@@ -454,7 +271,7 @@ def _mtcnn_reference(src: TFSource, record: Architecture) -> TFReference:
 
     from facenet_convert.third_party.facenet.compat import load_upstream, upstream_mode
 
-    npy = _required(src.npy, src)
+    npy = required_file(src.npy, src)
     net = record.name
     arrays = read_mtcnn_npy(npy)
     up = load_upstream()
@@ -513,7 +330,7 @@ class KerasRunner:
                                           training=False))
         except Exception as error:  # Keras raises many types
             raise ParityError(f"Keras failed to run the reference model "
-                              f"({_first_line(error)})") from error
+                              f"({first_line(error)})") from error
         return [value for _ in fetch]
 
     def close(self) -> None:
@@ -543,7 +360,7 @@ class KerasReference:
         from facenet_convert.converter.sources import open_source
         from facenet_convert.third_party.facenet.keras_facenet import BUILDERS
 
-        h5 = _required(src.h5, src)
+        h5 = required_file(src.h5, src)
         with open_source(h5, format="keras-h5") as reader:
             shapes = {name: tuple(info.shape) for name, info in reader.tensors().items()}
             scheme = next((s for s in record.schemes if s.table.name in BUILDERS
@@ -568,7 +385,7 @@ class KerasReference:
     def open(self, outputs: Sequence[str], *, float64: bool) -> KerasRunner:
         from facenet_convert.third_party.facenet.keras_facenet import build_model
 
-        with _tf_errors("building the keras-facenet model", self.path):
+        with tf_errors("building the keras-facenet model", self.path):
             model = build_model(self.scheme, self.embedding_size, float64=float64)
         self._assign(model, np.float64 if float64 else np.float32)
         return KerasRunner(model, self.outputs, float64)
