@@ -135,9 +135,9 @@ def run_parity(source: str | os.PathLike[str], weights: str | os.PathLike[str], 
     with open_reference(src, model=chosen, tf_weights=tf_weights) as reference:
         report.notes.extend(reference.notes)
         if onnx is not None:
-            _compare_onnx(report, record, reference, net, onnx, batch_iter)
+            _check_onnx(report, record, reference, net, onnx, batch_iter)
         else:
-            _compare(report, record, reference, net, batch_iter, per_layer=per_layer,
+            _check_outputs(report, record, reference, net, batch_iter, per_layer=per_layer,
                      float64_count=inputs["float64_count"])
     report.versions = _versions()
     report.seconds = time.perf_counter() - started
@@ -159,7 +159,7 @@ def _stand_in(record: Architecture, onnx: Any) -> Any:
     return cls(embedding_size=onnx_embedding_size(onnx)).eval()
 
 
-def _compare_onnx(report: ParityReport, record: Architecture, reference: Any, net: Any,
+def _check_onnx(report: ParityReport, record: Architecture, reference: Any, net: Any,
                   onnx: Any, batch_iter: Iterator[np.ndarray]) -> None:
     """TF float32 vs the ONNX model's outputs (in our model's return order), float32 gate."""
     import torch
@@ -170,15 +170,15 @@ def _compare_onnx(report: ParityReport, record: Architecture, reference: Any, ne
     plan = _plan(report, record, reference, _output_rows(record, outs, captured), None,
                  per_layer=False)
     outputs = plan.outputs
-    fetch = [compare.tf_tensor for compare in outputs]
+    fetch = [checked.tf_tensor for checked in outputs]
     order = (0, 3, 2, 1) if plan.swapped else (0, 2, 3, 1)
     with reference.open(fetch, float64=False) as graph32:
         for batch in batch_iter:
             tf32 = graph32.run(np.ascontiguousarray(batch.transpose(order)), fetch)
-            for compare, theirs, ours in zip(outputs, tf32, _run_onnx(onnx, batch),
+            for checked, theirs, ours in zip(outputs, tf32, _run_onnx(onnx, batch),
                                              strict=True):
-                compare.acc.add32(_to_ours(theirs, compare.layout), ours)
-    report.outputs = [compare.acc.figures for compare in outputs]
+                checked.acc.add32(_to_ours(theirs, checked.layout), ours)
+    report.outputs = [checked.acc.figures for checked in outputs]
     report.gates = [Gate(f"{fig.name} float32 max abs / scale (ONNX)", fig.rel_max_abs,
                          report.tolerance) for fig in report.outputs]
 
@@ -248,7 +248,7 @@ def _numpy(captured: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 @dataclass
-class _Compare:
+class _Checked:
     """One TF tensor compared with one of our module outputs."""
 
     acc: Accumulator
@@ -261,9 +261,9 @@ class _Compare:
 class _Plan:
     """What to fetch and compare, decided once from the record, the model and the graph."""
 
-    outputs: list[_Compare]
+    outputs: list[_Checked]
     layers: list[Figures] | None
-    per_layer: list[_Compare]
+    per_layer: list[_Checked]
     modules: list[str]
     logits: tuple[str, str] | None
     swapped: bool
@@ -304,14 +304,14 @@ def _output_rows(record: Architecture, outs: Sequence[Any], captured: Mapping[st
 def _plan(report: ParityReport, record: Architecture, reference: Any,
           output_rows: Sequence[LayerRow], ours_logits: tuple[str, str] | None,
           per_layer: bool) -> _Plan:
-    outputs: list[_Compare] = []
+    outputs: list[_Checked] = []
     for row in output_rows:
         name = reference.first_present(row.tf_tensors)
         if name is None:
             raise ParityError(f"the TF graph has no {' or '.join(row.tf_tensors)}, the output "
-                              f"parity compares with our {row.module or 'model output'}")
+                              f"parity checks with our {row.module or 'model output'}")
         label = row.module or row.label
-        outputs.append(_Compare(Accumulator(Figures(label, row.module, name),
+        outputs.append(_Checked(Accumulator(Figures(label, row.module, name),
                                              cosine=record.task == "embedding"),
                                 name, row.layout, row.module))
     logits: tuple[str, str] | None = None
@@ -320,7 +320,7 @@ def _plan(report: ParityReport, record: Architecture, reference: Any,
         theirs = reference.first_present(lrow.tf_tensors)
         if ours_logits is not None and theirs is not None:
             logits = ours_logits
-            outputs.append(_Compare(Accumulator(Figures(lrow.module, lrow.module, theirs)),
+            outputs.append(_Checked(Accumulator(Figures(lrow.module, lrow.module, theirs)),
                                     theirs, lrow.layout, lrow.module))
         elif ours_logits is not None:
             report.notes.append(f"our weights have a {lrow.module} layer but the TF graph has "
@@ -329,7 +329,7 @@ def _plan(report: ParityReport, record: Architecture, reference: Any,
             report.notes.append(f"the TF graph has {lrow.label} but the converted weights do "
                                 "not: not compared")
     layers: list[Figures] | None = None
-    compares: list[_Compare] = []
+    checks: list[_Checked] = []
     if per_layer:
         rows = list(record.end_points)
         if logits is not None and lrow is not None:
@@ -343,14 +343,14 @@ def _plan(report: ParityReport, record: Architecture, reference: Any,
             if name is None:
                 missing.append(row.label)
             else:
-                compares.append(_Compare(Accumulator(fig), name, row.layout, row.module))
+                checks.append(_Checked(Accumulator(fig), name, row.layout, row.module))
         if missing:
             report.notes.append(f"{len(missing)} per-layer tensors are not in the TF reference "
                                 f"and were skipped: {', '.join(missing)}")
-    modules = [c.ours for c in outputs + compares if logits is None or c.ours != logits[1]]
+    modules = [c.ours for c in outputs + checks if logits is None or c.ours != logits[1]]
     # the input's layout is the first end point's (the layer nearest the input)
     swapped = bool(record.end_points) and record.end_points[0].layout == "nhwc-swapped"
-    return _Plan(outputs, layers, compares, modules, logits, swapped)
+    return _Plan(outputs, layers, checks, modules, logits, swapped)
 
 
 def _to_ours(array: np.ndarray, layout: str) -> np.ndarray:
@@ -362,7 +362,7 @@ def _to_ours(array: np.ndarray, layout: str) -> np.ndarray:
     return array.transpose(0, 3, 1, 2)
 
 
-def _compare(report: ParityReport, record: Architecture, reference: Any, net: Any,
+def _check_outputs(report: ParityReport, record: Architecture, reference: Any, net: Any,
              batch_iter: Iterator[np.ndarray], *, per_layer: bool, float64_count: int) -> None:
     """The one comparison loop: feed both sides, forward, accumulate; then gate."""
     import copy
@@ -381,7 +381,7 @@ def _compare(report: ParityReport, record: Architecture, reference: Any, net: An
                  per_layer)
     first_pt32: dict[str, np.ndarray] | None = _numpy(captured)
     every = plan.outputs + plan.per_layer
-    fetch = list(dict.fromkeys(compare.tf_tensor for compare in every))
+    fetch = list(dict.fromkeys(checked.tf_tensor for checked in every))
     position = {name: index for index, name in enumerate(fetch)}
     net64 = copy.deepcopy(net).double()
     done64 = 0
@@ -404,15 +404,15 @@ def _compare(report: ParityReport, record: Architecture, reference: Any, net: An
                 x64 = torch.from_numpy(batch[:count]).double()
                 pt64 = _numpy(_forward(net64, x64, plan.modules, plan.logits)[1])
                 done64 += count
-            for compare in every:
-                theirs = _to_ours(tf32[position[compare.tf_tensor]], compare.layout)
-                ours = pt32[compare.ours]
-                compare.acc.add32(theirs, ours)
+            for checked in every:
+                theirs = _to_ours(tf32[position[checked.tf_tensor]], checked.layout)
+                ours = pt32[checked.ours]
+                checked.acc.add32(theirs, ours)
                 if count > 0:
-                    compare.acc.add64(_to_ours(tf64[position[compare.tf_tensor]],
-                                               compare.layout), pt64[compare.ours],
+                    checked.acc.add64(_to_ours(tf64[position[checked.tf_tensor]],
+                                               checked.layout), pt64[checked.ours],
                                       theirs[:count], ours[:count])
-    report.outputs = [compare.acc.figures for compare in plan.outputs]
+    report.outputs = [checked.acc.figures for checked in plan.outputs]
     report.gates = [Gate(f"{fig.name} float64 max abs / scale", fig.rel_max_abs64,
                          report.tolerance) for fig in report.outputs]
     report.layers = plan.layers
