@@ -87,7 +87,8 @@ def load_embedding_model(weights: str | os.PathLike[str] | None = None,
     from facenet_convert.converter.building import load_model
 
     if (weights is None) == (pretrained is None):
-        raise EmbedError("pass exactly one of --weights FILE or --pretrained NAME")
+        raise EmbedError("pass exactly one of weights (a converted file) or pretrained (a "
+                         "release name)")
     built = load_model(weights, release=pretrained, preprocessing=preprocessing,
                        task="embedding", error=EmbedError)
     model, chosen, source, note = built.model, built.preprocessing, built.source, built.note

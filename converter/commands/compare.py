@@ -8,13 +8,14 @@ import click
 
 from facenet_convert.converter.commands.declare import DeclaredCommand, Input, Output
 from facenet_convert.converter.commands.options import (
+    ModelOptions,
     detect_options,
     model_options,
     warn,
 )
 from facenet_convert.converter.comparison import compare_images, matrix_table, write_matrix
 from facenet_convert.converter.core.errors import EmbedError
-from facenet_convert.converter.embedding import expand_inputs, load_detector, load_embedding_model
+from facenet_convert.converter.embedding import expand_inputs, load_detector
 
 
 @click.command("compare", cls=DeclaredCommand)
@@ -32,11 +33,10 @@ from facenet_convert.converter.embedding import expand_inputs, load_detector, lo
               show_default=True, help="Without --detect: how images that are not 160x160 "
               "are fitted.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-def compare_command(images: tuple[str, ...], weights: str | None, pretrained: str | None,
-                    preprocessing: str | None, device: str, detect: bool,
+def compare_command(images: tuple[str, ...], model: ModelOptions, detect: bool,
                     mtcnn_dir: str | None, margin: float, min_face_size: float,
                     json_path: str | None, csv_path: str | None, fit: str,
-                    force: bool, **engine: str) -> None:
+                    force: bool) -> None:
     """Print the euclidean distance between every two of IMAGES (files or folders), as
     upstream compare.py prints it (best face of each photo with --detect)."""
     from facenet_convert.converter.core.atomic import check_output_path
@@ -46,11 +46,10 @@ def compare_command(images: tuple[str, ...], weights: str | None, pretrained: st
         if out is not None and out != "-":
             check_output_path(out, force=force, inputs=paths)
     # a handful of images: fusing the model for inference would cost more than it saves
-    loaded = load_embedding_model(weights, pretrained, preprocessing, device, fuse=False,
-                                  **engine)
+    loaded = model.load(fuse=False)
     if loaded.note:
         warn(loaded.note)
-    detector = load_detector(mtcnn_dir, margin, min_face_size, device) if detect else None
+    detector = load_detector(mtcnn_dir, margin, min_face_size, model.device) if detect else None
     result = compare_images(loaded, paths, detector=detector, fit=fit)
     result.skipped[:0] = missing
     for path, message in result.skipped:

@@ -14,6 +14,7 @@ import click
 
 from facenet_convert.converter.commands.declare import DeclaredCommand, Input, Output
 from facenet_convert.converter.commands.options import (
+    ModelOptions,
     Progress,
     detect_options,
     model_options,
@@ -25,7 +26,6 @@ from facenet_convert.converter.embedding import (
     embed_images,
     expand_inputs,
     load_detector,
-    load_embedding_model,
     output_paths,
     write_embeddings,
 )
@@ -64,11 +64,10 @@ def _sidecars(output: str, params: Mapping[str, Any]) -> list[str]:
               "recompute every shard).")
 @scale_options
 def embed_command(images: tuple[str, ...], output: str, input_list: str | None,
-                  weights: str | None, pretrained: str | None, preprocessing: str | None,
-                  device: str, detect: bool, mtcnn_dir: str | None, margin: float,
+                  model: ModelOptions, detect: bool, mtcnn_dir: str | None, margin: float,
                   min_face_size: float, fit: str, batch_size: int, workers: int, force: bool,
-                  scale_engine: str, ray_address: str | None, actors: int, shard_size: int,
-                  **engine: str) -> None:
+                  scale_engine: str, ray_address: str | None, actors: int,
+                  shard_size: int) -> None:
     """Write FaceNet embeddings of IMAGES (files or folders) to OUTPUT."""
     from facenet_convert.converter.core.atomic import check_output_path
 
@@ -81,17 +80,17 @@ def embed_command(images: tuple[str, ...], output: str, input_list: str | None,
     else:
         paths, missing = expand_inputs(images)
     if scale_engine == "ray":
-        _embed_on_ray(paths, missing, output, weights, pretrained, preprocessing, device, detect,
-                      mtcnn_dir, margin, min_face_size, fit, batch_size, force, ray_address,
-                      actors, shard_size, engine)
+        spec = model.spec(fuse=True, detect=detect, mtcnn_dir=mtcnn_dir, margin=margin,
+                          min_face_size=min_face_size, fit=fit, batch_size=batch_size)
+        _embed_on_ray(paths, missing, output, spec, force, ray_address, actors, shard_size)
         return
     targets = output_paths(output)
-    paths_and_weights = [*paths, *([weights] if weights else [])]
+    paths_and_weights = [*paths, *([model.weights] if model.weights else [])]
     for target in targets:
         check_output_path(target, force=force, inputs=paths_and_weights)
     # the detector first: bad --mtcnn weights fail before the engine is exported and cached
-    detector = load_detector(mtcnn_dir, margin, min_face_size, device) if detect else None
-    loaded = load_embedding_model(weights, pretrained, preprocessing, device, **engine)
+    detector = load_detector(mtcnn_dir, margin, min_face_size, model.device) if detect else None
+    loaded = model.load()
     if loaded.note:
         warn(loaded.note)
     if loaded.engine.note:     # builds and checks the engine before any image is read
@@ -115,16 +114,11 @@ def embed_command(images: tuple[str, ...], output: str, input_list: str | None,
                f"{len(result.skipped)} skipped")
 
 
-def _embed_on_ray(paths: list[Any], missing: list[tuple[str, str]], output: str,
-                  weights: str | None, pretrained: str | None, preprocessing: str | None,
-                  device: str, detect: bool, mtcnn_dir: str | None, margin: float,
-                  min_face_size: float, fit: str, batch_size: int, force: bool,
-                  ray_address: str | None, actors: int, shard_size: int,
-                  engine: dict[str, str]) -> None:
+def _embed_on_ray(paths: list[Any], missing: list[tuple[str, str]], output: str, spec: Any,
+                  force: bool, ray_address: str | None, actors: int, shard_size: int) -> None:
     """--engine ray: Parquet shards and manifest.json in the OUTPUT folder (converter/scale.py)."""
     from facenet_convert.converter.core.checks import dumps as json_dumps
     from facenet_convert.converter.scale import (
-        EmbedSpec,
         RayOptions,
         embed_to_shards,
         is_loopback,
@@ -132,10 +126,6 @@ def _embed_on_ray(paths: list[Any], missing: list[tuple[str, str]], output: str,
     )
 
     require_ray(is_loopback(ray_address))     # before loading any model: say how to install
-    spec = EmbedSpec(weights=weights, pretrained=pretrained, preprocessing=preprocessing,
-                     device=device, backend=engine["backend"], precision=engine["precision"],
-                     fuse=True, detect=detect, mtcnn_dir=mtcnn_dir, margin=margin,
-                     min_face_size=min_face_size, fit=fit, batch_size=batch_size)
     loaded, _ = spec.load()
     for note in (loaded.note, loaded.engine.note):   # builds the engine (and its cache) once
         if note:

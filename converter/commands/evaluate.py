@@ -10,6 +10,7 @@ import click
 
 from facenet_convert.converter.commands.declare import DeclaredCommand, Input, Output
 from facenet_convert.converter.commands.options import (
+    ModelOptions,
     Progress,
     detect_options,
     model_options,
@@ -78,21 +79,21 @@ def _extension(_ctx: click.Context, _param: click.Parameter, value: str | None) 
               help="DataLoader worker processes for decoding (without --detect).")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @scale_options
-def evaluate_command(pairs: str, images_dir: str, weights: str | None, pretrained: str | None,
-                     preprocessing: str | None, device: str, embeddings_file: str | None,
-                     detect: bool, mtcnn_dir: str | None, margin: float, min_face_size: float,
+def evaluate_command(pairs: str, images_dir: str, model: ModelOptions,
+                     embeddings_file: str | None, detect: bool, mtcnn_dir: str | None,
+                     margin: float, min_face_size: float,
                      ext: str | None, folds: int, distance_metric: str, subtract_mean: bool,
                      use_flipped_images: bool, far: float, calibrate: bool,
                      compare_with: str | None, json_path: str | None, roc_path: str | None,
                      fit: str, batch_size: int, workers: int, force: bool,
-                     scale_engine: str, ray_address: str | None, actors: int, shard_size: int,
-                     **engine: str) -> None:
+                     scale_engine: str, ray_address: str | None, actors: int,
+                     shard_size: int) -> None:
     """Evaluate face verification on PAIRS (LFW pairs.txt format) over IMAGES_DIR
     (name/name_NNNN.jpg) with upstream validate_on_lfw.py's protocol."""
     from pathlib import Path
 
     from facenet_convert.converter.core.atomic import check_output_path
-    from facenet_convert.converter.embedding import load_detector, load_embedding_model
+    from facenet_convert.converter.embedding import load_detector
 
     plan = plan_pairs(pairs, images_dir, ext)
     inputs = [Path(pairs), *plan.unique_paths] + ([Path(embeddings_file)]
@@ -107,22 +108,18 @@ def evaluate_command(pairs: str, images_dir: str, weights: str | None, pretraine
         warn(f"skipped {len(plan.resolved.missing)} of {plan.total_pairs} pairs with a missing "
              f"image (first: line {line}, {what})")
     loaded = detector = None
-    if embeddings_file is None or weights or pretrained:
+    if embeddings_file is None or model.chosen:
         # an engine (export + self-check) takes seconds to start: worth it for LFW's 13k
-        loaded = load_embedding_model(weights, pretrained, preprocessing, device,
-                                      fuse=len(plan.unique_paths) >= FUSE_FROM, **engine)
+        loaded = model.load(fuse=len(plan.unique_paths) >= FUSE_FROM)
         if loaded.note:
             warn(loaded.note)
-        detector = load_detector(mtcnn_dir, margin, min_face_size, device) if detect else None
+        detector = load_detector(mtcnn_dir, margin, min_face_size, model.device) if detect else None
     embed = None
     if scale_engine == "ray" and loaded is not None:    # the embedding step on Ray actors
-        from facenet_convert.converter.scale import EmbedSpec, RayOptions, path_embedder
+        from facenet_convert.converter.scale import RayOptions, path_embedder
 
-        spec = EmbedSpec(weights=weights, pretrained=pretrained, preprocessing=preprocessing,
-                         device=device, backend=engine["backend"],
-                         precision=engine["precision"], fuse=loaded.fuse, detect=detect,
-                         mtcnn_dir=mtcnn_dir, margin=margin, min_face_size=min_face_size,
-                         fit=fit, batch_size=batch_size)
+        spec = model.spec(fuse=loaded.fuse, detect=detect, mtcnn_dir=mtcnn_dir, margin=margin,
+                          min_face_size=min_face_size, fit=fit, batch_size=batch_size)
         embed = path_embedder(spec, RayOptions(ray_address, actors, shard_size))
 
     with Progress("embedding", len(plan.unique_paths) if loaded is not None else 0
@@ -137,7 +134,7 @@ def evaluate_command(pairs: str, images_dir: str, weights: str | None, pretraine
         warn(message if message.startswith(path) else f"{path}: {message}")
     if result.dropped_pairs:
         warn(f"{result.dropped_pairs} pairs dropped: an image could not be embedded")
-    title = f"{weights or pretrained or embeddings_file} on {Path(pairs).name}"
+    title = f"{model.weights or model.pretrained or embeddings_file} on {Path(pairs).name}"
     write_report(result.evaluation, json_path=json_path, roc_path=roc_path, force=force,
                  inputs=inputs, title=title, extra=result.extra())
     if calibrate:

@@ -4,16 +4,20 @@
 
 from __future__ import annotations
 
+import functools
 import sys
+from dataclasses import dataclass
 from typing import Any, Self
 
 import click
 
 from facenet_convert.converter.commands.declare import Input, warn
 from facenet_convert.converter.core.atomic import raise_if_interrupted
+from facenet_convert.converter.core.errors import EmbedError
 from facenet_convert.models.releases import release_names
 
-__all__ = ["Progress", "detect_options", "model_options", "scale_options", "warn"]
+__all__ = ["ModelOptions", "Progress", "detect_options", "model_options", "scale_options",
+           "warn"]
 
 
 class Progress:
@@ -46,29 +50,80 @@ class Progress:
             self._bar = None
 
 
+@dataclass(frozen=True)
+class ModelOptions:
+    """The model a command embeds with, as its options chose it (made by
+    :func:`model_options`; the one description of it the commands pass on)."""
+
+    weights: str | None = None
+    pretrained: str | None = None
+    preprocessing: str | None = None
+    device: str = "cpu"
+    backend: str = "auto"
+    precision: str = "fp32"
+
+    @property
+    def chosen(self) -> bool:
+        return self.weights is not None or self.pretrained is not None
+
+    def check(self) -> None:
+        """Exactly one model, said with the flags (the library speaks of its arguments)."""
+        if (self.weights is None) == (self.pretrained is None):
+            raise EmbedError("pass exactly one of --weights FILE or --pretrained NAME")
+
+    def load(self, *, fuse: bool = True) -> Any:
+        """The loaded model (``converter.embedding.LoadedModel``)."""
+        from facenet_convert.converter.embedding import load_embedding_model
+
+        self.check()
+        return load_embedding_model(self.weights, self.pretrained, self.preprocessing,
+                                    self.device, fuse=fuse, backend=self.backend,
+                                    precision=self.precision)
+
+    def spec(self, **fields: Any) -> Any:
+        """The Ray engine's picklable description of the same model (``scale.EmbedSpec``)."""
+        from facenet_convert.converter.scale import EmbedSpec
+
+        self.check()
+        return EmbedSpec(weights=self.weights, pretrained=self.pretrained,
+                         preprocessing=self.preprocessing, device=self.device,
+                         backend=self.backend, precision=self.precision, **fields)
+
+
 def model_options(func: Any) -> Any:
     """--weights / --pretrained / --preprocessing / --device / --backend / --precision, shared
-    by embed, verify, compare and evaluate."""
+    by embed, verify, compare and evaluate, given to the command as one
+    :class:`ModelOptions` (``model``)."""
     names = release_names("inception_resnet_v1")
-    func = click.option("--precision", type=click.Choice(["fp32", "bf16", "int8"]),
-                        default="fp32", show_default=True, help="bf16 (torch, CPUs with "
-                        "AVX512_BF16 or AMX only) or int8 (ONNX Runtime quantization): faster, "
-                        "embeddings differ from fp32 (printed); checked, else fp32 runs.")(func)
-    func = click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime"]),
-                        default="auto", show_default=True, help="Inference engine (auto: ONNX "
-                        "Runtime when installed, else torch frozen for inference); each checks "
-                        "itself against the plain model and falls back.")(func)
-    func = click.option("--device", default="cpu", show_default=True,
-                        help="torch device to run on.")(func)
-    func = click.option("--preprocessing", type=click.Choice(["fixed_standardization",
-                                                              "prewhiten"]),
-                        default=None, help="Input standardization (default: the release's; "
-                        "for an unknown file, by embedding size).")(func)
-    func = click.option("--pretrained", default=None, metavar="NAME",
-                        help=f"A cached release ({', '.join(names)}) or alias.")(func)
-    func = click.option("--weights", type=Input("weights"), default=None,
-                        help="Converted Inception-ResNet-V1 weights (.pt/.safetensors).")(func)
-    return func
+
+    @functools.wraps(func)
+    def command(*args: Any, weights: str | None, pretrained: str | None,
+                preprocessing: str | None, device: str, backend: str, precision: str,
+                **kwargs: Any) -> Any:
+        return func(*args, model=ModelOptions(weights, pretrained, preprocessing, device,
+                                              backend, precision), **kwargs)
+
+    command = click.option("--precision", type=click.Choice(["fp32", "bf16", "int8"]),
+                           default="fp32", show_default=True, help="bf16 (torch, CPUs with "
+                           "AVX512_BF16 or AMX only) or int8 (ONNX Runtime quantization): "
+                           "faster, embeddings differ from fp32 (printed); checked, else fp32 "
+                           "runs.")(command)
+    command = click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime"]),
+                           default="auto", show_default=True, help="Inference engine (auto: "
+                           "ONNX Runtime when installed, else torch frozen for inference); each "
+                           "checks itself against the plain model and falls back.")(command)
+    command = click.option("--device", default="cpu", show_default=True,
+                           help="torch device to run on.")(command)
+    command = click.option("--preprocessing", type=click.Choice(["fixed_standardization",
+                                                                 "prewhiten"]),
+                           default=None, help="Input standardization (default: the release's; "
+                           "for an unknown file, by embedding size).")(command)
+    command = click.option("--pretrained", default=None, metavar="NAME",
+                           help=f"A cached release ({', '.join(names)}) or alias.")(command)
+    command = click.option("--weights", type=Input("weights"), default=None,
+                           help="Converted Inception-ResNet-V1 weights (.pt/.safetensors)."
+                           )(command)
+    return command
 
 
 def detect_options(func: Any) -> Any:

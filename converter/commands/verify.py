@@ -19,6 +19,7 @@ import click
 
 from facenet_convert.converter.commands.declare import DeclaredCommand, Input
 from facenet_convert.converter.commands.options import (
+    ModelOptions,
     detect_options,
     model_options,
     warn,
@@ -26,7 +27,6 @@ from facenet_convert.converter.commands.options import (
 from facenet_convert.converter.embedding import (
     DEFAULT_THRESHOLD,
     load_detector,
-    load_embedding_model,
     verify_pair,
 )
 
@@ -43,17 +43,15 @@ from facenet_convert.converter.embedding import (
 @click.option("--fit", type=click.Choice(["resize", "center_crop"]), default="resize",
               show_default=True, help="Without --detect: how images that are not 160x160 "
               "are fitted.")
-def verify_command(image1: str, image2: str, weights: str | None, pretrained: str | None,
-                   preprocessing: str | None, device: str, detect: bool, mtcnn_dir: str | None,
-                   margin: float, min_face_size: float, threshold: float, fit: str,
-                   **engine: str) -> None:
+def verify_command(image1: str, image2: str, model: ModelOptions, detect: bool,
+                   mtcnn_dir: str | None, margin: float, min_face_size: float,
+                   threshold: float, fit: str) -> None:
     """Print the embedding distance of IMAGE1 and IMAGE2 and whether they are the same
     person."""
-    loaded = load_embedding_model(weights, pretrained, preprocessing, device, fuse=False,
-                                  **engine)
+    loaded = model.load(fuse=False)
     if loaded.note:
         warn(loaded.note)
-    detector = load_detector(mtcnn_dir, margin, min_face_size, device) if detect else None
+    detector = load_detector(mtcnn_dir, margin, min_face_size, model.device) if detect else None
     distance = verify_pair(loaded, Path(image1), Path(image2), detector=detector, fit=fit)
     verdict = "same person" if distance < threshold else "different people"
     click.echo(f"distance {distance:.4f} (euclidean, L2-normalized; threshold {threshold:g}): "
