@@ -19,9 +19,10 @@ import torch
 
 from facenet_convert.converter.core.errors import DetectionInputError
 from facenet_convert.models.area_resize import CropPlan, CropSource, resize_boxes, summed_area_table
-from facenet_convert.models.detection import MTCNN, _IntegralSource
+from facenet_convert.models.detection import MTCNN
 from facenet_convert.models.mtcnn import prelu_pool
 from facenet_convert.models.mtcnn_boxes import batched_nms
+from facenet_convert.models.mtcnn_cascade import IntegralSource
 from facenet_convert.models.workers import TorchWorkers
 from facenet_convert.third_party.facenet.testing.photos import (
     EXPECTED_FACES,
@@ -238,7 +239,7 @@ def test_fast_paths_are_bit_exact(detector: MTCNN) -> None:
                                    strict=True):
                 assert torch.equal(fast, plain), type(net).__name__
     image = insightface_image("t1.jpg")
-    assert np.array_equal(_IntegralSource(image).table, summed_area_table(image))
+    assert np.array_equal(IntegralSource(image).table, summed_area_table(image))
 
 
 def test_scales_follow_upstream(detector: MTCNN) -> None:
