@@ -3,7 +3,8 @@
 * :mod:`.metrics` upstream's figures, exactly (ROC, VAL@FAR, AUC, EER, k-fold, calibration);
 * :mod:`.pairs` reading ``pairs.txt`` and the LFW image layout;
 * :mod:`.reports` the JSON report and the ROC curve (CSV, PNG);
-* :mod:`.runs` a pairs file end to end, and task parity against the TF graph.
+* :mod:`.runs` a pairs file end to end (task parity against the TF graph is
+  :mod:`facenet_convert.converter.parity.task`).
 
 The names below are the package's API (``facenet_convert.converter.evaluation.evaluate``...).
 """
@@ -49,14 +50,12 @@ from facenet_convert.converter.evaluation.reports import roc_csv, roc_png, write
 from facenet_convert.converter.evaluation.runs import (
     PairsEvaluation,
     PairsPlan,
-    TaskParity,
     embeddings_by_path,
     evaluate_pairs,
     name_key,
     plan_pairs,
-    task_parity,
-    tf_reference,
 )
+from facenet_convert.converter.parity.task import TaskParity, task_parity, tf_reference
 
 __all__ = [
     "DEFAULT_FAR", "METRICS", "PAIRS_HEADER_FIELDS", "ROC_STEP", "VAL_STEP", "Calibration",

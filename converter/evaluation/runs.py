@@ -16,7 +16,6 @@ from facenet_convert.converter.evaluation.metrics import (
     DEFAULT_FAR,
     METRICS,
     Evaluation,
-    Roc,
     check_embeddings,
     combine_flipped,
     distance,
@@ -24,6 +23,7 @@ from facenet_convert.converter.evaluation.metrics import (
     kfold,
 )
 from facenet_convert.converter.evaluation.pairs import PairPaths, pair_paths, read_pairs
+from facenet_convert.converter.parity.task import TaskParity, task_parity, tf_reference
 
 
 @dataclass
@@ -45,38 +45,6 @@ def plan_pairs(pairs_file: str | os.PathLike[str], images_dir: str | os.PathLike
     pairs = read_pairs(pairs_file)
     return PairsPlan(Path(pairs_file), Path(images_dir), pair_paths(images_dir, pairs, ext),
                      len(pairs))
-
-
-@dataclass
-class TaskParity:
-    """Our model and the TF graph on the same pairs: decisions, accuracies, differences."""
-
-    source: str
-    pairs: int
-    agree: int
-    disagree_lines: list[int]
-    accuracy_ours: float
-    accuracy_tf: float
-    max_abs_embedding: float
-    max_abs_distance: float
-
-    def summary(self) -> dict[str, Any]:
-        return {"source": self.source, "pairs": self.pairs, "same_decisions": self.agree,
-                "all_decisions_equal": self.agree == self.pairs,
-                "disagreeing_pair_lines": self.disagree_lines,
-                "accuracy_ours": self.accuracy_ours, "accuracy_tf": self.accuracy_tf,
-                "max_abs_embedding_difference": self.max_abs_embedding,
-                "max_abs_distance_difference": self.max_abs_distance}
-
-    def lines(self) -> list[str]:
-        verdict = ("both models make the same decision on every pair" if self.agree == self.pairs
-                   else f"decisions differ on {self.pairs - self.agree} pairs (pairs-file lines "
-                   f"{', '.join(map(str, self.disagree_lines[:10]))})")
-        return [(f"task-level parity with {self.source}: {verdict} ({self.agree}/{self.pairs} "
-                 "at the per-fold thresholds)"),
-                (f"  accuracy ours {self.accuracy_ours:1.5f}, TF {self.accuracy_tf:1.5f}; "
-                 f"max |embedding difference| {self.max_abs_embedding:.3g}, max |distance "
-                 f"difference| {self.max_abs_distance:.3g}")]
 
 
 @dataclass
@@ -135,52 +103,6 @@ def embeddings_by_path(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             name = stem
         rows[name_key(name)] = row
     return rows
-
-
-def task_parity(source: str, folds: list[tuple[np.ndarray, np.ndarray]], roc: Roc,
-                dist_ours: np.ndarray, dist_tf: np.ndarray, issame: np.ndarray,
-                ours: np.ndarray, tf_rows: np.ndarray, lines: Sequence[int]) -> TaskParity:
-    """Decide every test pair with its fold's threshold, for both models' distances."""
-    decide_ours = np.zeros(issame.size, dtype=bool)
-    decide_tf = np.zeros(issame.size, dtype=bool)
-    for (_, test), threshold in zip(folds, roc.best_thresholds, strict=True):
-        decide_ours[test] = np.less(dist_ours[test], threshold)
-        decide_tf[test] = np.less(dist_tf[test], threshold)
-    differ = np.flatnonzero(decide_ours != decide_tf)
-    return TaskParity(source, int(issame.size), int(issame.size - differ.size),
-                      [int(lines[i]) for i in differ],
-                      float(np.mean(decide_ours == issame)), float(np.mean(decide_tf == issame)),
-                      float(np.max(np.abs(ours.astype(np.float64) - tf_rows))),
-                      float(np.max(np.abs(dist_ours - dist_tf))))
-
-
-def tf_reference(source: str | os.PathLike[str]) -> Any:
-    """The upstream TF graph of SOURCE (checkpoint, .meta or frozen .pb) as a context manager
-    that yields ``run(nchw float32) -> embeddings``; uses the parity layer's TF runner."""
-    from contextlib import contextmanager
-
-    from facenet_convert.converter.parity_tf import (
-        EMBEDDINGS,
-        open_checkpoint_graph,
-        open_frozen_graph,
-        quiet_tensorflow,
-        resolve_tf_source,
-    )
-
-    src = resolve_tf_source(source)
-    if src.kind == "mtcnn":
-        raise EvaluationError("--compare-with needs an Inception-ResNet-V1 graph (checkpoint "
-                              "or frozen .pb), not MTCNN weights", path=source)
-
-    @contextmanager
-    def opened() -> Any:
-        quiet_tensorflow()
-        graph = open_frozen_graph(src) if src.kind == "frozen" else open_checkpoint_graph(src)
-        with graph:
-            yield lambda nchw: graph.run(np.ascontiguousarray(nchw.transpose(0, 2, 3, 1)),
-                                         [EMBEDDINGS])[0]
-
-    return opened()
 
 
 def evaluate_pairs(plan: PairsPlan, *, loaded: Any = None, embeddings_file: str | None = None,
@@ -258,8 +180,8 @@ def _parity_of(source: str, ours_eval: Evaluation, tf_eval: Evaluation, ours: np
     else:
         dist_ours = distance(ours[0::2], ours[1::2], metric)
         dist_tf = distance(theirs[0::2], theirs[1::2], metric)
-    parity = task_parity(source, folds, ours_eval.roc, dist_ours, dist_tf, issame, ours, theirs,
-                         lines)
+    parity = task_parity(source, folds, ours_eval.roc.best_thresholds, dist_ours, dist_tf,
+                         issame, ours, theirs, lines)
     parity.accuracy_ours = ours_eval.accuracy_mean
     parity.accuracy_tf = tf_eval.accuracy_mean
     return parity
