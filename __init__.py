@@ -18,9 +18,9 @@ from facenet_convert.converter.core.version import __version__
 if TYPE_CHECKING:
     from facenet_convert.converter.conversion import convert
     from facenet_convert.converter.sources import open_source
-    from facenet_convert.models.detection import MTCNN
     from facenet_convert.models.inception_resnet_v1 import InceptionResNetV1, InceptionResnetV1
     from facenet_convert.models.mtcnn import ONet, PNet, RNet
+    from facenet_convert.models.mtcnn.detector import MTCNN
 
 #: public name -> module that defines it
 _EXPORTS = {
@@ -28,7 +28,7 @@ _EXPORTS = {
     "open_source": "facenet_convert.converter.sources",
     "InceptionResNetV1": "facenet_convert.models.inception_resnet_v1",
     "InceptionResnetV1": "facenet_convert.models.inception_resnet_v1",
-    "MTCNN": "facenet_convert.models.detection",
+    "MTCNN": "facenet_convert.models.mtcnn.detector",
     "PNet": "facenet_convert.models.mtcnn",
     "RNet": "facenet_convert.models.mtcnn",
     "ONet": "facenet_convert.models.mtcnn",

@@ -205,7 +205,7 @@ def _detector(options: AlignOptions) -> Any:
     """One MTCNN per process and options (worker processes build theirs once)."""
     global _DETECTOR
     if _DETECTOR is None or _DETECTOR[0] != options:
-        from facenet_convert.models.detection import MTCNN
+        from facenet_convert.models.mtcnn.detector import MTCNN
 
         pnet, rnet, onet = options.nets
         _DETECTOR = (options, MTCNN(

@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     import torch
 
     from facenet_convert.converter.engines import Engine
-    from facenet_convert.models.detection import MTCNN
     from facenet_convert.models.inception_resnet_v1 import InceptionResNetV1
+    from facenet_convert.models.mtcnn.detector import MTCNN
 
 OUTPUT_SUFFIXES = (".npz", ".npy", ".csv")
 NAMES_SIDECAR = ".names.txt"
@@ -195,7 +195,7 @@ def detect_faces(detector: MTCNN, path: Path, preprocessing: str) -> DetectedFac
 def load_detector(mtcnn_dir: str | None, margin: float, min_face_size: float,
                   device: str) -> MTCNN:
     """MTCNN with weights from ``mtcnn_dir`` (pnet/rnet/onet .pt or .safetensors) or the cache."""
-    from facenet_convert.models.detection import MTCNN
+    from facenet_convert.models.mtcnn.detector import MTCNN
 
     nets: dict[str, str | None] = {"pnet": None, "rnet": None, "onet": None}
     if mtcnn_dir is not None:

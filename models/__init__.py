@@ -10,16 +10,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from facenet_convert.models.detection import MTCNN
     from facenet_convert.models.inception_resnet_v1 import InceptionResNetV1, InceptionResnetV1
     from facenet_convert.models.mtcnn import ONet, PNet, RNet
+    from facenet_convert.models.mtcnn.detector import MTCNN
 
 __all__ = ["MTCNN", "InceptionResNetV1", "InceptionResnetV1", "ONet", "PNet", "RNet"]
 
 _HOMES = {"InceptionResNetV1": "facenet_convert.models.inception_resnet_v1",
           "InceptionResnetV1": "facenet_convert.models.inception_resnet_v1",
           "PNet": "facenet_convert.models.mtcnn", "RNet": "facenet_convert.models.mtcnn",
-          "ONet": "facenet_convert.models.mtcnn", "MTCNN": "facenet_convert.models.detection"}
+          "ONet": "facenet_convert.models.mtcnn", "MTCNN": "facenet_convert.models.mtcnn.detector"}
 
 
 def __getattr__(name: str) -> Any:

@@ -131,9 +131,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from facenet_convert.models.detection import MTCNN
     from facenet_convert.models.inception_resnet_v1 import InceptionResNetV1
     from facenet_convert.models.inference import Embedder
+    from facenet_convert.models.mtcnn.detector import MTCNN
     from facenet_convert.models.preprocessing import fixed_image_standardization
     from facenet_convert.third_party.facenet.testing.reference import UpstreamDetector
 

@@ -19,10 +19,10 @@ import torch
 
 from facenet_convert.converter.core.errors import DetectionInputError
 from facenet_convert.models.area_resize import CropPlan, CropSource, resize_boxes, summed_area_table
-from facenet_convert.models.detection import MTCNN
 from facenet_convert.models.mtcnn import prelu_pool
-from facenet_convert.models.mtcnn_boxes import batched_nms
-from facenet_convert.models.mtcnn_cascade import IntegralSource
+from facenet_convert.models.mtcnn.boxes import batched_nms
+from facenet_convert.models.mtcnn.cascade import IntegralSource
+from facenet_convert.models.mtcnn.detector import MTCNN
 from facenet_convert.models.workers import TorchWorkers
 from facenet_convert.third_party.facenet.testing.photos import (
     EXPECTED_FACES,

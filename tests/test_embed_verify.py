@@ -160,7 +160,7 @@ def photos_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_embed_detect_names_boxes_and_no_face(photos_dir: Path, mtcnn_dir: Path,
                                               weights: Path, tmp_path: Path) -> None:
-    from facenet_convert.models.detection import MTCNN
+    from facenet_convert.models.mtcnn.detector import MTCNN
     from facenet_convert.models.preprocessing import load_image
 
     out = tmp_path / "faces.npz"

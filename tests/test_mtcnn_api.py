@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from facenet_convert.models.detection import MTCNN
 from facenet_convert.models.mtcnn import RNet
+from facenet_convert.models.mtcnn.detector import MTCNN
 from facenet_convert.third_party.facenet.testing.photos import PHOTOS, resized
 from facenet_convert.third_party.wheels import FACENET_PYTORCH, fetch_wheel, wheel_member
 from tests.no_spawn import NO_SPAWN
@@ -130,7 +130,7 @@ def test_fresh_machine_detects_with_shipped_weights_and_spawns_nothing(tmp_path:
     """Empty caches, no network: MTCNN() loads the weights shipped in the package, finds the
     face, starts no process (no pip) and writes nothing to the torch or facenet-convert caches."""
     script = NO_SPAWN + (
-        "from facenet_convert.models.detection import MTCNN\n"
+        "from facenet_convert.models.mtcnn.detector import MTCNN\n"
         "from skimage import data\n"
         "print(len(MTCNN().detect_faces(data.astronaut())[0]))\n")
     caches = {name: tmp_path / name for name in ("torch", "facenet", "xdg")}

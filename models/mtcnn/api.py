@@ -1,5 +1,5 @@
 """facenet-pytorch's MTCNN API (``detect``, ``select_boxes``, the call with ``save_path``) over
-the detector's own results, as a mixin of :class:`facenet_convert.models.detection.MTCNN`.
+the detector's own results, as a mixin of :class:`facenet_convert.models.mtcnn.detector.MTCNN`.
 
 Only what facenet-pytorch's users expect lives here: the order of the boxes, the face kept
 when ``keep_all`` is False, crops standardized or not, crops saved under facenet-pytorch's
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from facenet_convert.models.mtcnn_inputs import as_batch, object_array
+from facenet_convert.models.mtcnn.inputs import as_batch, object_array
 from facenet_convert.models.preprocessing import fixed_image_standardization
 
 SELECTION_METHODS = ("probability", "largest", "largest_over_threshold",

@@ -1,5 +1,5 @@
 """The MTCNN cascade as functions of the nets, thresholds and a parallel map: upstream
-``detect_face``'s three stages, step for step (see :mod:`facenet_convert.models.detection` for
+``detect_face``'s three stages, step for step (see :mod:`facenet_convert.models.mtcnn.detector` for
 what "step for step" covers), on many images at once.
 
 :class:`Cascade` holds what every stage needs; :func:`detect` runs the stages. Bands of PNet
@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 
 from facenet_convert.models.area_resize import CropPlan, CropSource
-from facenet_convert.models.mtcnn_boxes import batched_nms, regress, rerec, valid_boxes
-from facenet_convert.models.mtcnn_schedule import call, part_count
+from facenet_convert.models.mtcnn.boxes import batched_nms, regress, rerec, valid_boxes
+from facenet_convert.models.mtcnn.schedule import call, part_count
 
 CELL = 12      # PNet's receptive field
 STRIDE = 2     # PNet's output stride
