@@ -31,7 +31,12 @@ import click
 
 from facenet_convert.converter.core.atomic import check_output_path
 from facenet_convert.converter.core.errors import OutputError, SourceError, one_line
-from facenet_convert.converter.core.inputs import describe_os_error, file_identity, kind_of
+from facenet_convert.converter.core.inputs import (
+    describe_os_error,
+    file_identity,
+    kind_of,
+    same_file,
+)
 
 #: What an input holds; the contract test builds a valid sample of each kind.
 INPUT_KINDS = ("source", "weights", "image", "images", "pairs", "embeddings", "list", "folder",
@@ -180,12 +185,12 @@ def check_invocation(ctx: click.Context) -> None:
         identity = file_identity(item.path)
         what = f"{item.flag} {'sidecar ' if item.sidecar_of else ''}{Path(item.path)}"
         for source in inputs:
-            if _same(identity, file_identity(source.path)):
+            if same_file(identity, file_identity(source.path)):
                 raise OutputError(f"{what} is the same file as input {source.flag} "
                                   f"{Path(source.path)}; choose another output path",
                                   path=item.path)
         for other, other_identity in seen:
-            if _same(identity, other_identity):
+            if same_file(identity, other_identity):
                 raise OutputError(f"{what} and output {other.flag} {Path(other.path)} are "
                                   "one path given twice; give each output its own path",
                                   path=item.path)
@@ -193,9 +198,6 @@ def check_invocation(ctx: click.Context) -> None:
         if isinstance(item.kind, Output) and not item.kind.is_folder(ctx.params):
             check_output_path(item.path, force=force or item.kind.replaces)
 
-
-def _same(a: tuple[str, tuple[int, int] | None], b: tuple[str, tuple[int, int] | None]) -> bool:
-    return a[0] == b[0] or (a[1] is not None and a[1] == b[1])
 
 
 class DeclaredCommand(click.Command):

@@ -35,7 +35,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from facenet_convert.converter.core.errors import Interrupted, OutputError
-from facenet_convert.converter.core.inputs import describe_os_error, file_identity, kind_of
+from facenet_convert.converter.core.inputs import (
+    describe_os_error,
+    file_identity,
+    kind_of,
+    same_file,
+)
 
 __all__ = ["atomic_output", "check_output_path", "critical_section", "discard_staged",
            "install_interrupt_handlers", "interrupted_line", "raise_if_interrupted",
@@ -147,9 +152,6 @@ def raise_if_interrupted() -> None:
 # ------------------------------------------------------------------------- path checks
 
 
-def _same(a: tuple[str, tuple[int, int] | None], b: tuple[str, tuple[int, int] | None]) -> bool:
-    return a[0] == b[0] or (a[1] is not None and a[1] == b[1])
-
 
 def check_output_path(out: str | os.PathLike[str], *, force: bool = False,
                       inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
@@ -173,7 +175,7 @@ def _check_output_path(path: Path, force: bool,
                           "give a regular file path", path=path)
     identity = file_identity(path)
     for item in inputs:
-        if _same(identity, file_identity(item)):
+        if same_file(identity, file_identity(item)):
             raise OutputError(f"output is the same file as input {Path(item)}; "
                               "choose another output path", path=path)
     if info is not None and stat.S_ISDIR(info.st_mode):
@@ -342,7 +344,7 @@ def staged_outputs(outs: Iterable[str | os.PathLike[str]], *, force: bool = Fals
     identities = [file_identity(path) for path in paths]
     for i, one in enumerate(identities):
         for j in range(i):
-            if _same(one, identities[j]):
+            if same_file(one, identities[j]):
                 raise OutputError(f"the same output path is requested twice (also as "
                                   f"{paths[j]})", path=paths[i])
     staged: list[_Staged] = []

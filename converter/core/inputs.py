@@ -18,7 +18,7 @@ from facenet_convert.converter.core.errors import ConverterError, SourceError
 
 __all__ = ["LIST_SUFFIXES", "describe_os_error", "file_identity", "input_inside", "kind_of",
            "open_regular", "read_input_list", "regular_file_problem", "require_regular",
-           "unique_files"]
+           "same_file", "unique_files"]
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
           (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
@@ -85,6 +85,13 @@ def file_identity(path: str | os.PathLike[str]) -> tuple[str, tuple[int, int] | 
     except OSError:
         return real, None
     return real, (info.st_dev, info.st_ino)
+
+
+def same_file(a: tuple[str, tuple[int, int] | None],
+              b: tuple[str, tuple[int, int] | None]) -> bool:
+    """Whether two :func:`file_identity` results name one file (same real path, or the same
+    device and inode: a hard link)."""
+    return a[0] == b[0] or (a[1] is not None and a[1] == b[1])
 
 
 LIST_SUFFIXES = (".txt", ".parquet")
