@@ -140,9 +140,6 @@ def export_model(weights: str | os.PathLike[str], output: str | os.PathLike[str]
         raise ExportError("--opset applies to .onnx outputs only", path=out)
     built = load_model(weights, model=model, error=ExportError)
     record, net, preprocessing = built.record, built.model, built.preprocessing
-    if with_preprocessing and preprocessing == "none":
-        raise ExportError(f"--with-preprocessing: {record.name} has no known input "
-                          "standardization; export without it", path=out)
     module = _make_wrapper(net, preprocessing) if with_preprocessing else net
     height, width = record.input_size or PNET_EXAMPLE
     example = _inputs([(2, 3, height, width)], with_preprocessing, seed)[0]

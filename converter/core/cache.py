@@ -38,11 +38,6 @@ def writable_dir(folder: Path, variable: str = CACHE_ENV) -> Path:
     return folder
 
 
-def cache_subdir(name: str) -> Path:
-    """A writable folder ``name`` under :func:`cache_dir`."""
-    return writable_dir(cache_dir() / name)
-
-
 RECORD_SUFFIX = ".sha256"
 
 
