@@ -21,7 +21,6 @@ The commits themselves (create-exclusive, all or nothing), signals and one-line 
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +31,8 @@ import click
 from facenet_convert.converter.core.atomic import check_output_path
 from facenet_convert.converter.core.errors import OutputError, SourceError, one_line
 from facenet_convert.converter.core.inputs import (
-    describe_os_error,
     file_identity,
-    kind_of,
+    regular_file_problem,
     same_file,
 )
 
@@ -141,20 +139,12 @@ def warn(message: str) -> None:
 def _input_problem(item: Declared) -> str | None:
     """Why an input cannot be read, before anything opens it (None: fine, or the command's
     own business, such as a checkpoint prefix that is no file)."""
-    kind = item.kind
-    try:
-        info = os.stat(item.path)
-    except FileNotFoundError:
-        if os.path.islink(item.path):
-            return "is a dangling link"
+    if os.path.isdir(item.path):
+        folder = isinstance(item.kind, Input) and item.kind.folder
+        return None if folder else "a directory; give a file"
+    if not os.path.lexists(item.path):
         return None                   # the command says what it expected there
-    except OSError as error:
-        return describe_os_error(error)
-    if stat.S_ISDIR(info.st_mode):
-        return None if isinstance(kind, Input) and kind.folder else "is a directory; give a file"
-    if not stat.S_ISREG(info.st_mode):
-        return f"is {kind_of(info.st_mode)}, not a regular file; refusing to read it"
-    return None
+    return regular_file_problem(item.path)
 
 
 def check_invocation(ctx: click.Context) -> None:
