@@ -39,6 +39,7 @@ from facenet_convert.converter.core.atomic import raise_if_interrupted
 from facenet_convert.converter.core.checks import max_abs_difference, within
 from facenet_convert.converter.core.errors import ConverterError, EngineError
 from facenet_convert.converter.core.extras import has_extra, install_hint, require_extra
+from facenet_convert.converter.core.machine import cpu_flags
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -59,18 +60,6 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 # ----------------------------------------------------------------------------- capabilities
-
-def cpu_flags(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> set[str]:
-    """The CPU feature flags the kernel reports (empty where there is no /proc/cpuinfo)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
 
 def bf16_supported(flags: set[str] | None = None) -> bool:
     """Whether the CPU has bfloat16 dot products (AVX512_BF16 or AMX), which bf16 needs to be

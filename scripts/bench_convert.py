@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from facenet_convert.converter.core.machine import describe_machine
+
 ROOT = Path(__file__).resolve().parents[1]
 
 OURS = """
@@ -188,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "checkpoint": str(ckpt.prefix), "data_bytes": ckpt.data_file.stat().st_size,
         "needed_bytes": needed, "tensors_needed": len(spec), "runs": args.runs,
-        "results": results,
+        "results": results, "machine": describe_machine(),
         "pt_vs_floor": pt["median_s"] / floor,
         "pt_peak_rss_ok": pt["peak_rss_mib"] < 600,
     }

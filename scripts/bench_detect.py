@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from facenet_convert.converter.core.machine import describe_machine
+
 SIZES = {"small 300x250": (300, 250), "1080p 1920x1080": (1920, 1080)}
 BLOCK = 3
 """Timed calls per block: each side runs back to back (as ``align`` runs photos), in blocks
@@ -209,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
     load = (load_before, os.getloadavg()[0])
     print(f"load average (1 min) before / after: {load[0]:.2f} / {load[1]:.2f}")
     if args.json is not None:
-        report = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+        report = {"machine": describe_machine(), "threads": torch.get_num_threads(),
                   "rows": rows, "chain_faces_per_s": faces_per_s,
                   "chain_faces": counts[0], "chain_photos": len(chain_images),
                   "load_average": load}

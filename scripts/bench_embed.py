@@ -34,11 +34,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from facenet_convert.converter.core.machine import describe_machine
 
 EMBEDDING_SIZE = 512
 
@@ -259,8 +260,7 @@ def run(args: argparse.Namespace) -> int:
         report = {"batch_size": args.batch_size, "batches": args.batches, "rows": rows,
                   "peaks_gflop_per_s": peaks, "gflop_per_image": GFLOP_PER_IMAGE,
                   "reduced_vs_fp32": reduced, "load_average": load,
-                  "torch": torch.__version__, "cpu_count": os.cpu_count(),
-                  "machine": platform.machine()}
+                  "torch": torch.__version__, "machine": describe_machine()}
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 

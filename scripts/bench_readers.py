@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -22,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from facenet_convert.converter.core.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parent.parent
 APPROACHES = ("ours", "tensorflow")
@@ -124,8 +125,7 @@ def main() -> None:
     print(f"{'tf / ours':12s}{ratios['wall_s']:9.2f}x{ratios['import_s']:9.2f}x"
           f"{ratios['read_s']:9.2f}x{ratios['maxrss_mb']:12.2f}x")
     result = {"checkpoint": str(prefix), "tensors": len(names), "size_mb": size_mb,
-              "runs": args.runs, "python": platform.python_version(),
-              "machine": platform.machine(), "cpus": os.cpu_count(), "medians": medians,
+              "runs": args.runs, "machine": describe_machine(), "medians": medians,
               "tf_over_ours": ratios, "all_runs": runs}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -35,6 +35,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from facenet_convert.converter.core.machine import describe_machine
+
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -187,6 +189,7 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     result = run(args)
+    result["machine"] = describe_machine()
     for r in result["rows"]:
         print(f"{r['step']}: {r['count']} {r['unit']}  local {r['local_s']:.1f} s "
               f"({r['local_per_core_s']:.1f}/s/core)  ray {r['ray_s']:.1f} s "

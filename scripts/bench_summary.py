@@ -11,28 +11,26 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
+from facenet_convert.converter.core.machine import machine_line
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+
+def _machine(report: dict) -> str:
+    """The machine a report ran on (older reports name only the CPU count)."""
+    if isinstance(report.get("machine"), dict):
+        return machine_line(report["machine"])
+    return f"{os.cpu_count()} cores (CPU not recorded)"
 
 
 def render(folder: Path) -> str:
     convert = json.loads((folder / "convert.json").read_text())
     readers = json.loads((folder / "readers.json").read_text())
     embed = json.loads((folder / "embed.json").read_text())
-    lines = [(f"Machine: {os.cpu_count()} cores, {_cpu_model()}, Python "
-             f"{platform.python_version()}, torch {embed['torch']}; medians of fresh-process "
-             "runs, warm page cache."), "",
+    machines = {_machine(report) for report in (convert, readers, embed)}
+    lines = [*(f"Machine: {line}" for line in sorted(machines)),
+             "", "Medians of fresh-process runs, warm page cache.", "",
              (f"**Convert** a release-sized upstream checkpoint "
              f"({convert['data_bytes'] / 1e6:.0f} MB data, EMA + Adam slots; "
              f"{convert['needed_bytes'] / 1e6:.0f} MB needed):"), "",

@@ -17,6 +17,7 @@ without touching TensorFlow, and builds happen in a sibling temp folder renamed 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import re
@@ -490,11 +491,21 @@ def build_checkpoint(directory: str | os.PathLike[str], *, name: str = "20990101
     final = Path(directory).absolute()
     if _complete(final, params):
         return _result(final, params)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # parallel test workers (pytest-xdist) ask for the same fixture: one builds, the others
+    # wait for it and then find it complete
+    with open(final.parent / f".{final.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _complete(final, params):
+            return _result(final, params)
+        return _build_locked(final, params)
+
+
+def _build_locked(final: Path, params: dict[str, Any]) -> UpstreamCheckpoint:
     if final.exists() and (not final.is_dir() or (
             any(final.iterdir()) and _read_build_json(final) is None)):
         raise BuildError("exists and is not an earlier build (no build.json); refusing to "
                          "replace it, pass an empty or new folder", path=final)
-    final.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(final)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.building-"))
     try:
