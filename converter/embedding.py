@@ -4,7 +4,10 @@ Used by the ``embed`` and ``verify`` commands (and importable without click). Wi
 every image is taken as an aligned face crop (as upstream's ``align_dataset_mtcnn.py`` writes
 them): resized to 160x160 if needed, standardized the way the weights were trained, embedded.
 With detection every face MTCNN finds in each photo is cropped with a margin and embedded;
-faces are named ``PATH#K`` (K = 0, 1, ... in detection order, best score first).
+faces are named ``PATH#K`` (K = 0, 1, ... in detection order, best score first). With similarity
+alignment (``load_detector(..., alignment="similarity")``) each face is rotated and scaled onto
+a template from its landmarks instead; a face whose landmarks cannot be aligned is reported
+(as ``PATH#K``) and skipped.
 
 Output formats, chosen by the output's extension:
 
@@ -54,6 +57,7 @@ class LoadedModel:
     fuse: bool = True            # False: the plain model unless a backend/precision is asked
     backend: str = "auto"
     precision: str = "fp32"
+    calibration: str | None = None   # int8: a folder of aligned crops (default: shipped faces)
     _engine: Engine | None = None
 
     @property
@@ -64,7 +68,9 @@ class LoadedModel:
             from facenet_convert.converter.engines import make_engine, plain_engine
 
             if self.fuse or self.backend != "auto" or self.precision != "fp32":
-                self._engine = make_engine(self.model, self.backend, self.precision)
+                self._engine = make_engine(self.model, self.backend, self.precision,
+                                           preprocessing=self.preprocessing,
+                                           calibration=self.calibration)
             else:
                 self._engine = plain_engine(self.model)
         return self._engine
@@ -77,7 +83,8 @@ class LoadedModel:
 def load_embedding_model(weights: str | os.PathLike[str] | None = None,
                          pretrained: str | None = None, preprocessing: str | None = None,
                          device: str = "cpu", fuse: bool = True, backend: str = "auto",
-                         precision: str = "fp32") -> LoadedModel:
+                         precision: str = "fp32",
+                         calibration: str | None = None) -> LoadedModel:
     """Build the model from a weights file or a release name and pick its preprocessing.
 
     A release name gives the registry's preprocessing; a file takes the release whose file name
@@ -94,7 +101,7 @@ def load_embedding_model(weights: str | os.PathLike[str] | None = None,
     model, chosen, source, note = built.model, built.preprocessing, built.source, built.note
     model.eval()
     model.to(device)
-    return LoadedModel(model, chosen, source, note, fuse, backend, precision)
+    return LoadedModel(model, chosen, source, note, fuse, backend, precision, calibration)
 
 
 def embed_batch(model: InceptionResNetV1 | Engine, images: torch.Tensor) -> torch.Tensor:
@@ -177,24 +184,40 @@ class DetectedFaces:
     boxes: np.ndarray
     probs: np.ndarray
     landmarks: np.ndarray
+    left_out: list[tuple[str, str]] = field(default_factory=list)   # (PATH#K, why)
 
 
 def detect_faces(detector: MTCNN, path: Path, preprocessing: str) -> DetectedFaces:
-    """Detect, crop and standardize every face of one image file (errors: ImageReadError)."""
+    """Detect, crop and standardize every face of one image file (errors: ImageReadError);
+    faces that cannot be aligned are in ``left_out``."""
+    import numpy as np
+    import torch
+
+    from facenet_convert.converter.core.errors import LandmarkError
     from facenet_convert.models.preprocessing import load_image, standardization
 
     image = load_image(path)
     found = detector.detect_faces(image)[0]
-    crops = detector.extract(image, found)
-    return DetectedFaces(names=[f"{path}#{k}" for k in range(len(found))],
-                         crops=standardization(preprocessing)(crops),
-                         boxes=found.boxes.numpy(), probs=found.probs.numpy(),
-                         landmarks=found.landmarks.numpy())
+    kept, crops, left_out = [], [], []
+    for k, crop in enumerate(detector.face_crops(image, found)):
+        if isinstance(crop, LandmarkError):
+            left_out.append((f"{path}#{k}", f"{path}#{k}: face not aligned: {crop}"))
+        else:
+            kept.append(k)
+            crops.append(crop)
+    size = detector.image_size
+    pixels = (torch.from_numpy(np.stack(crops).transpose(0, 3, 1, 2).copy()) if crops
+              else torch.empty((0, 3, size, size), dtype=torch.uint8))
+    return DetectedFaces(names=[f"{path}#{k}" for k in kept],
+                         crops=standardization(preprocessing)(pixels),
+                         boxes=found.boxes.numpy()[kept], probs=found.probs.numpy()[kept],
+                         landmarks=found.landmarks.numpy()[kept], left_out=left_out)
 
 
 def load_detector(mtcnn_dir: str | None, margin: float, min_face_size: float,
-                  device: str) -> MTCNN:
-    """MTCNN with weights from ``mtcnn_dir`` (pnet/rnet/onet .pt or .safetensors) or the cache."""
+                  device: str, *, alignment: str = "box", template: str = "facenet") -> MTCNN:
+    """MTCNN with weights from ``mtcnn_dir`` (pnet/rnet/onet .pt or .safetensors) or the cache,
+    cropping faces by ``alignment`` (box | similarity onto ``template``)."""
     from facenet_convert.models.mtcnn.detector import MTCNN
 
     nets: dict[str, str | None] = {"pnet": None, "rnet": None, "onet": None}
@@ -210,7 +233,8 @@ def load_detector(mtcnn_dir: str | None, margin: float, min_face_size: float,
                                  "convert det1/2/3.npy with `facenet-convert convert`",
                                  path=folder)
     return MTCNN(margin=margin, min_face_size=min_face_size, device=device,
-                 pnet=nets["pnet"], rnet=nets["rnet"], onet=nets["onet"])
+                 pnet=nets["pnet"], rnet=nets["rnet"], onet=nets["onet"],
+                 alignment=alignment, template=template)
 
 
 def embed_detected(loaded: LoadedModel, detector: MTCNN, paths: Sequence[Path], *,
@@ -244,8 +268,10 @@ def embed_detected(loaded: LoadedModel, detector: MTCNN, paths: Sequence[Path], 
         except ImageReadError as error:
             out.skipped.append((str(path), str(error)))
         else:
+            out.skipped.extend(faces.left_out)
             if not faces.names:
-                out.skipped.append((str(path), f"{path}: no face found"))
+                if not faces.left_out:
+                    out.skipped.append((str(path), f"{path}: no face found"))
             else:
                 pending.append(faces)
                 queued += len(faces.names)
@@ -358,6 +384,10 @@ def face_input(loaded: LoadedModel, path: Path, detector: MTCNN | None,
 
     if detector is not None:
         faces = detect_faces(detector, path, loaded.preprocessing)
+        if faces.left_out and faces.left_out[0][0] == f"{path}#0":   # the best face
+            from facenet_convert.converter.core.errors import LandmarkError
+
+            raise LandmarkError(faces.left_out[0][1])
         if not faces.names:
             raise EmbedError("no face found; try a smaller --min-face-size or omit --detect "
                              "for an already aligned face crop", path=path)

@@ -10,11 +10,12 @@
 * ``bf16`` precision: the model in bfloat16, channels-last, on oneDNN (CPUs with AVX512_BF16
   or AMX only; refused elsewhere);
 * ``int8`` precision: ONNX Runtime static quantization of the cached export (QDQ, per-channel
-  int8 weights, uint8 activations with ranges calibrated on seeded inputs in the standardized
-  range), cached beside it.
+  7-bit weights that no CPU class saturates, uint8 activations with ranges calibrated on real
+  face crops: :mod:`converter.calibration`), cached beside it.
 
 Every engine runs a small seeded batch through itself and the plain model first: fp32 engines
-must agree to 1e-5 (max abs, the parity gate), bf16/int8 to :data:`REDUCED_TOLERANCE`; else the
+must agree to 1e-5 (max abs, the parity gate), bf16/int8 to :data:`REDUCED_TOLERANCE` (int8
+on held-out real faces); else the
 engine falls back (ONNX Runtime -> torch -> the plain model) and says why in ``note``.
 ``auto`` (the default) takes ONNX Runtime when it is installed, torch otherwise: on this
 project's benchmark machine ONNX Runtime is the fastest fp32 path (``scripts/bench_embed.py``).
@@ -344,20 +345,22 @@ def _onnxruntime(model: nn.Module, probe: Tensor) -> Callable[[Any], Any]:
     return OnnxModel(_cached_onnx(model, probe), threads=_session_threads())
 
 
-def calibration_batches(size: tuple[int, int], count: int = 8) -> list[Any]:
-    """Seeded uniform [-1, 1] inputs (the range of standardized images) for int8 ranges."""
-    import torch
+INT8_SETTINGS = "qdq-perchannel-u8s8-reduce_range"
+"""How int8 is quantized (part of its cache key). Weights are 7-bit (``reduce_range``): CPUs
+without VNNI (AVX2, AVX-512 before Cascade Lake) multiply uint8 activations by int8 weights in
+int16 pair sums (``vpmaddubsw``), which saturate when two products exceed 32767; with weights in
+[-64, 64] a pair is at most 2 * 255 * 64 = 32640, so every CPU class computes the same exact
+int32 sums and the same embeddings (``tests/test_int8.py`` runs it under an emulated AVX2 CPU).
+VNNI CPUs lose nothing in speed by it."""
 
-    generator = torch.Generator().manual_seed(1)
-    return [(torch.rand((2, 3, *size), generator=generator) * 2 - 1).numpy()
-            for _ in range(count)]
 
-
-def _onnxruntime_int8(model: nn.Module, probe: Tensor) -> Callable[[Any], Any]:
-    """ONNX Runtime static int8 quantization (QDQ, per-channel int8 weights, uint8
-    activations; VNNI kernels where the CPU has them), cached beside the fp32 export."""
+def _onnxruntime_int8(model: nn.Module, probe: Tensor, calibration: Any) -> Callable[[Any], Any]:
+    """ONNX Runtime static int8 quantization (QDQ, per-channel 7-bit weights, uint8
+    activations calibrated on ``calibration``: real standardized faces), cached beside the
+    fp32 export under the digest of the calibration inputs."""
     import tempfile
 
+    import numpy as np
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -369,11 +372,13 @@ def _onnxruntime_int8(model: nn.Module, probe: Tensor) -> Callable[[Any], Any]:
     from facenet_convert.converter.core.cache import read_cached, write_cached
 
     source = _cached_onnx(model, probe)
-    path = source.with_name(source.stem + "-int8.onnx")
+    inputs = np.ascontiguousarray(calibration, dtype=np.float32)
+    key = hashlib.sha256(INT8_SETTINGS.encode() + inputs.tobytes()).hexdigest()[:12]
+    path = source.with_name(f"{source.stem}-int8-{key}.onnx")
     if read_cached(path, "the int8 engine cache entry"):
         return OnnxModel(path, threads=_session_threads())
     name = OnnxModel(source).input_name
-    batches = iter(calibration_batches(tuple(probe.shape[2:])))
+    batches = iter(np.array_split(inputs, max(1, len(inputs) // 4)))
 
     class Reader(CalibrationDataReader):
         def get_next(self) -> dict[str, Any] | None:
@@ -384,8 +389,8 @@ def _onnxruntime_int8(model: nn.Module, probe: Tensor) -> Callable[[Any], Any]:
         prepared, quantized = Path(folder) / "pre.onnx", Path(folder) / "int8.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8)
+                        per_channel=True, reduce_range=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         write_cached(path, quantized.read_bytes())
     return OnnxModel(path, threads=_session_threads())
 
@@ -427,12 +432,16 @@ def _reduced(model: nn.Module, probe: Tensor, want: Tensor, shape: tuple[int, ..
 
 
 def make_engine(model: nn.Module, backend: str = "auto", precision: str = "fp32", *,
-                input_size: tuple[int, int] = (160, 160), check: bool = True) -> Engine:
+                input_size: tuple[int, int] = (160, 160), check: bool = True,
+                preprocessing: str = "fixed_standardization",
+                calibration: str | os.PathLike[str] | None = None) -> Engine:
     """The fastest checked engine for ``model`` (in eval mode, on CPU) as asked.
 
     ``backend``: auto (ONNX Runtime when installed, else torch), torch or onnxruntime.
     ``precision``: fp32; bf16 (torch only; refused on CPUs without bf16 instructions); int8
-    (ONNX Runtime only).
+    (ONNX Runtime only), calibrated on real faces standardized with ``preprocessing``: the
+    shipped ones, or the aligned crops in the folder ``calibration``
+    (``converter/calibration.py``), and checked on held-out real faces.
     An engine that fails to build or disagrees with the plain model falls back, with a note.
     """
     import torch
@@ -453,7 +462,14 @@ def make_engine(model: nn.Module, backend: str = "auto", precision: str = "fp32"
             raise EngineError("--precision int8 runs on ONNX Runtime (static quantization); "
                               "use --backend onnxruntime or auto")
         require_extra("onnx", "int8 precision (ONNX Runtime)")
-        return _reduced(model, probe, want, shape, "onnxruntime", "int8", _onnxruntime_int8)
+        from facenet_convert.converter.calibration import calibration_sets
+
+        inputs, faces = calibration_sets(preprocessing, calibration, input_size)
+        faces = torch.from_numpy(faces).to(device)
+        with torch.inference_mode():
+            want_faces = model(faces)
+        return _reduced(model, faces, want_faces, shape, "onnxruntime", "int8",
+                        lambda net, batch: _onnxruntime_int8(net, batch, inputs))
     if precision == "bf16":
         if backend == "onnxruntime":
             raise EngineError("--precision bf16 runs on the torch backend (ONNX Runtime's CPU "

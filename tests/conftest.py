@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,14 @@ from facenet_convert.third_party.wheels import (
 
 # TF-built reference checkpoints (session fixtures, cached across runs).
 pytest_plugins = ["tf_fixtures"]
+
+# Under pytest-xdist each worker gets its share of the cores, before torch, TF, ONNX Runtime or
+# numba start their thread pools (and the CLIs the tests start inherit it): N workers each
+# running every core's worth of threads would only fight over them.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+if _WORKERS > 1:
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(_name, str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

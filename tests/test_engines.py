@@ -149,20 +149,6 @@ def test_bf16_engine_and_its_guard(model, faces) -> None:
         assert float((guarded(x) - sensitive(x)).abs().max()) <= 1e-3
 
 
-def test_int8_engine_quantized_by_onnxruntime(model, faces, engine_cache: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("onnxruntime")
-    monkeypatch.setenv("FACENET_CONVERT_CACHE", str(engine_cache))
-    engine = make_engine(model, precision="int8")
-    assert engine.backend == "onnxruntime" and engine.precision == "int8"
-    assert engine.check_max_abs <= REDUCED_TOLERANCE
-    fp32 = engine_cache_path(model, "InceptionResNetV1")
-    assert fp32.with_name(fp32.stem + "-int8.onnx").is_file()
-    with torch.inference_mode():
-        want = model(faces)
-    assert float((engine(faces) - want).abs().max()) <= REDUCED_TOLERANCE
-
-
 def test_embed_cli_takes_backend_and_precision(model, engine_cache: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     image = pytest.importorskip("PIL.Image")

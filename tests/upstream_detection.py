@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from importlib import metadata
 
 import cv2
@@ -47,7 +48,7 @@ def upstream_results(cases: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray
             for name, path in missing:
                 boxes, points = upstream.detect(cases[name])
                 points = np.asarray(points).reshape(10, -1)
-                tmp = path.with_suffix(".part.npz")
+                tmp = path.with_suffix(f".{os.getpid()}.part.npz")   # parallel workers
                 np.savez(tmp, boxes=np.asarray(boxes).reshape(-1, 5), points=points)
                 tmp.replace(path)
                 found[name] = (np.asarray(boxes).reshape(-1, 5), points)

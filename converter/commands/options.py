@@ -16,8 +16,8 @@ from facenet_convert.converter.core.atomic import raise_if_interrupted
 from facenet_convert.converter.core.errors import EmbedError
 from facenet_convert.models.releases import release_names
 
-__all__ = ["ModelOptions", "Progress", "detect_options", "model_options", "scale_options",
-           "warn"]
+__all__ = ["ModelOptions", "Progress", "alignment_options", "detect_options", "model_options",
+           "scale_options", "warn"]
 
 
 class Progress:
@@ -61,6 +61,7 @@ class ModelOptions:
     device: str = "cpu"
     backend: str = "auto"
     precision: str = "fp32"
+    calibration: str | None = None
 
     @property
     def chosen(self) -> bool:
@@ -78,7 +79,7 @@ class ModelOptions:
         self.check()
         return load_embedding_model(self.weights, self.pretrained, self.preprocessing,
                                     self.device, fuse=fuse, backend=self.backend,
-                                    precision=self.precision)
+                                    precision=self.precision, calibration=self.calibration)
 
     def spec(self, **fields: Any) -> Any:
         """The Ray engine's picklable description of the same model (``scale.EmbedSpec``)."""
@@ -87,25 +88,30 @@ class ModelOptions:
         self.check()
         return EmbedSpec(weights=self.weights, pretrained=self.pretrained,
                          preprocessing=self.preprocessing, device=self.device,
-                         backend=self.backend, precision=self.precision, **fields)
+                         backend=self.backend, precision=self.precision,
+                         calibration=self.calibration, **fields)
 
 
 def model_options(func: Any) -> Any:
-    """--weights / --pretrained / --preprocessing / --device / --backend / --precision, shared
-    by embed, verify, compare and evaluate, given to the command as one
+    """--weights / --pretrained / --preprocessing / --device / --backend / --precision /
+    --calibration, shared by embed, verify, compare and evaluate, given to the command as one
     :class:`ModelOptions` (``model``)."""
     names = release_names("inception_resnet_v1")
 
     @functools.wraps(func)
     def command(*args: Any, weights: str | None, pretrained: str | None,
                 preprocessing: str | None, device: str, backend: str, precision: str,
-                **kwargs: Any) -> Any:
+                calibration: str | None, **kwargs: Any) -> Any:
         return func(*args, model=ModelOptions(weights, pretrained, preprocessing, device,
-                                              backend, precision), **kwargs)
+                                              backend, precision, calibration), **kwargs)
 
+    command = click.option("--calibration", type=Input("folder", folder=True), default=None,
+                           metavar="DIR", help="int8: calibrate on the aligned face crops in "
+                           "DIR (default: real faces shipped with the package).")(command)
     command = click.option("--precision", type=click.Choice(["fp32", "bf16", "int8"]),
                            default="fp32", show_default=True, help="bf16 (torch, CPUs with "
-                           "AVX512_BF16 or AMX only) or int8 (ONNX Runtime quantization): "
+                           "AVX512_BF16 or AMX only) or int8 (ONNX Runtime quantization, "
+                           "calibrated on real faces): "
                            "faster, embeddings differ from fp32 (printed); checked, else fp32 "
                            "runs.")(command)
     command = click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime"]),
@@ -139,6 +145,23 @@ def detect_options(func: Any) -> Any:
     func = click.option("--detect", is_flag=True,
                         help="Find faces with MTCNN and embed each (default: every image is "
                         "an aligned face crop).")(func)
+    return func
+
+
+def alignment_options(func: Any) -> Any:
+    """--alignment box|similarity and --template facenet|arcface: how MTCNN's faces are
+    cropped (models/face_alignment.py), shared by align and embed --detect."""
+    from facenet_convert.models.face_alignment import ALIGNMENTS, TEMPLATES
+
+    func = click.option("--template", type=click.Choice(TEMPLATES), default="facenet",
+                        show_default=True, help="--alignment similarity: where the landmarks "
+                        "go (facenet: where upstream's 160 px / margin 32 box crop puts an "
+                        "upright face; arcface: insightface's), scaled to the crop size.")(func)
+    func = click.option("--alignment", type=click.Choice(ALIGNMENTS), default="box",
+                        show_default=True, help="box: upstream's crop of the margin-grown box; "
+                        "similarity: rotate and scale the face onto --template from its five "
+                        "landmarks (--margin does not apply; a face whose landmarks cannot be "
+                        "aligned is reported and skipped).")(func)
     return func
 
 

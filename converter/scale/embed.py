@@ -46,11 +46,14 @@ class EmbedSpec:
     device: str = "cpu"
     backend: str = "auto"
     precision: str = "fp32"
+    calibration: str | None = None
     fuse: bool = True
     detect: bool = False
     mtcnn_dir: str | None = None
     margin: float = 32.0
     min_face_size: float = 20.0
+    alignment: str = "box"          # --detect: box | similarity (models/face_alignment.py)
+    template: str = "facenet"
     fit: str = "resize"
     batch_size: int = 32
     threads: int = 1                # torch threads per actor (torch CPU results depend on it)
@@ -61,8 +64,9 @@ class EmbedSpec:
 
         loaded = load_embedding_model(self.weights, self.pretrained, self.preprocessing,
                                       self.device, fuse=self.fuse, backend=self.backend,
-                                      precision=self.precision)
-        detector = (load_detector(self.mtcnn_dir, self.margin, self.min_face_size, self.device)
+                                      precision=self.precision, calibration=self.calibration)
+        detector = (load_detector(self.mtcnn_dir, self.margin, self.min_face_size, self.device,
+                                  alignment=self.alignment, template=self.template)
                     if self.detect else None)
         return loaded, detector
 
@@ -202,6 +206,9 @@ def _embed_settings(spec: EmbedSpec, loaded: Any) -> dict[str, Any]:
     from facenet_convert.converter.engines import state_sha256
 
     settings = asdict(spec)
+    for key, default in (("alignment", "box"), ("template", "facenet")):
+        if settings[key] == default:        # added later: earlier runs' shards keep their ids
+            del settings[key]
     settings["weights_sha256"] = state_sha256(loaded.model)
     settings["resolved_preprocessing"] = loaded.preprocessing
     if spec.mtcnn_dir is not None:

@@ -12,6 +12,7 @@ Lambda layers' float arguments and the BatchNorm epsilons), never the Python lit
 
 from __future__ import annotations
 
+import os
 import tarfile
 import threading
 import types
@@ -51,7 +52,7 @@ def source_file() -> Any:
             raise FetchError(f"{KERAS_FACENET.filename} has no file {MODEL_MEMBER}")
         data = member.read()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".part")
+    tmp = dest.with_suffix(f".{os.getpid()}.part")   # parallel test workers extract it too
     tmp.write_bytes(data)
     tmp.replace(dest)
     return dest

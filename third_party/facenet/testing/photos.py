@@ -4,12 +4,15 @@ scikit-image's ``astronaut`` (one face), ``camera`` (grayscale, one face), ``cof
 ``chelsea`` (no human face); insightface 0.7.3's sdist ``t1.jpg`` (six people) and
 ``Tom_Hanks_54745.png`` (a tight 112x112 crop whose box leaves the image), fetched with
 ``pip download --no-deps`` and sha256-checked, never installed. ``variants`` adds rescaled,
-flipped and rotated copies (OpenCV INTER_AREA / INTER_LINEAR resizes) for more cases.
+flipped and rotated copies (OpenCV INTER_AREA / INTER_LINEAR resizes) for more cases;
+``rotated`` turns a photo by any angle (alignment tests and benchmarks).
 """
 
 from __future__ import annotations
 
+import os
 import tarfile
+import tempfile
 from collections.abc import Callable
 
 import numpy as np
@@ -33,9 +36,11 @@ def insightface_image(name: str) -> np.ndarray:
             if source is None:
                 raise FileNotFoundError(member)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_suffix(dest.suffix + ".part")
-            tmp.write_bytes(source.read())
-            tmp.replace(dest)
+            # a temp name of its own: parallel test workers may extract the same photo
+            handle, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
+            with os.fdopen(handle, "wb") as out:
+                out.write(source.read())
+            os.replace(tmp, dest)
     with Image.open(dest) as image:
         return np.asarray(image.convert("RGB"))
 
@@ -70,6 +75,24 @@ def resized(image: np.ndarray, width: int, height: int) -> np.ndarray:
     grow = width > image.shape[1] or height > image.shape[0]
     return cv2.resize(image, (width, height),
                       interpolation=cv2.INTER_LINEAR if grow else cv2.INTER_AREA)
+
+
+def rotated(image: np.ndarray, degrees: float) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` turned ``degrees`` counter-clockwise about its centre onto a canvas that holds
+    all of it (bilinear, black corners), and the ``(2, 3)`` matrix that maps its pixel
+    coordinates into the new canvas (for landmarks)."""
+    import cv2
+
+    height, width = image.shape[:2]
+    matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), degrees, 1.0)
+    cos, sin = abs(matrix[0, 0]), abs(matrix[0, 1])
+    new_w = int(np.ceil(width * cos + height * sin))
+    new_h = int(np.ceil(width * sin + height * cos))
+    matrix[0, 2] += (new_w - width) / 2
+    matrix[1, 2] += (new_h - height) / 2
+    turned = cv2.warpAffine(np.ascontiguousarray(image), matrix, (new_w, new_h),
+                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return turned, matrix
 
 
 def variants(image: np.ndarray) -> dict[str, np.ndarray]:
