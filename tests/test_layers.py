@@ -19,7 +19,7 @@ import grimp
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("converter", "models", "third_party")
+PACKAGES = ("converter", "models", "third_party", "training")
 #: Package __init__ modules that hold no code of a layer (containers).
 CONTAINERS = {"facenet_convert", "facenet_convert.converter", "facenet_convert.models",
               "facenet_convert.third_party"}
