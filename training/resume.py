@@ -175,6 +175,10 @@ def resume_from(checkpoint: str | os.PathLike[str], *, model: str = "auto") -> T
 
 def _resume(reader: Any, source: str, model_name: str) -> TrainingState:
     tensors = reader.tensors()
+    # The optimizer first: slots of one we do not know would otherwise fail as "no rule".
+    suffixes = {name.rpartition("/")[2] for name in tensors
+                if name.rpartition("/")[0] in tensors and not name.endswith("/" + EMA_SUFFIX)}
+    optimizer = _which_optimizer(suffixes, source)
     result = convert(reader, model_name, weights="raw")
     record = get_architecture(result.architecture)
     net = build_model(record, result.state_dict, source)
@@ -194,13 +198,6 @@ def _resume(reader: Any, source: str, model_name: str) -> TrainingState:
         return np.ascontiguousarray(TRANSFORMS[transform].apply(np.asarray(reader.read(name))))
 
     has_centers = CENTERS in tensors
-    owners = {**{name: name for name in variables}, **({CENTERS: CENTERS} if has_centers else {})}
-    suffixes: set[str] = set()
-    for name in tensors:
-        head, _, tail = name.rpartition("/")
-        if head in owners and tail != EMA_SUFFIX:
-            suffixes.add(tail)
-    optimizer = _which_optimizer(suffixes, source)
 
     # Optimizer slots: every variable with a gradient (all but the moving statistics).
     slots: dict[str, dict[str, np.ndarray]] = {}
@@ -288,7 +285,7 @@ def tf_variables(state: TrainingState, trainer: Trainer) -> dict[str, np.ndarray
     suffixes = UPSTREAM[opt.NAME].slots
 
     def host(tensor: torch.Tensor) -> np.ndarray:
-        return tensor.detach().to(torch.float64).cpu().numpy()
+        return np.array(tensor.detach().to(torch.float64).cpu().numpy(), copy=True)
 
     for name, (key, transform) in state.variables.items():
         back = TO_TF[transform]

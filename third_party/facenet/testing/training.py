@@ -239,6 +239,8 @@ def run_upstream_training(checkpoint: Any, batches: Sequence[tuple[np.ndarray, n
     dtype = np.float64 if float64 else np.float32
     config = tf.ConfigProto(inter_op_parallelism_threads=threads,
                             intra_op_parallelism_threads=threads)
+    # grappler would only rearrange arithmetic of a graph that runs three times
+    config.graph_options.rewrite_options.disable_meta_optimizer = True
     out: list[dict[str, np.ndarray]] = []
     with upstream_mode(), tf.Session(graph=built.graph, config=config) as sess:
         feeds, ops = {}, []
