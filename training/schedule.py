@@ -1,6 +1,7 @@
 """Upstream's learning-rate schedule file (``facenet.get_learning_rate_from_file``).
 
-Lines ``epoch: rate`` (``#`` starts a comment; ``-`` as rate means "stop training"). The rate
+Lines ``epoch: rate`` (``#`` starts a comment; ``-`` or a rate <= 0 means "stop training", as
+``train_softmax.py`` stops on ``lr <= 0``). The rate
 of epoch ``e`` is the one on the last line whose epoch is ``<= e``; past the last line
 upstream returns nothing, which ends its training loop: :func:`rate_for_epoch` returns None.
 """
@@ -36,7 +37,7 @@ class Schedule:
             if start <= epoch:
                 rate = value
             else:
-                return None if rate is None or rate == STOP else rate
+                return None if rate is None or rate <= 0 else rate
         return None   # upstream falls off the end: no rate, training stops
 
 
@@ -65,8 +66,8 @@ def parse_schedule(text: str, source: str = "<schedule>") -> Schedule:
             except ValueError:
                 raise ScheduleError(f"line {number}: rate {value!r} is not a number or '-'",
                                     path=source) from None
-            if not math.isfinite(rate) or rate < 0:
-                raise ScheduleError(f"line {number}: rate {value!r} must be finite and >= 0",
+            if not math.isfinite(rate):
+                raise ScheduleError(f"line {number}: rate {value!r} must be finite",
                                     path=source)
         if entries and epoch < entries[-1][0]:
             raise ScheduleError(f"line {number}: epoch {epoch} comes after epoch "
