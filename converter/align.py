@@ -9,7 +9,10 @@ sub-folders of ``INPUT_DIR``, images the sorted files of each (``facenet.get_dat
 Detection, face selection and the crop arithmetic are upstream's (see
 :mod:`models.detection`): the single face kept by default is ``argmax(area - 2 * offset**2)``,
 the crop is the box grown by ``margin / 2`` pixels of the photo on each side, clipped,
-truncated and resized bilinearly to ``image_size``.
+truncated and resized bilinearly to ``image_size``. With ``alignment="similarity"`` the face is
+rotated and scaled onto a template from its five landmarks instead
+(:mod:`models.face_alignment`); a face whose landmarks cannot be aligned is reported and
+skipped (the photo's other faces are still written, numbered on), and the batch goes on.
 
 Safe to interrupt and rerun: every crop is written atomically (temp file, fsync, rename), the
 crops of one photo in reverse order so that ``<stem>.png`` / ``<stem>_0.png``, written last,
@@ -34,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from facenet_convert.converter.core.atomic import atomic_output
-from facenet_convert.converter.core.errors import AlignError
+from facenet_convert.converter.core.errors import AlignError, LandmarkError
 from facenet_convert.converter.core.inputs import (
     LIST_SUFFIXES,
     describe_os_error,
@@ -42,6 +45,7 @@ from facenet_convert.converter.core.inputs import (
     kind_of,
     read_input_list,
 )
+from facenet_convert.models.face_alignment import ALIGNMENTS, TEMPLATES
 
 SELECTIONS = ("upstream", "probability", "largest", "largest_over_threshold",
               "center_weighted_size")
@@ -60,16 +64,24 @@ class AlignOptions:
     factor: float = 0.709
     device: str = "cpu"
     nets: tuple[str | None, str | None, str | None] = (None, None, None)
+    alignment: str = "box"          # or "similarity" (models/face_alignment.py)
+    template: str = "facenet"       # similarity's template: facenet | arcface
+
+
+#: settings added after 0.2.0: a settings file without them was made with these values
+ADDED_SETTINGS = {"alignment": "box", "template": "facenet"}
 
 
 @dataclass
 class PhotoResult:
-    """One photo's outcome: crops as (output name, uint8 HWC array, integer box), or why not."""
+    """One photo's outcome: crops as (output name, uint8 HWC array, integer box), or why not;
+    ``left_out`` says why faces that could not be aligned were skipped."""
 
     source: str
     target: str
     crops: list[tuple[str, Any, tuple[int, int, int, int]]] = field(default_factory=list)
     problem: str | None = None
+    left_out: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -146,6 +158,12 @@ def plan_alignment(input_dir: str | os.PathLike[str], output_dir: str | os.PathL
     if options.selection not in SELECTIONS:
         raise AlignError(f"unknown selection {options.selection!r}; expected one of "
                          f"{', '.join(SELECTIONS)}")
+    if options.alignment not in ALIGNMENTS:
+        raise AlignError(f"unknown alignment {options.alignment!r}; expected one of "
+                         f"{', '.join(ALIGNMENTS)}")
+    if options.template not in TEMPLATES:
+        raise AlignError(f"unknown template {options.template!r}; expected one of "
+                         f"{', '.join(TEMPLATES)}")
     source, out = Path(input_dir), Path(output_dir)
     classes, skipped = photo_classes(source)
     check_output_outside(source, out, classes)
@@ -212,7 +230,8 @@ def _detector(options: AlignOptions) -> Any:
             image_size=options.image_size, margin=options.margin,
             min_face_size=options.min_face_size, thresholds=options.thresholds,
             factor=options.factor, selection_method=options.selection, device=options.device,
-            pnet=pnet, rnet=rnet, onet=onet))
+            pnet=pnet, rnet=rnet, onet=onet, alignment=options.alignment,
+            template=options.template))
     return _DETECTOR[1]
 
 
@@ -264,18 +283,27 @@ def align_photo(task: tuple[str, str], options: AlignOptions) -> PhotoResult:
     if len(found) == 0:
         result.problem = f"{source}: no face found"
         return result
-    boxes = found.boxes.numpy()
+    boxes, points = found.boxes.numpy(), found.landmarks.numpy()
     if not options.detect_multiple_faces and len(found) > 1:
-        chosen, _, _ = detector.select_boxes(boxes, found.probs.numpy(),
-                                             found.landmarks.numpy(), image,
-                                             method=options.selection)
+        chosen, _, chosen_points = detector.select_boxes(boxes, found.probs.numpy(), points,
+                                                         image, method=options.selection)
         if chosen is None:
             result.problem = f"{source}: no face passes the {options.selection} selection"
             return result
-        boxes = chosen
-    crops = detector.extract(image, boxes).numpy().transpose(0, 2, 3, 1)
-    names = crop_names(Path(target), len(boxes), options.detect_multiple_faces)
-    for name, crop, box in zip(names, crops, boxes, strict=True):
+        boxes, points = chosen, chosen_points
+    kept = []
+    for index, (crop, box) in enumerate(zip(detector.face_crops(image, boxes, points), boxes,
+                                            strict=True)):
+        if isinstance(crop, LandmarkError):          # report the face, go on
+            result.left_out.append(f"{source}: face {index} not aligned: {crop}")
+        else:
+            kept.append((crop, box))
+    if not kept:
+        result.problem = "; ".join(result.left_out)
+        result.left_out = []
+        return result
+    names = crop_names(Path(target), len(kept), options.detect_multiple_faces)
+    for name, (crop, box) in zip(names, kept, strict=True):
         bb = detector.crop_box(box, height, width)
         result.crops.append((str(name), np.ascontiguousarray(crop), bb))
     return result
@@ -384,6 +412,8 @@ def _check_settings(out: Path, options: AlignOptions, force: bool) -> None:
         recorded = None
     except (OSError, ValueError):
         recorded = {}
+    if isinstance(recorded, dict) and recorded:
+        recorded = {**ADDED_SETTINGS, **recorded}
     if recorded is not None and recorded != wanted and not force:
         changed = sorted(key for key in wanted if recorded.get(key) != wanted[key])
         raise AlignError(f"the crops here were made with other settings ({', '.join(changed)} "
@@ -473,6 +503,8 @@ def _align_locked(classes: Classes, listed_skips: list[tuple[str, str]], out: Pa
             else:
                 summary.aligned += 1
                 summary.faces += len(result.crops)
+            summary.failed += [{"path": result.source, "reason": reason}
+                               for reason in result.left_out]
             if on_done is not None:
                 on_done(1)
     lines: list[str] = []

@@ -11,7 +11,12 @@ import click
 
 from facenet_convert.converter.align import SELECTIONS, AlignOptions, align_dataset, mtcnn_nets
 from facenet_convert.converter.commands.declare import DeclaredCommand, Input, Output
-from facenet_convert.converter.commands.options import Progress, scale_options, warn
+from facenet_convert.converter.commands.options import (
+    Progress,
+    alignment_options,
+    scale_options,
+    warn,
+)
 from facenet_convert.converter.core.checks import dumps as json_dumps
 
 
@@ -37,12 +42,13 @@ from facenet_convert.converter.core.checks import dumps as json_dumps
 @click.option("--mtcnn", "mtcnn_dir", type=Input("mtcnn", folder=True),
               default=None, help="Folder with pnet/rnet/onet weights (default: the weights shipped "
               "in the package).")
+@alignment_options
 @scale_options
 def align_command(input_dir: str, output_dir: str, image_size: int, margin: float,
                   detect_multiple_faces: bool, selection: str, min_face_size: float,
                   workers: int, resume: bool, force: bool, device: str,
-                  mtcnn_dir: str | None, scale_engine: str, ray_address: str | None,
-                  actors: int, shard_size: int) -> None:
+                  mtcnn_dir: str | None, alignment: str, template: str, scale_engine: str,
+                  ray_address: str | None, actors: int, shard_size: int) -> None:
     """Detect faces in INPUT_DIR/<class>/<photos> and write aligned crops to OUTPUT_DIR.
 
     INPUT_DIR may also be a .txt (one path per line) or .parquet ('path' column) list of
@@ -50,7 +56,7 @@ def align_command(input_dir: str, output_dir: str, image_size: int, margin: floa
     options = AlignOptions(image_size=image_size, margin=margin,
                            detect_multiple_faces=detect_multiple_faces, selection=selection,
                            min_face_size=min_face_size, device=device,
-                           nets=mtcnn_nets(mtcnn_dir))
+                           nets=mtcnn_nets(mtcnn_dir), alignment=alignment, template=template)
     if scale_engine == "ray":     # always resumes finished shards; --force recomputes them
         from facenet_convert.converter.scale import RayOptions, align_to_shards
 

@@ -16,6 +16,7 @@ from facenet_convert.converter.commands.declare import DeclaredCommand, Input, O
 from facenet_convert.converter.commands.options import (
     ModelOptions,
     Progress,
+    alignment_options,
     detect_options,
     model_options,
     scale_options,
@@ -54,6 +55,7 @@ def _sidecars(output: str, params: Mapping[str, Any]) -> list[str]:
               "('path' column); relative paths are relative to the list's folder.")
 @model_options
 @detect_options
+@alignment_options
 @click.option("--fit", type=click.Choice(["resize", "center_crop"]), default="resize",
               show_default=True, help="Without --detect: how images that are not 160x160 "
               "are fitted (bilinear resize, or upstream's central crop).")
@@ -65,7 +67,8 @@ def _sidecars(output: str, params: Mapping[str, Any]) -> list[str]:
 @scale_options
 def embed_command(images: tuple[str, ...], output: str, input_list: str | None,
                   model: ModelOptions, detect: bool, mtcnn_dir: str | None, margin: float,
-                  min_face_size: float, fit: str, batch_size: int, workers: int, force: bool,
+                  min_face_size: float, alignment: str, template: str, fit: str,
+                  batch_size: int, workers: int, force: bool,
                   scale_engine: str, ray_address: str | None, actors: int,
                   shard_size: int) -> None:
     """Write FaceNet embeddings of IMAGES (files or folders) to OUTPUT."""
@@ -73,6 +76,9 @@ def embed_command(images: tuple[str, ...], output: str, input_list: str | None,
 
     if not images and input_list is None:
         raise EmbedError("nothing to embed: give IMAGES (files or folders) or --input-list")
+    if alignment != "box" and not detect:
+        raise EmbedError(f"--alignment {alignment} needs --detect (without it every image is "
+                         "taken as an aligned face crop)")
     if input_list is not None or scale_engine == "ray":
         from facenet_convert.converter.scale import list_inputs
 
@@ -81,7 +87,8 @@ def embed_command(images: tuple[str, ...], output: str, input_list: str | None,
         paths, missing = expand_inputs(images)
     if scale_engine == "ray":
         spec = model.spec(fuse=True, detect=detect, mtcnn_dir=mtcnn_dir, margin=margin,
-                          min_face_size=min_face_size, fit=fit, batch_size=batch_size)
+                          min_face_size=min_face_size, fit=fit, batch_size=batch_size,
+                          alignment=alignment, template=template)
         _embed_on_ray(paths, missing, output, spec, force, ray_address, actors, shard_size)
         return
     targets = output_paths(output)
@@ -89,7 +96,8 @@ def embed_command(images: tuple[str, ...], output: str, input_list: str | None,
     for target in targets:
         check_output_path(target, force=force, inputs=paths_and_weights)
     # the detector first: bad --mtcnn weights fail before the engine is exported and cached
-    detector = load_detector(mtcnn_dir, margin, min_face_size, model.device) if detect else None
+    detector = (load_detector(mtcnn_dir, margin, min_face_size, model.device,
+                              alignment=alignment, template=template) if detect else None)
     loaded = model.load()
     if loaded.note:
         warn(loaded.note)

@@ -132,6 +132,11 @@ class AlignError(ConverterError):
     """The alignment job cannot start (bad folders or options)."""
 
 
+class LandmarkError(ConverterError, ValueError):
+    """Facial landmarks that give no usable alignment (NaN, coincident or collinear points, a
+    transform of huge scale)."""
+
+
 class EngineError(ConverterError):
     """An inference engine cannot be built as asked (backend, precision, ONNX file)."""
 

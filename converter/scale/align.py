@@ -83,6 +83,8 @@ def _align_shard(out: Path, index: int, shard_id: str, tasks: list[tuple[str, st
         else:
             photos.append({"source": result.source, "crops": [
                 [name, sha256_file(name), *map(int, bb)] for name, _, bb in result.crops]})
+            if result.left_out:                      # faces similarity alignment skipped
+                photos[-1]["left_out"] = result.left_out
     body = {"index": index, "id": shard_id, "inputs": len(tasks), "photos": photos,
             "skipped": skipped, "lines": lines}
     data = json_dumps(body, indent=0).encode("utf-8")
@@ -134,8 +136,15 @@ def _align_plan(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike
 
 
 def _align_settings(options: AlignOptions) -> dict[str, Any]:
-    """The options and the MTCNN weights' sha256 (None: the shipped weights): shard ids."""
+    """The options and the MTCNN weights' sha256 (None: the shipped weights): shard ids.
+    Settings added later are left out at their defaults, so earlier runs' shards keep their
+    ids and resume."""
+    from facenet_convert.converter.align import ADDED_SETTINGS
+
     settings = asdict(options)
+    for key, default in ADDED_SETTINGS.items():
+        if settings[key] == default:
+            del settings[key]
     settings["nets_sha256"] = [sha256_file(n) if n else None for n in options.nets]
     return settings
 

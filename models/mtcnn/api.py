@@ -9,6 +9,7 @@ names. The detection itself is :meth:`MTCNN.detect_faces`.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from facenet_convert.converter.core.errors import LandmarkError
+from facenet_convert.models.face_alignment import AlignmentWarning
 from facenet_convert.models.mtcnn.inputs import as_batch, object_array
 from facenet_convert.models.preprocessing import fixed_image_standardization
 
@@ -24,7 +27,7 @@ SELECTION_METHODS = ("probability", "largest", "largest_over_threshold",
 
 
 class FacenetPytorchAPI:
-    """facenet-pytorch's methods; the class using it provides ``detect_faces``, ``extract``
+    """facenet-pytorch's methods; the class using it provides ``detect_faces``, ``face_crops``
     and the settings ``select_largest``, ``selection_method``, ``keep_all``, ``post_process``."""
 
     select_largest: bool
@@ -32,7 +35,7 @@ class FacenetPytorchAPI:
     keep_all: bool
     post_process: bool
     detect_faces: Any
-    extract: Any
+    face_crops: Any
 
     def detect(self, img: Any, landmarks: bool = False) -> tuple[Any, ...]:
         """facenet-pytorch's ``detect``: ``(boxes, probs[, points])`` as numpy, None per image
@@ -99,21 +102,29 @@ class FacenetPytorchAPI:
                 return_prob: bool = False) -> Any:
         """facenet-pytorch's call: the face crop ``(3, S, S)`` (a stack with ``keep_all``), or
         None without a face; a list per image for a batch. ``save_path`` writes the uint8 crops
-        as images (``name_2.png``... for further faces); ``return_prob`` adds probabilities."""
+        as images (``name_2.png``... for further faces); ``return_prob`` adds probabilities.
+
+        With similarity alignment a face whose landmarks cannot be aligned raises its
+        :class:`LandmarkError` when the call asks for one face of one image; in a batch or
+        with ``keep_all`` it is left out with an :class:`AlignmentWarning` (one line) and the
+        call goes on (an image left with no face gives None)."""
         arrays, batch = as_batch(img)
         boxes, probs, points = self.detect(arrays, landmarks=True)
         paths = _save_paths(save_path, len(arrays), batch)
         faces_out: list[Tensor | None] = []
         probs_out: list[Any] = []
         for index, array in enumerate(arrays):
-            box, prob = boxes[index], probs[index]
+            box, prob, point = boxes[index], probs[index], points[index]
             if not self.keep_all:
-                box, prob, _ = self.select_boxes(box, prob, points[index], array)
-            if box is None:
+                box, prob, point = self.select_boxes(box, prob, point, array)
+            crops = None
+            if box is not None:
+                crops, prob = self._crops(array, box, prob, point, index, single=not (
+                    batch or self.keep_all))
+            if crops is None:
                 faces_out.append(None)
                 probs_out.append(None)
                 continue
-            crops = self.extract(array, box)
             if paths[index] is not None:
                 _save_crops(crops, paths[index])
             faces = (fixed_image_standardization(crops) if self.post_process
@@ -123,6 +134,26 @@ class FacenetPytorchAPI:
         if not batch:
             return (faces_out[0], probs_out[0]) if return_prob else faces_out[0]
         return (faces_out, probs_out) if return_prob else faces_out
+
+    def _crops(self, array: np.ndarray, box: np.ndarray, prob: np.ndarray, point: np.ndarray,
+               image: int, single: bool) -> tuple[Tensor | None, np.ndarray]:
+        """uint8 ``(n, 3, S, S)`` crops of the faces that could be cropped, and their
+        probabilities; a face that cannot be aligned raises when it is the only one asked for
+        (``single``), else it is reported and left out (None when none is left)."""
+        crops, kept = [], []
+        for k, crop in enumerate(self.face_crops(array, box, point)):
+            if isinstance(crop, LandmarkError):
+                if single:
+                    raise crop
+                warnings.warn(f"image {image}, face {k} left out: {crop}", AlignmentWarning,
+                              stacklevel=3)
+                continue
+            crops.append(crop)
+            kept.append(k)
+        if not crops:
+            return None, prob
+        stack = torch.from_numpy(np.stack(crops).transpose(0, 3, 1, 2).copy())
+        return stack, prob[kept]
 
 
 def _save_paths(save_path: Any, count: int, batch: bool) -> list[Any]:

@@ -40,6 +40,11 @@ facenet-pytorch's margin is in pixels of the *output* crop instead (``margin * b
 (image_size - margin)``) and it resizes with area interpolation: pass
 ``margin=32, image_size=160`` here for upstream's LFW alignment.
 
+With ``alignment="similarity"`` the crops are rotated and scaled instead, so that the five
+landmarks land on a template (:mod:`models.face_alignment`: Umeyama's least-squares similarity,
+``cv2.warpAffine``); a tilted face then reaches the embedding net upright. The default
+``"box"`` crops as above, bit for bit.
+
 The class offers facenet-pytorch's API (``MTCNN(image_size=160, margin=0, ...)``,
 ``mtcnn(img)``, ``mtcnn.detect(img, landmarks)``) and the internal one the toolkit uses
 (:meth:`MTCNN.detect_faces`, :meth:`MTCNN.extract`).
@@ -55,6 +60,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from facenet_convert.converter.core.errors import LandmarkError
+from facenet_convert.models.face_alignment import ALIGNMENTS, TEMPLATES, align_face
 from facenet_convert.models.mtcnn.api import SELECTION_METHODS, FacenetPytorchAPI
 from facenet_convert.models.mtcnn.cascade import (
     Cascade,
@@ -112,6 +119,10 @@ class MTCNN(FacenetPytorchAPI, nn.Module):
         device: where the nets run.
         pnet, rnet, onet: a net, a weights file, or None for the weights shipped in the
             package (see :mod:`facenet_convert.models.shipped`).
+        alignment: "box" (upstream's crop of the margin-grown box) or "similarity" (rotated
+            and scaled onto ``template`` from the five landmarks; ``margin`` does not apply).
+        template: "facenet" (where upstream's 160 px / margin 32 box crop puts an upright
+            face) or "arcface" (insightface's), scaled to ``image_size``.
     """
 
     def __init__(self, image_size: int = IMAGE_SIZE, margin: float = MARGIN,
@@ -122,7 +133,8 @@ class MTCNN(FacenetPytorchAPI, nn.Module):
                  device: str | torch.device | None = None, *,
                  pnet: nn.Module | str | os.PathLike[str] | None = None,
                  rnet: nn.Module | str | os.PathLike[str] | None = None,
-                 onet: nn.Module | str | os.PathLike[str] | None = None) -> None:
+                 onet: nn.Module | str | os.PathLike[str] | None = None,
+                 alignment: str = "box", template: str = "facenet") -> None:
         super().__init__()
         if len(thresholds) != 3:
             raise ValueError(f"thresholds needs 3 values (PNet, RNet, ONet), got {thresholds!r}")
@@ -133,6 +145,11 @@ class MTCNN(FacenetPytorchAPI, nn.Module):
         if selection_method is not None and selection_method not in SELECTION_METHODS:
             raise ValueError(f"selection_method must be one of {', '.join(SELECTION_METHODS)}, "
                              f"not {selection_method!r}")
+        if alignment not in ALIGNMENTS:
+            raise ValueError(f"alignment must be one of {', '.join(ALIGNMENTS)}, "
+                             f"not {alignment!r}")
+        if template not in TEMPLATES:
+            raise ValueError(f"template must be one of {', '.join(TEMPLATES)}, not {template!r}")
         self.pnet = _as_net(pnet, PNet)
         self.rnet = _as_net(rnet, RNet)
         self.onet = _as_net(onet, ONet)
@@ -146,6 +163,8 @@ class MTCNN(FacenetPytorchAPI, nn.Module):
         self.selection_method = selection_method or (
             "largest" if select_largest else "probability")
         self.keep_all = bool(keep_all)
+        self.alignment = alignment
+        self.template = template
         for net in (self.pnet, self.rnet, self.onet):     # oneDNN's faster CPU convolutions
             net.to(memory_format=torch.channels_last)
         self._workers = TorchWorkers(torch.get_num_threads(), "mtcnn")
@@ -207,19 +226,54 @@ class MTCNN(FacenetPytorchAPI, nn.Module):
         y1 = int(min(box[3] + half, height))
         return x0, y0, x1, y1
 
-    def extract(self, image: ImageLike, detections: FaceDetections | np.ndarray | Tensor
-                ) -> Tensor:
-        """uint8 ``(n, 3, image_size, image_size)`` RGB face crops, as align_dataset_mtcnn."""
+    def face_crops(self, image: ImageLike, detections: FaceDetections | np.ndarray | Tensor,
+                   landmarks: np.ndarray | Tensor | None = None
+                   ) -> list[np.ndarray | LandmarkError]:
+        """Each face's uint8 ``(image_size, image_size, 3)`` RGB crop, or the
+        :class:`LandmarkError` that says why it cannot be aligned (``alignment="similarity"``
+        only), so that a batch can report the face and go on.
+
+        ``detections`` are a :class:`FaceDetections` or ``(n, 4)`` boxes; similarity alignment
+        takes the landmarks from the detections or from ``landmarks`` (``(n, 5, 2)``)."""
         array = to_uint8_rgb(image)
         height, width = array.shape[:2]
         boxes = detections.boxes if isinstance(detections, FaceDetections) else detections
-        crops = []
-        for box in np.asarray(boxes, dtype=np.float64).reshape(-1, 4).tolist():
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        if self.alignment == "similarity":
+            if landmarks is None and isinstance(detections, FaceDetections):
+                landmarks = detections.landmarks
+            if landmarks is None:
+                raise ValueError("similarity alignment needs each face's landmarks: pass the "
+                                 "FaceDetections, or landmarks=(n, 5, 2) points")
+            points = np.asarray(landmarks, dtype=np.float64)
+            if points.ndim != 3 or points.shape[0] != len(boxes):
+                raise ValueError(f"landmarks must be ({len(boxes)}, 5, 2) for {len(boxes)} "
+                                 f"faces, found shape {tuple(points.shape)}")
+            return [self._aligned(array, face) for face in points]
+        crops: list[np.ndarray | LandmarkError] = []
+        for box in boxes.tolist():
             x0, y0, x1, y1 = self.crop_box(box, height, width)
             if x1 <= x0 or y1 <= y0:
                 crops.append(np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8))
                 continue
             crops.append(resize_uint8(array[y0:y1, x0:x1], self.image_size))
+        return crops
+
+    def _aligned(self, array: np.ndarray, points: np.ndarray) -> np.ndarray | LandmarkError:
+        try:
+            return align_face(array, points, self.image_size, self.template)
+        except LandmarkError as error:
+            return error
+
+    def extract(self, image: ImageLike, detections: FaceDetections | np.ndarray | Tensor,
+                landmarks: np.ndarray | Tensor | None = None) -> Tensor:
+        """uint8 ``(n, 3, image_size, image_size)`` RGB face crops, as align_dataset_mtcnn
+        (``alignment="box"``) or aligned to the template (``"similarity"``: the
+        :class:`LandmarkError` of the first face that cannot be aligned is raised)."""
+        crops = self.face_crops(image, detections, landmarks)
+        for crop in crops:
+            if isinstance(crop, LandmarkError):
+                raise crop
         if not crops:
             return torch.empty((0, 3, self.image_size, self.image_size), dtype=torch.uint8)
         return torch.from_numpy(np.stack(crops).transpose(0, 3, 1, 2).copy())
