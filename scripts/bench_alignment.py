@@ -15,12 +15,10 @@ modes decide ``distance < threshold`` (``--threshold``; default: the threshold t
 separates the box mode's pairs); the script counts the pairs on which the modes disagree.
 
 The embedding net is FaceNet's Inception-ResNet-V1 from ``--weights FILE`` / ``--pretrained
-NAME`` (e.g. vggface2, when cached); without one a seeded random Inception-ResNet-V1 with
-realistic BatchNorm statistics (as the tests' ``weights`` fixture) stands in, and the output
-says so (its embeddings barely move: it has learnt nothing of faces). ``--net dlib`` uses
-dlib's face recognition ResNet instead (``dlib`` or ``dlib-bin`` and
-``face_recognition_models`` installed; a real net trained on faces; each 160 px crop is
-resized to its 150 px input with INTER_AREA).
+NAME`` (e.g. vggface2, when cached), or with ``--net dlib`` dlib's face recognition ResNet
+(``dlib`` or ``dlib-bin`` and ``face_recognition_models`` installed; a real net trained on
+faces; each 160 px crop is resized to its 150 px input with INTER_AREA). A net with random
+weights cannot stand in: it puts every face about 0.001 from every other.
 
     .venv/bin/python scripts/bench_alignment.py [--pretrained vggface2 | --net dlib] [--json OUT]
 """
@@ -57,36 +55,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def synthetic_model() -> Any:
-    """A seeded random Inception-ResNet-V1 whose BatchNorm statistics and affines are away
-    from the identity (the tests' ``weights`` fixture builds the same kind)."""
-    import torch
-
-    from facenet_convert.models.inception_resnet_v1 import InceptionResNetV1
-
-    torch.manual_seed(0)
-    model = InceptionResNetV1(embedding_size=512)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
-                n = module.num_features
-                module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.bias.copy_(torch.rand(n, generator=generator) - 0.5)
-    return model.eval()
-
-
 def load_embedder(args: argparse.Namespace) -> tuple[Any, str]:
     """(uint8 NCHW crops -> float64 embeddings, what the net is)."""
     if args.net == "dlib":
         return DlibEmbedder(), "dlib face recognition ResNet v1 (face_recognition_models)"
-    from facenet_convert.models.preprocessing import FIXED_STANDARDIZATION
-
     if args.weights is None and args.pretrained is None:
-        return (FacenetEmbedder(synthetic_model(), FIXED_STANDARDIZATION),
-                "synthetic: seeded random Inception-ResNet-V1 (no real weights given)")
+        raise SystemExit("give trained weights (--weights FILE or --pretrained NAME) or "
+                         "--net dlib: a net with random weights cannot show this")
     from facenet_convert.converter.embedding import load_embedding_model
 
     loaded = load_embedding_model(args.weights, args.pretrained, fuse=False)
