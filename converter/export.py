@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,8 +113,13 @@ def _candidate(data: bytes, fmt: str) -> Any:
 def export_model(weights: str | os.PathLike[str], output: str | os.PathLike[str], *,
                  model: str = "auto", opset: int | None = None, dynamic_batch: bool = True,
                  with_preprocessing: bool = False, force: bool = False,
-                 seed: int = 0) -> ExportReport:
-    """Export ``weights`` to ``output`` (``.onnx`` or ``.pt2``) after verifying the export."""
+                 seed: int = 0, also: Mapping[Path, bytes] | None = None,
+                 preprocessing: str | None = None) -> ExportReport:
+    """Export ``weights`` to ``output`` (``.onnx`` or ``.pt2``) after verifying the export.
+
+    ``also``: more files (a Hub folder's) committed in the same all-or-nothing set;
+    ``preprocessing``: the standardization of ``with_preprocessing`` and the metadata when
+    the weights' own (release, embedding size) is not the one."""
     import torch
 
     from facenet_convert.converter.building import load_model
@@ -132,13 +138,17 @@ def export_model(weights: str | os.PathLike[str], output: str | os.PathLike[str]
         raise ExportError(f"unknown output type {out.suffix!r}; expected "
                           f"{' or '.join(FORMATS)}", path=out)
     report_path = out.with_name(out.name + ".json")
-    for target in (out, report_path):
+    extra = dict(also or {})
+    for target in (out, report_path, *extra):
         check_output_path(target, force=force, inputs=[weights])
     if fmt == "onnx" and opset is None:
         opset = DEFAULT_OPSET
     if fmt != "onnx" and opset is not None:
         raise ExportError("--opset applies to .onnx outputs only", path=out)
-    built = load_model(weights, model=model, error=ExportError)
+    built = load_model(weights, model=model, preprocessing=preprocessing, error=ExportError)
+    if preprocessing is not None and built.record.task != "embedding":
+        raise ExportError(f"--preprocessing applies to embedding models; {built.record.name} "
+                          "takes MTCNN's scaling", path=weights)
     record, net, preprocessing = built.record, built.model, built.preprocessing
     module = _make_wrapper(net, preprocessing) if with_preprocessing else net
     height, width = record.input_size or PNET_EXAMPLE
@@ -185,10 +195,12 @@ def export_model(weights: str | os.PathLike[str], output: str | os.PathLike[str]
                           f"{TOLERANCE:g} (float32 max abs); nothing written; try another "
                           "--opset or the other format", path=out)
     text = json_dumps(report.to_dict(), indent=2) + "\n"
-    with staged_outputs([out, report_path], force=force, inputs=[weights],
+    with staged_outputs([out, report_path, *extra], force=force, inputs=[weights],
                         final=True) as handles:
         handles[out].write(data)
         handles[report_path].write(text.encode())
+        for target, content in extra.items():
+            handles[target].write(content)
     return report
 
 

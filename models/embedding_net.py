@@ -14,14 +14,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from facenet_convert.converter.core.errors import MappingError
 from facenet_convert.models.hub import resolve_pretrained
-from facenet_convert.models.releases import Release
+from facenet_convert.models.pretrained_folder import PretrainedFolderMixin
+from facenet_convert.models.releases import Release, find_release
 from facenet_convert.models.weights import load_strict, load_weights_file
 
 
@@ -29,7 +30,7 @@ def float32_value(value: float) -> float:
     """``value`` rounded to float32: the constant a float32 TF graph really holds. Kept as this
     Python float, a float64 cast of the model computes what the float32 graph means
     (REFERENCE §7: the literals would differ by 7.6e-10); float32 runs are unchanged."""
-    return torch.tensor(value, dtype=torch.float32).item()
+    return torch.tensor(value, dtype=torch.float32, device="cpu").item()  # also under meta
 
 
 BN_EPS = float32_value(1e-3)
@@ -44,8 +45,11 @@ def l2_normalize(x: Tensor, eps: float = L2_EPS) -> Tensor:
     return x * torch.rsqrt(torch.clamp(square_sum, min=eps))
 
 
-class EmbeddingNet(nn.Module):
+class EmbeddingNet(PretrainedFolderMixin, nn.Module):
     """A backbone (built by :meth:`build_backbone`) under upstream's embedding head.
+
+    ``from_pretrained(folder_or_repo_id)`` / ``save_pretrained(folder)``: Hub-style folders
+    (:mod:`facenet_convert.models.pretrained_folder`).
 
     Args:
         pretrained: a release name of this architecture or the path of a
@@ -63,6 +67,7 @@ class EmbeddingNet(nn.Module):
     ARCHITECTURE: ClassVar[str]          # registry / release name
     FEATURES: ClassVar[int]              # channels of the pooled backbone output
     DEFAULT_EMBEDDING_SIZE: ClassVar[int] = 128
+    HUB_INPUT_SIZE: ClassVar[tuple[int, int] | None] = (160, 160)   # the releases' crops
 
     def __init__(self, pretrained: str | os.PathLike[str] | None = None, classify: bool = False,
                  num_classes: int | None = None, dropout_prob: float = 0.6,
@@ -106,6 +111,26 @@ class EmbeddingNet(nn.Module):
         self.classify = classify
         if device is not None:
             self.to(device)
+
+    @classmethod
+    def hub_architecture(cls) -> str:
+        return cls.ARCHITECTURE
+
+    def hub_facts(self) -> dict[str, Any]:
+        return {"embedding_size": int(self.embedding_size), "num_classes": self.num_classes}
+
+    def hub_provenance(self) -> dict[str, Any]:
+        """A model built from a release name knows the release and its preprocessing."""
+        release = (find_release(self.pretrained) if isinstance(self.pretrained, str)
+                   and not os.path.exists(self.pretrained) else None)
+        if release is None or release.architecture != self.ARCHITECTURE:
+            return {"preprocessing": None}
+        return {"preprocessing": release.preprocessing, "release": release.name}
+
+    @classmethod
+    def hub_build(cls, config: Mapping[str, Any], **kwargs: Any) -> nn.Module:
+        return cls(embedding_size=config["embedding_size"], num_classes=config["num_classes"],
+                   **kwargs)
 
     def build_backbone(self, dropout_prob: float) -> None:
         """Register the backbone's modules (in upstream order: it is the state_dict order)."""

@@ -16,6 +16,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "tf": ("tensorflow", "tf_slim"),
     "ray": ("ray",),
     "plot": ("matplotlib",),
+    "hub": ("huggingface_hub",),
 }
 
 

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -76,6 +76,7 @@ from facenet_convert.models.preprocessing import (
     ImageLike,
     resize_uint8,
 )
+from facenet_convert.models.pretrained_folder import Layout, PretrainedFolderMixin
 from facenet_convert.models.workers import TorchWorkers
 
 MIN_FACE_SIZE = 20
@@ -101,7 +102,7 @@ def _as_net(net: nn.Module | str | os.PathLike[str] | None, cls: type[nn.Module]
     return cls(pretrained=True if net is None else net)
 
 
-class MTCNN(FacenetPytorchAPI, nn.Module):
+class MTCNN(PretrainedFolderMixin, FacenetPytorchAPI, nn.Module):
     """davidsandberg's MTCNN detection and alignment on PyTorch nets, with facenet-pytorch's API.
 
     Args (facenet-pytorch's, same defaults):
@@ -123,7 +124,14 @@ class MTCNN(FacenetPytorchAPI, nn.Module):
             and scaled onto ``template`` from the five landmarks; ``margin`` does not apply).
         template: "facenet" (where upstream's 160 px / margin 32 box crop puts an upright
             face) or "arcface" (insightface's), scaled to ``image_size``.
+
+    ``from_pretrained(folder_or_repo_id, **settings)`` / ``save_pretrained(folder)``: a Hub
+    folder holds the three nets (``pnet.*``, ``rnet.*``, ``onet.*``) and the detector
+    settings, which ``settings`` override (:mod:`facenet_convert.models.pretrained_folder`).
     """
+
+    HUB_ARCHITECTURE = "mtcnn"
+    HUB_FIXED_ARGUMENTS: ClassVar[tuple[str, ...]] = ("pnet", "rnet", "onet")
 
     def __init__(self, image_size: int = IMAGE_SIZE, margin: float = MARGIN,
                  min_face_size: float = MIN_FACE_SIZE,
@@ -171,6 +179,26 @@ class MTCNN(FacenetPytorchAPI, nn.Module):
         self.eval()
         if device is not None:
             self.to(device)
+
+    def hub_facts(self) -> dict[str, Any]:
+        return {"detector": {
+            "image_size": self.image_size, "margin": self.margin,
+            "min_face_size": self.min_face_size, "thresholds": list(self.thresholds),
+            "factor": self.factor, "post_process": self.post_process,
+            "select_largest": self.select_largest, "selection_method": self.selection_method,
+            "keep_all": self.keep_all, "alignment": self.alignment, "template": self.template}}
+
+    @classmethod
+    def hub_build(cls, config: Any, **kwargs: Any) -> nn.Module:
+        """Unloaded nets (no shipped weights read) under the folder's settings, ``kwargs``
+        overriding them."""
+        return cls(**{**config["detector"], **kwargs}, pnet=PNet(), rnet=RNet(), onet=ONet())
+
+    @classmethod
+    def hub_layout(cls, config: Any) -> Layout:
+        return {f"{name}.{key}": value for name, net in (("pnet", PNet), ("rnet", RNet),
+                                                           ("onet", ONet))
+                for key, value in net.hub_layout(config).items()}
 
     @property
     def device(self) -> torch.device:

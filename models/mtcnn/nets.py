@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from facenet_convert.models.hub import resolve_pretrained
 from facenet_convert.models.kernels import prelu_max_pool
+from facenet_convert.models.pretrained_folder import PretrainedFolderMixin
 from facenet_convert.models.shipped import shipped_weights
 from facenet_convert.models.weights import load_strict, load_weights_file
 
@@ -58,12 +59,14 @@ def prelu_pool(x: Tensor, prelu: nn.PReLU, pool: nn.MaxPool2d) -> Tensor:
     return out if channels_last else out.contiguous()
 
 
-class PNet(nn.Module):
+class PNet(PretrainedFolderMixin, nn.Module):
     """Proposal network: fully convolutional face probability + box regression maps.
 
     ``forward`` returns ``(boxes (N, 4, H', W'), probs (N, 2, H', W'))``; ``probs[:, 1]`` is
     the face probability (softmax over channels).
     """
+
+    HUB_ARCHITECTURE = "pnet"
 
     def __init__(self, pretrained: bool | str | os.PathLike[str] = False) -> None:
         super().__init__()
@@ -97,8 +100,11 @@ class PNet(nn.Module):
         return boxes, probs
 
 
-class RNet(nn.Module):
+class RNet(PretrainedFolderMixin, nn.Module):
     """Refinement network on 24x24 crops: ``forward`` returns ``(boxes (N, 4), probs (N, 2))``."""
+
+    HUB_ARCHITECTURE = "rnet"
+    HUB_INPUT_SIZE = (24, 24)
 
     def __init__(self, pretrained: bool | str | os.PathLike[str] = False) -> None:
         super().__init__()
@@ -136,11 +142,14 @@ class RNet(nn.Module):
         return boxes, probs
 
 
-class ONet(nn.Module):
+class ONet(PretrainedFolderMixin, nn.Module):
     """Output network on 48x48 crops.
 
     ``forward`` returns ``(boxes (N, 4), landmarks (N, 10), probs (N, 2))``.
     """
+
+    HUB_ARCHITECTURE = "onet"
+    HUB_INPUT_SIZE = (48, 48)
 
     def __init__(self, pretrained: bool | str | os.PathLike[str] = False) -> None:
         super().__init__()
