@@ -109,14 +109,12 @@ class ResolvedFolder:
     origin: str                 # "folder" or "hub"
 
 
-def _truthy(variable: str) -> bool:
-    return os.environ.get(variable, "").strip().lower() not in ("", "0", "false", "no", "off")
-
-
 def hub_offline() -> bool:
-    """Whether repo ids resolve from the cache only: ``HF_HUB_OFFLINE`` (read now, not when
-    huggingface_hub was imported) or ``$FACENET_CONVERT_OFFLINE``."""
-    return _truthy("HF_HUB_OFFLINE") or _truthy(OFFLINE_ENV)
+    """Whether repo ids resolve from the cache only: ``HF_HUB_OFFLINE`` as huggingface_hub
+    reads it (1, ON, YES, TRUE), but read now rather than when huggingface_hub was imported,
+    or ``$FACENET_CONVERT_OFFLINE`` (set, not 0, as for every download of this package)."""
+    hf = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    return hf or os.environ.get(OFFLINE_ENV, "").strip() not in ("", "0")
 
 
 def resolve_folder(folder_or_repo_id: str | os.PathLike[str], *, revision: str | None = None,
@@ -531,10 +529,15 @@ def output_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(folder)
     if os.path.lexists(path) and not path.is_dir():
         raise OutputError("the output folder is a file; give a directory", path=path)
-    created = not path.exists()
-    if created:
+    created = False
+    if not path.exists():
         try:
             path.mkdir()
+            created = True
+        except FileExistsError:
+            if not path.is_dir():     # another writer made it meanwhile: a folder is fine
+                raise OutputError("the output folder is a file; give a directory",
+                                  path=path) from None
         except OSError as error:
             raise OutputError(f"cannot create the folder: {describe_os_error(error)}",
                               path=path) from None

@@ -498,9 +498,12 @@ def test_a_repo_id_resolves_from_a_cache_filled_by_huggingface_hub_offline(
 
     monkeypatch.delenv("FACENET_CONVERT_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    # huggingface_hub read HF_HUB_OFFLINE when it was imported (unset then): a request that
-    # slipped through would reach this loopback endpoint and be counted, never another host
+    # huggingface_hub read HF_HUB_OFFLINE and its endpoint when it was imported: pointed at
+    # the loopback server, a request that slipped through would be counted here, and could
+    # never reach another host
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", url)
+    monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        url + "/{repo_id}/resolve/{revision}/{filename}")
     model = SqueezeNet.from_pretrained(repo, cache_dir=cache)
     assert len(handler.requests) == seen
     reference = SqueezeNet.from_pretrained(honest)
@@ -514,6 +517,17 @@ def test_a_repo_id_resolves_from_a_cache_filled_by_huggingface_hub_offline(
         SqueezeNet.from_pretrained("acme/not-cached", cache_dir=cache)
     assert "HF_HUB_OFFLINE" in str(caught.value) and "\n" not in str(caught.value)
     assert len(handler.requests) == seen
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")              # this package's own switch does too
+    monkeypatch.setenv("FACENET_CONVERT_OFFLINE", "1")
+    SqueezeNet.from_pretrained(repo, cache_dir=cache)
+    assert len(handler.requests) == seen
+
+    monkeypatch.delenv("FACENET_CONVERT_OFFLINE")     # online: through huggingface_hub
+    fresh = SqueezeNet.from_pretrained(repo, cache_dir=tmp_path / "fresh-cache")
+    assert f"GET /{repo}/resolve/main/{WEIGHTS_NAME}" in handler.requests[seen:]
+    assert all(request.split()[1].startswith(f"/{repo}/") for request in handler.requests)
+    assert torch.equal(fresh.last_linear.weight, reference.last_linear.weight)
 
 
 # ----------------------------------------------------------------------------- hubconf
