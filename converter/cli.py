@@ -21,6 +21,7 @@ from facenet_convert.converter.commands.declare import DeclaredCommand
 from facenet_convert.converter.commands.embed import embed_command
 from facenet_convert.converter.commands.evaluate import evaluate_command
 from facenet_convert.converter.commands.export import export_command
+from facenet_convert.converter.commands.finetune import finetune_command
 from facenet_convert.converter.commands.inspect import inspect_command
 from facenet_convert.converter.commands.parity import parity_command
 from facenet_convert.converter.commands.regenerate import regenerate_command
@@ -131,7 +132,7 @@ def main(max_pixels: int | None) -> None:
 
 for command in (inspect_command, align_command, convert_command, parity_command, embed_command,
                 verify_command, evaluate_command, compare_command, regenerate_command,
-                export_command):
+                export_command, finetune_command):
     if not isinstance(command, DeclaredCommand):   # the runner's promises hold for every one
         raise TypeError(f"{command.name} must be a DeclaredCommand (commands/declare.py)")
     main.add_command(command)

@@ -104,10 +104,12 @@ def samples(tmp_path_factory: pytest.TempPathFactory, det_npy: dict[str, Path],
     releases = root / "releases"
     releases.mkdir()
     shutil.copy(weights, root / "weights.pt")
+    (root / "schedule.txt").write_text("# upstream's learning-rate schedule format\n0: 0.01\n")
     chosen = {"source": source, "weights": root / "weights.pt",
               "image": lfw / "astronaut" / "astronaut_0001.png", "images": lfw,
               "pairs": root / "pairs.txt", "embeddings": root / "embeddings.npz",
-              "list": root / "list.txt", "folder": lfw, "mtcnn": mtcnn, "releases": releases}
+              "list": root / "list.txt", "folder": lfw, "mtcnn": mtcnn, "releases": releases,
+              "schedule": root / "schedule.txt"}
     assert set(chosen) == set(INPUT_KINDS), "a new input kind needs its sample here"
     return chosen
 

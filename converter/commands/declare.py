@@ -38,7 +38,7 @@ from facenet_convert.converter.core.inputs import (
 
 #: What an input holds; the contract test builds a valid sample of each kind.
 INPUT_KINDS = ("source", "weights", "image", "images", "pairs", "embeddings", "list", "folder",
-               "mtcnn", "releases")
+               "mtcnn", "releases", "schedule")
 
 Sidecars = Callable[[str, Mapping[str, Any]], list[str]]
 

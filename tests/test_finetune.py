@@ -1,0 +1,235 @@
+"""``facenet-convert finetune`` on real face crops (the shipped calibration mosaic: 8 crops of
+each of two people), small and fast: SqueezeNet at 64 px, batch 4, two epochs.
+
+The start weights are a seeded SqueezeNet whose BatchNorm statistics were measured on the
+faces (random ones make every eval-mode embedding equal). Checked: a run end to end with
+held-out figures before and after; a run stopped by SIGINT or SIGKILL after its first
+checkpoint and resumed equals the uninterrupted run bit for bit; a NaN loss names the step and
+the batch and keeps the last checkpoint; bad datasets give one line; the result embeds and
+exports through the CLI; a TF training checkpoint resumes its training state (marker tf).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from facenet_convert.converter.cli import main
+from facenet_convert.converter.core.hashing import sha256_file
+from facenet_convert.models.weights import load_weights_file
+
+MOSAIC = Path(__file__).resolve().parents[1] / "converter" / "data" / "calibration_faces.png"
+ARGS = ["--batch-size", "4", "--image-size", "64", "--optimizer", "ADAM", "--learning-rate",
+        "0.01", "--center-loss-factor", "0.01", "--seed", "7"]
+
+
+def cli(*args: object) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def crops() -> list[tuple[str, np.ndarray]]:
+    """The mosaic's 16 real face crops (160 px): astronaut's eight, then camera's eight."""
+    mosaic = np.asarray(Image.open(MOSAIC).convert("RGB"))
+    return [("astronaut" if k < 8 else "camera",
+             mosaic[(k // 4) * 160:(k // 4 + 1) * 160, (k % 4) * 160:(k % 4 + 1) * 160])
+            for k in range(16)]
+
+
+@pytest.fixture(scope="session")
+def faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("faces")
+    for k, (who, pixels) in enumerate(crops()):
+        (root / who).mkdir(exist_ok=True)
+        Image.fromarray(pixels).save(root / who / f"{who}_{k % 8:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def start(faces: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Seeded SqueezeNet weights, BatchNorm statistics measured on the faces."""
+    from facenet_convert.converter.writers import write_state
+    from facenet_convert.models.squeezenet import SqueezeNet
+    from facenet_convert.training.finetune import FinetuneSettings, load_batch
+
+    torch.manual_seed(0)
+    net = SqueezeNet(embedding_size=16)
+    images = load_batch(sorted(faces.rglob("*.png")), FinetuneSettings(image_size=64),
+                        "fixed_standardization")
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.momentum = None           # a cumulative average over the batch
+                module.reset_running_stats()
+        net.train()
+        net.prelogits(images)
+    path = tmp_path_factory.mktemp("start") / "squeezenet-start.safetensors"
+    with path.open("wb") as handle:
+        write_state({k: v.numpy() for k, v in net.state_dict().items()}, handle, "safetensors")
+    return path
+
+
+@pytest.fixture(scope="session")
+def finished(faces: Path, start: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "finetuned"
+    done = cli("finetune", faces, "--from", start, "-o", out, "--epochs", "2", *ARGS)
+    assert done.exit_code == 0, done.output
+    return out
+
+
+def test_a_short_finetune_runs_end_to_end(finished: Path, start: Path):
+    report = json.loads((finished / "finetune.json").read_text())
+    assert report["global_step"] == 6 and report["epochs"] == 2      # 12 training images / 4
+    assert report["train_images"] == 12 and report["held_out_images"] == 4
+    for figures in (report["verification_before"], report["verification_after"]):
+        assert figures["pairs"] == 6 and figures["folds"] == 2
+        assert 0.0 <= figures["accuracy"] <= 1.0
+    assert report["verification_before"] != report["verification_after"]   # it trained
+    assert report["source_sha256"] == {start.name: sha256_file(start)}
+    assert [p.name for p in finished.glob("checkpoint-*")] == ["checkpoint-2.safetensors"]
+    from safetensors import safe_open
+
+    with safe_open(str(finished / "model.safetensors"), framework="pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["spec"] == "finetune" and metadata["architecture"] == "squeezenet"
+    assert json.loads(metadata["source_sha256"]) == {start.name: sha256_file(start)}
+    state = load_weights_file(finished / "model.safetensors")
+    assert state["logits.weight"].shape == (2, 16)
+    before = load_weights_file(start)
+    assert not torch.equal(state["last_linear.weight"], before["last_linear.weight"])
+
+
+def test_the_result_embeds_and_exports(finished: Path, faces: Path, tmp_path: Path):
+    done = cli("embed", faces / "camera", "--weights", finished / "model.safetensors",
+               "-o", tmp_path / "e.npz")
+    assert done.exit_code == 0, done.output
+    assert np.load(tmp_path / "e.npz")["embeddings"].shape == (8, 16)
+    done = cli("export", finished / "model.safetensors", "-o", tmp_path / "m.onnx")
+    assert done.exit_code == 0, done.output
+
+
+def _launch(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    code = "import sys; from facenet_convert.converter.cli import main; sys.exit(main())"
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_a_stopped_run_resumes_to_the_same_weights(signum: int, faces: Path, start: Path,
+                                                   finished: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    # three epochs asked: the signal surely comes before the end; resumed to two below
+    process = _launch(["finetune", str(faces), "--from", str(start), "-o", str(out),
+                       "--epochs", "3", *ARGS], tmp_path)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("checkpoint-*.safetensors")) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == (130 if signum == signal.SIGINT else -signal.SIGKILL), stderr
+    if signum == signal.SIGINT:
+        assert stderr.splitlines()[-1].endswith("finished parts kept, nothing half-written "
+                                                "(rerun with --resume to complete)")
+    assert not (out / "model.safetensors").exists()
+    kept = sorted(out.glob("checkpoint-*.safetensors"))
+    assert len(kept) == 1
+    load_weights_file(kept[0])                 # complete
+    done = cli("finetune", faces, "--from", start, "-o", out, "--epochs", "2", "--resume",
+               *ARGS)
+    assert done.exit_code == 0, done.output
+    assert f"resumed from {kept[0].name}" in done.output
+    ours = load_weights_file(out / "model.safetensors")
+    theirs = load_weights_file(finished / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_resume_refuses_other_options(finished: Path, faces: Path, start: Path):
+    args = [a if a != "0.01" else "0.02" for a in ARGS]
+    done = cli("finetune", faces, "--from", start, "-o", finished, "--epochs", "2", "--resume",
+               *args)
+    assert done.exit_code == 2
+    assert "learning_rate was 0.01 in the run this checkpoint continues" in done.output
+    done = cli("finetune", faces, "--from", start, "-o", finished, *ARGS)
+    assert done.exit_code == 2 and "pass --resume to continue it or --force" in done.output
+
+
+def test_a_nan_loss_names_step_and_batch_and_keeps_the_checkpoint(faces: Path, start: Path,
+                                                                  tmp_path: Path):
+    schedule = tmp_path / "learning_rate_schedule.txt"
+    schedule.write_text("1: 0.01\n2: 1e30\n10: -\n")      # epoch 2 blows the weights up
+    out = tmp_path / "out"
+    done = cli("finetune", faces, "--from", start, "-o", out, "--epochs", "2",
+               "--lr-schedule", schedule, *ARGS)
+    assert done.exit_code == 2
+    errors = [line for line in done.output.splitlines() if ": error: " in line]
+    assert len(errors) == 1, done.output
+    assert "epoch 2, batch " in errors[0] and "step " in errors[0]
+    assert "the total loss is nan" in errors[0] or "the total loss is inf" in errors[0]
+    assert "checkpoint-1.safetensors is kept" in errors[0]
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-1.safetensors"]
+    assert not (out / "model.safetensors").exists()
+    state = load_weights_file(out / "checkpoint-1.safetensors")
+    assert all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+
+
+def test_bad_datasets_give_one_line(faces: Path, start: Path, tmp_path: Path):
+    one = tmp_path / "one"
+    (one / "astronaut").mkdir(parents=True)
+    for image in (faces / "astronaut").iterdir():
+        (one / "astronaut" / image.name).write_bytes(image.read_bytes())
+    done = cli("finetune", one, "--from", start, "-o", tmp_path / "a", *ARGS)
+    assert done.exit_code == 2
+    assert done.output.strip().endswith("1 class (astronaut); softmax loss needs at least 2 "
+                                        "classes (one sub-folder per person)")
+    done = cli("finetune", faces, "--from", start, "-o", tmp_path / "b", "--loss", "triplet",
+               "--batch-size", "30", "--image-size", "64")
+    assert done.exit_code == 2
+    assert "12 training images, fewer than one triplet batch (30)" in done.output
+    assert len(done.output.strip().splitlines()) == 1
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+
+
+def test_triplet_loss_trains(faces: Path, start: Path, tmp_path: Path):
+    done = cli("finetune", faces, "--from", start, "-o", tmp_path / "t", "--loss", "triplet",
+               "--batch-size", "6", "--image-size", "64", "--epochs", "1",
+               "--people-per-batch", "2", "--images-per-person", "6", "--alpha", "1.0")
+    assert done.exit_code == 0, done.output
+    report = json.loads((tmp_path / "t" / "finetune.json").read_text())
+    assert report["global_step"] > 0
+    assert "logits.weight" not in load_weights_file(tmp_path / "t" / "model.safetensors")
+
+
+@pytest.mark.tf
+def test_a_tf_training_checkpoint_resumes_its_state(fixtures_dir: Path, tmp_path: Path):
+    from facenet_convert.third_party.facenet.testing.build import build_checkpoint
+
+    built = build_checkpoint(fixtures_dir / "train_squeezenet_adam", embedding_size=32,
+                             num_classes=8, ema=True, optimizer="ADAM", centers=True, step=5,
+                             seed=3, model_def="squeezenet")
+    data = tmp_path / "eight"
+    for k, (_, pixels) in enumerate(crops()):    # 8 classes of 2 crops (one of each person)
+        folder = data / f"class{k % 8}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{k:02d}.png")
+    out = tmp_path / "out"
+    done = cli("finetune", data, "--from", built.prefix, "-o", out, "--epochs", "1",
+               "--batch-size", "4", "--image-size", "64", "--learning-rate", "0.01",
+               "--center-loss-factor", "0.01", "--held-out", "0")
+    assert done.exit_code == 0, done.output
+    assert ("resumed the TF training state (ADAM slots, beta powers, centers, EMA, loss "
+            "averages, global_step 5)") in done.output
+    report = json.loads((out / "finetune.json").read_text())
+    assert report["global_step"] == 5 + 4 and report["optimizer"] == "ADAM"
+    assert os.path.exists(out / "model.safetensors")
