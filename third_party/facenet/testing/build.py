@@ -494,11 +494,21 @@ def build_checkpoint(directory: str | os.PathLike[str], *, name: str = "20990101
     final.parent.mkdir(parents=True, exist_ok=True)
     # parallel test workers (pytest-xdist) ask for the same fixture: one builds, the others
     # wait for it and then find it complete
-    with open(final.parent / f".{final.name}.lock", "a") as lock:
+    with open(_lock_path(final), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _complete(final, params):
             return _result(final, params)
         return _build_locked(final, params)
+
+
+def _lock_path(final: Path) -> Path:
+    """A lock file per build folder, kept out of the folder's parent (which holds builds and
+    nothing else)."""
+    import hashlib
+
+    folder = Path(tempfile.gettempdir()) / f"facenet-convert-build-locks-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder / (hashlib.sha256(os.fsencode(final)).hexdigest()[:32] + ".lock")
 
 
 def _build_locked(final: Path, params: dict[str, Any]) -> UpstreamCheckpoint:
