@@ -312,6 +312,7 @@ def _ray_workers(tag: str) -> list[int]:
     return sorted(mine)
 
 
+@pytest.mark.slow   # a stress case: CI runs it, `-m 'not slow'` skips it
 def test_killed_actor_loses_and_duplicates_nothing(cluster: str, align_photos: Path,
                                                    local_aligned: Path,
                                                    published_mtcnn: dict[str, Path],
@@ -351,6 +352,7 @@ def test_killed_actor_loses_and_duplicates_nothing(cluster: str, align_photos: P
     _check_manifest(out, _inputs(align_photos))
 
 
+@pytest.mark.slow   # a stress case: CI runs it, `-m 'not slow'` skips it
 def test_rerun_after_interrupt_keeps_finished_shards(cluster: str, faces: Path, weights: Path,
                                                      tmp_path: Path) -> None:
     out = tmp_path / "ray"
@@ -443,6 +445,7 @@ def test_local_engine_and_import_never_load_ray() -> None:
     assert done.stdout.strip() == "[]"
 
 
+@pytest.mark.slow   # a stress case: CI runs it, `-m 'not slow'` skips it
 def test_resume_rebuilds_tampered_shards_and_crops(cluster: str, faces: Path, weights: Path,
                                                    align_photos: Path,
                                                    published_mtcnn: dict[str, Path],
