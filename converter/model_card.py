@@ -252,6 +252,21 @@ def build_hub_folder(weights: str | os.PathLike[str], folder: str | os.PathLike[
     return hub
 
 
+def check_hub_outputs(folder: str | os.PathLike[str], *, force: bool = False,
+                      inputs: tuple[str | os.PathLike[str], ...] = ()) -> None:
+    """Refuse at once what the commit would refuse later (a file where the folder goes, files
+    there without ``force``), before the model, parity and evaluation run."""
+    from facenet_convert.converter.core.atomic import check_output_path
+    from facenet_convert.converter.core.errors import OutputError
+
+    path = Path(folder)
+    if os.path.lexists(path) and not path.is_dir():
+        raise OutputError("the output folder is a file; give a directory", path=path)
+    if path.is_dir():
+        for name in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME):
+            check_output_path(path / name, force=force, inputs=inputs)
+
+
 def write_hub_folder(hub: HubFolder, *, force: bool = False,
                      inputs: tuple[str | os.PathLike[str], ...] = ()) -> Path:
     """Write the folder all or nothing (created when missing)."""

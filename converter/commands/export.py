@@ -54,8 +54,13 @@ def export_command(weights: str, output: str | None, hub_folder: str | None,
     and/or to a Hub folder with a model card."""
     from contextlib import nullcontext
 
+    from facenet_convert.converter.core.atomic import check_output_path
     from facenet_convert.converter.export import ExportError, export_model
-    from facenet_convert.converter.model_card import build_hub_folder, write_hub_folder
+    from facenet_convert.converter.model_card import (
+        build_hub_folder,
+        check_hub_outputs,
+        write_hub_folder,
+    )
     from facenet_convert.models.pretrained_folder import output_folder
 
     if output is None and hub_folder is None:
@@ -64,6 +69,11 @@ def export_command(weights: str, output: str | None, hub_folder: str | None,
     if hub_folder is None and (parity_source or evaluate_pairs or evaluate_images):
         raise ExportError("--parity-source and --evaluate fill the model card of "
                           "--hub-folder; give --hub-folder DIR")
+    if output is not None:                      # before the model, parity and evaluation run
+        for target in (output, output + ".json"):
+            check_output_path(target, force=force, inputs=[weights])
+    if hub_folder is not None:
+        check_hub_outputs(hub_folder, force=force, inputs=(weights,))
     hub = (build_hub_folder(weights, hub_folder, model=model, parity_source=parity_source,
                             evaluate_pairs=evaluate_pairs, evaluate_images=evaluate_images,
                             preprocessing=preprocessing)
