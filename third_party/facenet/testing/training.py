@@ -259,3 +259,33 @@ def run_upstream_training(checkpoint: Any, batches: Sequence[tuple[np.ndarray, n
             out.append({k: np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f"
                         else np.asarray(v) for k, v in values.items()})
     return out
+
+
+@contextlib.contextmanager
+def upstream_training_steps(checkpoint: Any, batch_shape: tuple[int, ...],
+                            settings: UpstreamSettings, *, threads: int = 1,
+                            ) -> Iterator[Any]:
+    """The same float32 graph and session as :func:`run_upstream_training`, loaded from
+    ``checkpoint``; yields ``step(images NHWC, labels)``, which runs one ``train_op`` and
+    fetches nothing (for benchmarks: ``scripts/bench_train.py``)."""
+    from facenet_convert.third_party.facenet.compat import load_upstream, upstream_mode
+
+    up = load_upstream()
+    tf = up.tf
+    built = _build(up, model_def=checkpoint.model_def, embedding_size=checkpoint.embedding_size,
+                   num_classes=checkpoint.num_classes, centers=checkpoint.centers,
+                   batch=tuple(batch_shape), settings=settings, float64=False)
+    reader = tf.train.load_checkpoint(str(checkpoint.prefix))
+    config = tf.ConfigProto(inter_op_parallelism_threads=threads,
+                            intra_op_parallelism_threads=threads)
+    with upstream_mode(), tf.Session(graph=built.graph, config=config) as sess:
+        sess.run([assign for _, assign in built.assigns.values()],
+                 {feed: reader.get_tensor(name) for name, (feed, _) in built.assigns.items()})
+        rate = np.float32(settings.learning_rate)
+
+        def step(images: np.ndarray, labels: np.ndarray) -> None:
+            sess.run(built.train, {built.images: np.asarray(images, np.float32),
+                                   built.labels: np.asarray(labels, np.int32),
+                                   built.learning_rate: rate})
+
+        yield step
