@@ -259,10 +259,8 @@ def _init_worker(options: AlignOptions) -> None:
     _detector(options)
 
 
-def align_photo(task: tuple[str, str], options: AlignOptions) -> PhotoResult:
-    """Detect, select and crop the faces of one photo (no file is written here)."""
-    import numpy as np
-
+def _read_photo(task: tuple[str, str], options: AlignOptions) -> tuple[PhotoResult, Any]:
+    """The photo's pixels, or None with the result saying why it cannot be detected."""
     from facenet_convert.converter.core.errors import ImageReadError
     from facenet_convert.models.preprocessing import load_image
 
@@ -272,14 +270,41 @@ def align_photo(task: tuple[str, str], options: AlignOptions) -> PhotoResult:
         image = load_image(source)
     except ImageReadError as error:
         result.problem = str(error)
-        return result
-    detector = _detector(options)
+        return result, None
     height, width = image.shape[:2]
-    if not detector.scales(height, width):
+    if not _detector(options).scales(height, width):
         result.problem = (f"{source}: image {width}x{height} is too small for the detector "
                           f"(shorter side below {options.min_face_size:g} px)")
+        return result, None
+    return result, image
+
+
+def align_photo(task: tuple[str, str], options: AlignOptions) -> PhotoResult:
+    """Detect, select and crop the faces of one photo (no file is written here)."""
+    result, image = _read_photo(task, options)
+    if image is None:
         return result
-    found = detector.detect_faces(image)[0]
+    return _crop_faces(result, image, _detector(options).detect_faces(image)[0], options)
+
+
+def align_photos(tasks: Sequence[tuple[str, str]], options: AlignOptions) -> list[PhotoResult]:
+    """:func:`align_photo` of each task, the photos detected side by side on the detector's
+    workers, each as if alone (``MTCNN.detect_each``: the same bits as one at a time)."""
+    read = [_read_photo(task, options) for task in tasks]
+    images = [image for _, image in read if image is not None]
+    found = iter(_detector(options).detect_each(images) if images else [])
+    return [result if image is None else _crop_faces(result, image, next(found), options)
+            for result, image in read]
+
+
+def _crop_faces(result: PhotoResult, image: Any, found: Any,
+                options: AlignOptions) -> PhotoResult:
+    """Select and crop the detected faces of one photo into ``result``."""
+    import numpy as np
+
+    source, target = result.source, result.target
+    detector = _detector(options)
+    height, width = image.shape[:2]
     if len(found) == 0:
         result.problem = f"{source}: no face found"
         return result
@@ -358,11 +383,16 @@ def _tasks(classes: Sequence[tuple[str, list[Path]]], output_dir: Path, options:
     return tasks
 
 
+IN_FLIGHT = 4
+"""Photos detected side by side in this process (``--workers 0``): enough to keep two cores
+busy without holding many decoded photos in memory."""
+
+
 def _results(tasks: list[tuple[str, str]], options: AlignOptions, workers: int
              ) -> Iterator[PhotoResult]:
     if workers <= 0 or len(tasks) <= 1:
-        for task in tasks:
-            yield align_photo(task, options)
+        for start in range(0, len(tasks), IN_FLIGHT):
+            yield from align_photos(tasks[start:start + IN_FLIGHT], options)
         return
     import functools
     import multiprocessing

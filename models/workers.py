@@ -28,18 +28,23 @@ class TorchWorkers:
     1, runs in the calling thread with its own thread setting; a task's own ``map`` runs in
     the task's thread (nested work cannot wait for itself)."""
 
-    def __init__(self, count: int, name: str) -> None:
+    def __init__(self, count: int, name: str, *, pin_single: bool = False) -> None:
         self.count = max(1, int(count))
         self.name = name
+        #: run work that stays in the calling thread on one intra-op thread too, so that every
+        #: task computes with one thread whatever the count: results then cannot depend on the
+        #: number of workers, nor on how many calls are in flight
+        self.pin_single = bool(pin_single)
         self._pool: Any = None
         self._inside = threading.local()
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles (of a model holding workers) take the settings, not threads."""
-        return {"count": self.count, "name": self.name}
+        return {"count": self.count, "name": self.name, "pin_single": self.pin_single}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["count"], state["name"])  # type: ignore[misc]
+        self.__init__(state["count"], state["name"],  # type: ignore[misc]
+                      pin_single=state.get("pin_single", False))
 
     @property
     def busy_here(self) -> bool:
@@ -48,9 +53,20 @@ class TorchWorkers:
 
     def map(self, function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         """``[function(item) for item in items]``, in order, the items side by side."""
-        if self.count <= 1 or len(items) <= 1 or self.busy_here:
-            with torch.inference_mode():          # a task's own map runs in its thread
+        if self.busy_here:                        # a task's own map runs in its thread
+            with torch.inference_mode():
                 return [function(item) for item in items]
+        if self.count <= 1 or len(items) <= 1:
+            if not self.pin_single:
+                with torch.inference_mode():
+                    return [function(item) for item in items]
+            caller_threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                with torch.inference_mode():
+                    return [function(item) for item in items]
+            finally:
+                torch.set_num_threads(caller_threads)
 
         def task(item: Any) -> Any:
             torch.set_num_threads(1)
