@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from facenet_convert.converter.core.atomic import atomic_output
+from facenet_convert.converter.core.checks import require_choice
 from facenet_convert.converter.core.errors import AlignError, LandmarkError
 from facenet_convert.converter.core.inputs import (
     LIST_SUFFIXES,
@@ -155,15 +156,9 @@ def plan_alignment(input_dir: str | os.PathLike[str], output_dir: str | os.PathL
                    options: AlignOptions) -> tuple[Classes, list[tuple[str, str]], Path]:
     """A run's checked inputs, shared by the local and the Ray engine: the photos by class,
     skipped list entries with their reasons, and the output folder."""
-    if options.selection not in SELECTIONS:
-        raise AlignError(f"unknown selection {options.selection!r}; expected one of "
-                         f"{', '.join(SELECTIONS)}")
-    if options.alignment not in ALIGNMENTS:
-        raise AlignError(f"unknown alignment {options.alignment!r}; expected one of "
-                         f"{', '.join(ALIGNMENTS)}")
-    if options.template not in TEMPLATES:
-        raise AlignError(f"unknown template {options.template!r}; expected one of "
-                         f"{', '.join(TEMPLATES)}")
+    require_choice(options.selection, SELECTIONS, "selection", AlignError)
+    require_choice(options.alignment, ALIGNMENTS, "alignment", AlignError)
+    require_choice(options.template, TEMPLATES, "template", AlignError)
     source, out = Path(input_dir), Path(output_dir)
     classes, skipped = photo_classes(source)
     check_output_outside(source, out, classes)
@@ -354,18 +349,31 @@ def make_folders(out: Path, classes: Sequence[tuple[str, list[Path]]]) -> None:
                          path=out) from error
 
 
-def write_photo(result: PhotoResult) -> list[str]:
-    """Write one photo's crops (the marker crop last) and return its bounding_boxes lines;
-    shared by the local and the Ray engine (``converter/scale.py``)."""
+def photo_lines(result: PhotoResult) -> list[str]:
+    """One photo's bounding_boxes lines (its crops, in face order)."""
     if result.problem is not None:
         return [f"{result.target}\n"]
-    for name, pixels, _ in reversed(result.crops):     # the marker crop last
-        _write_png(Path(name), pixels)
     return [f"{name} {bb[0]} {bb[1]} {bb[2]} {bb[3]}\n" for name, _, bb in result.crops]
 
 
+def write_crops(result: PhotoResult) -> None:
+    """Write one photo's crops, the marker crop last: once the marker exists, the photo is
+    finished."""
+    if result.problem is None:
+        for name, pixels, _ in reversed(result.crops):
+            _write_png(Path(name), pixels)
+
+
+def write_photo(result: PhotoResult) -> list[str]:
+    """Write one photo's crops and return its bounding_boxes lines; shared by the local and
+    the Ray engine (``converter/scale.py``)."""
+    write_crops(result)
+    return photo_lines(result)
+
+
 def _tasks(classes: Sequence[tuple[str, list[Path]]], output_dir: Path, options: AlignOptions,
-           resume: bool, force: bool, summary: AlignSummary) -> list[tuple[str, str]]:
+           resume: bool, force: bool, summary: AlignSummary,
+           earlier: dict[str, list[str]]) -> list[tuple[str, str]]:
     tasks = []
     for name, images in classes:
         for image in images:
@@ -373,10 +381,12 @@ def _tasks(classes: Sequence[tuple[str, list[Path]]], output_dir: Path, options:
             target = output_dir / name / f"{image.stem}.png"
             marker = finished_marker(target, options.detect_multiple_faces)
             if marker.exists():
-                if resume:
+                # a finished photo whose lines no run recorded is done again, so that the
+                # bounding_boxes file lists every crop
+                if resume and _recovered(target, options.detect_multiple_faces, earlier):
                     summary.skipped_existing += 1
                     continue
-                if not force:
+                if not force and not resume:
                     raise AlignError("a crop exists already; pass --resume to skip finished "
                                      "photos or --force to redo them", path=marker)
             tasks.append((str(image), str(target)))
@@ -518,16 +528,19 @@ def _align_locked(classes: Classes, listed_skips: list[tuple[str, str]], out: Pa
     summary = AlignSummary(str(Path(input_dir)), str(out), str(boxes_file))
     summary.images += len(listed_skips)
     summary.failed += [{"path": path, "reason": reason} for path, reason in listed_skips]
-    tasks = _tasks(classes, out, options, resume, force, summary)
+    tasks = _tasks(classes, out, options, resume, force, summary, earlier)
     if on_total is not None:
         on_total(len(tasks))
     by_target: dict[str, list[str]] = {}
     journal = out / f".bounding_boxes_{key:05d}.journal"
     with open(journal, "a", encoding="utf-8") as log:
         for result in _results(tasks, options, workers):
-            by_target[result.target] = write_photo(result)
-            log.write("".join(by_target[result.target]))   # what --resume recovers after a kill
+            by_target[result.target] = photo_lines(result)
+            # the journal line goes first: a kill between it and the marker crop leaves an
+            # unfinished photo that --resume redoes, never a finished one without its line
+            log.write("".join(by_target[result.target]))
             log.flush()
+            write_crops(result)
             if result.problem is not None:
                 summary.failed.append({"path": result.source, "reason": result.problem})
             else:

@@ -116,6 +116,26 @@ def test_align_killed_then_resumed_lists_every_photo(photos: Path, tmp_path: Pat
     assert not list(out.rglob("*.part")) and not list(out.glob(".*.journal"))
 
 
+def test_align_resume_redoes_a_finished_photo_whose_line_was_lost(photos: Path,
+                                                                   tmp_path: Path) -> None:
+    """A crop without its bounding_boxes line (a kill between the two, or a lost file) is
+    not taken as finished: --resume aligns it again and lists it."""
+    out = tmp_path / "aligned"
+    first = cli("align", photos, out, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    boxes = Path(json.loads(first.stdout)["bounding_boxes"])
+    lost = str(out / "a" / "p03.png")
+    boxes.write_text("".join(line for line in boxes.read_text().splitlines(keepends=True)
+                             if not line.startswith(lost + " ")))
+    done = cli("align", photos, out, "--resume", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["aligned"], summary["skipped_existing"]) == (1, 23)
+    lines = Path(summary["bounding_boxes"]).read_text().splitlines()
+    assert sorted(line.split()[0] for line in lines) == sorted(
+        str(out / cls / f"p{k:02d}.png") for cls in "ab" for k in range(12))
+
+
 def test_align_sigterm_keeps_finished_crops_and_says_so(photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "aligned"
     process = subprocess.Popen([*CLI, "align", str(photos), str(out)], cwd=tmp_path, text=True,

@@ -31,7 +31,10 @@ BOUND = 1e-10
 STEPS = 3
 SIZE = 64             # squeezenet's smallest comfortable input: the proof does not need 160
 LEARNING_RATE = 0.01
-LABELS = ([0, 2, 2, 5], [1, 1, 3, 7], [4, 0, 6, 6])   # repeated labels: scatter_sub adds up
+# repeated labels: scatter_sub adds up. Batches of 8, not 4: BatchNorm's backward pass over
+# a batch of 4 cancels so much that float64 summation order alone (1 vs 2 threads) moved a
+# variable by 1.2e-10 after three steps
+LABELS = ([0, 2, 2, 5, 3, 1, 7, 4], [1, 1, 3, 7, 6, 0, 2, 5], [4, 0, 6, 6, 2, 3, 5, 1])
 SETTINGS = LossSettings(weight_decay=5e-4, center_loss_factor=0.01, center_loss_alfa=0.95,
                         prelogits_norm_loss_factor=5e-4, prelogits_norm_p=1.0,
                         keep_probability=1.0)
@@ -39,7 +42,8 @@ SETTINGS = LossSettings(weight_decay=5e-4, center_loss_factor=0.01, center_loss_
 
 def _batches() -> list[tuple[np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(2024)
-    return [(rng.standard_normal((4, SIZE, SIZE, 3)), np.array(labels)) for labels in LABELS]
+    return [(rng.standard_normal((len(labels), SIZE, SIZE, 3)), np.array(labels))
+            for labels in LABELS]
 
 
 @pytest.fixture(scope="session")
@@ -147,15 +151,22 @@ def test_float32_figures_beside(checkpoint, upstream_run):
     exact = upstream_run("ADAM")
     tf32 = upstream_run("ADAM", float64=False)
     ours = _ours(checkpoint("ADAM").prefix, torch.float32)
+    wrong = _ours(checkpoint("ADAM").prefix, torch.float32, adam=TorchStyleAdam)
     for step in (0, STEPS - 1):
         figures = {}
-        for label, run in (("TF float32", tf32), ("ours float32", ours)):
+        for label, run in (("TF float32", tf32), ("ours float32", ours),
+                           ("torch-style Adam float32", wrong)):
             differences = _differences(run[step], exact[step])
             network = _network(differences)
             figures[label] = max(network.values())
             print(f"ADAM after {step + 1} step(s), {label} vs float64: every variable "
                   f"{max(differences.values()):.2e}, the network's {figures[label]:.2e}")
-        assert figures["ours float32"] <= 10 * figures["TF float32"] + 1e-6
+        # Float32 rounding is amplified chaotically (the figures move with the thread
+        # count), hence an envelope; a different rule lands far outside it after one step.
+        envelope = 10 * figures["TF float32"] + 1e-3
+        assert figures["ours float32"] <= envelope
+        if step == 0:
+            assert figures["torch-style Adam float32"] > envelope
 
 
 class TorchStyleAdam(Adam):

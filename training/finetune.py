@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from facenet_convert.converter.building import choose_preprocessing
 from facenet_convert.converter.core.atomic import atomic_output, staged_outputs
+from facenet_convert.converter.core.checks import require_choice
 from facenet_convert.converter.core.hashing import sha256_file
 from facenet_convert.converter.core.version import __version__
 from facenet_convert.converter.registry import get_architecture, match_state
@@ -610,12 +611,8 @@ def finetune(data_dir: str | os.PathLike[str], source: str | os.PathLike[str],
     known); the CLI's progress bar raises there after a signal, between two steps. ``echo``
     gets the progress lines (what was resumed, each epoch's losses and checkpoint).
     """
-    if settings.loss not in LOSSES:
-        raise FinetuneError(f"unknown loss {settings.loss!r}; expected one of "
-                            f"{', '.join(LOSSES)}")
-    if settings.format not in MODEL_FILES:
-        raise FinetuneError(f"unknown format {settings.format!r}; expected one of "
-                            f"{', '.join(MODEL_FILES)}")
+    require_choice(settings.loss, LOSSES, "loss", FinetuneError)
+    require_choice(settings.format, MODEL_FILES, "format", FinetuneError)
     source_path, out, data = Path(source), Path(out_dir), Path(data_dir)
     dataset = get_dataset(data_dir)
     split = split_dataset(dataset, settings.held_out, settings.seed)

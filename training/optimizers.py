@@ -159,13 +159,17 @@ class Adam(TF1Optimizer):
             group.setdefault("beta1_power", _scalar(self._constant(group, "beta1"), like))
             group.setdefault("beta2_power", _scalar(self._constant(group, "beta2"), like))
 
+    def _step_constants(self, group: dict[str, Any], var: Tensor,
+                        lr: float) -> tuple[float, float, float, Tensor]:
+        """beta1, beta2, epsilon and ``lr * sqrt(1 - beta2^t) / (1 - beta1^t)``: TF keeps the
+        bias correction in the step size, not in the moments."""
+        beta1, beta2 = self._constant(group, "beta1"), self._constant(group, "beta2")
+        b1p, b2p = group["beta1_power"].to(var.dtype), group["beta2_power"].to(var.dtype)
+        return beta1, beta2, self._constant(group, "epsilon"), lr * torch.sqrt(1 - b2p) / (1 - b1p)
+
     def _dense(self, group: dict[str, Any], var: Tensor, grad: Tensor,
                state: dict[str, Tensor], lr: float) -> None:
-        beta1, beta2 = self._constant(group, "beta1"), self._constant(group, "beta2")
-        eps = self._constant(group, "epsilon")
-        b1p, b2p = group["beta1_power"].to(var.dtype), group["beta2_power"].to(var.dtype)
-        # alpha = lr * sqrt(1 - beta2^t) / (1 - beta1^t): the correction sits in the step size
-        alpha = lr * torch.sqrt(1 - b2p) / (1 - b1p)
+        beta1, beta2, eps, alpha = self._step_constants(group, var, lr)
         m, v = state["m"], state["v"]
         m.add_((grad - m) * (1 - _scalar(beta1, var)))
         v.add_((grad.square() - v) * (1 - _scalar(beta2, var)))
@@ -174,10 +178,7 @@ class Adam(TF1Optimizer):
     def _sparse(self, group: dict[str, Any], var: Tensor, grad: Tensor,
                 state: dict[str, Tensor], lr: float, rows: Tensor) -> None:
         # AdamOptimizer._apply_sparse_shared: every row decays, the gathered rows add.
-        beta1, beta2 = self._constant(group, "beta1"), self._constant(group, "beta2")
-        eps = self._constant(group, "epsilon")
-        b1p, b2p = group["beta1_power"].to(var.dtype), group["beta2_power"].to(var.dtype)
-        step = lr * torch.sqrt(1 - b2p) / (1 - b1p)
+        beta1, beta2, eps, step = self._step_constants(group, var, lr)
         values = grad[rows]
         m, v = state["m"], state["v"]
         m.mul_(beta1)

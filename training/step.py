@@ -140,13 +140,18 @@ class Trainer:
             named["center_loss"] = loss
         return terms, named, centers_batch
 
-    def step(self, images: Tensor, labels: Tensor, learning_rate: float) -> StepResult:
-        """One softmax (+ center loss) step on ``images`` (NCHW) and class ``labels``."""
+    def _begin(self, learning_rate: float) -> None:
+        """What every step does first, in upstream's order: the EMA reads the variables
+        before the optimizer moves them, then the step's learning rate, training mode."""
         if self.ema is not None:
             self.ema.update(averaged_variables(self.model), self.global_step)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
         self.model.train()
+
+    def step(self, images: Tensor, labels: Tensor, learning_rate: float) -> StepResult:
+        """One softmax (+ center loss) step on ``images`` (NCHW) and class ``labels``."""
+        self._begin(learning_rate)
         prelogits = self.model.prelogits(images)
         logits = self.model.logits(prelogits) if hasattr(self.model, "logits") else None
         terms, named, centers_batch = self._regularization(prelogits, labels)
@@ -162,11 +167,7 @@ class Trainer:
         if images.shape[0] % 3:
             raise TrainingError(f"a triplet batch needs a multiple of 3 images, got "
                                 f"{images.shape[0]}")
-        if self.ema is not None:
-            self.ema.update(averaged_variables(self.model), self.global_step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate
-        self.model.train()
+        self._begin(learning_rate)
         prelogits = self.model.prelogits(images)
         embeddings = l2_normalize(prelogits)
         loss = triplet_loss(embeddings[0::3], embeddings[1::3], embeddings[2::3],

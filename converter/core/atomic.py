@@ -91,7 +91,20 @@ def _on_signal(signum: int, _frame: object) -> None:
     if _exit_line is not None:  # still importing: no output can exist yet, leave at once
         os.write(2, _exit_line)
         os._exit(128 + signum)
+    if _in_foreign_callback(_frame):
+        return      # remembered: raise_if_interrupted, at the next item, raises it instead
     raise Interrupted(signum)
+
+
+_CALLBACK_LIBRARIES = (f"{os.sep}llvmlite{os.sep}", f"{os.sep}ctypes{os.sep}")
+
+
+def _in_foreign_callback(frame: object) -> bool:
+    """Whether the signal interrupted Python code that C calls back into (numba's compiler
+    notifying its cache through llvmlite's ctypes callback): an exception raised there cannot
+    propagate, ctypes prints it as a traceback and the compile goes on."""
+    filename = getattr(getattr(frame, "f_code", None), "co_filename", "")
+    return any(part in filename for part in _CALLBACK_LIBRARIES)
 
 
 def install_interrupt_handlers(*, exit_at_once: bool = False) -> None:

@@ -59,3 +59,13 @@ def finite_or_none(value: Any) -> Any:
 def dumps(value: Any, **options: Any) -> str:
     """Strict JSON: non-finite floats become null (never a bare NaN or Infinity)."""
     return json.dumps(finite_or_none(value), allow_nan=False, **options)
+
+
+def require_choice(value: Any, allowed: Iterable[Any], what: str,
+                   error: type[Exception]) -> None:
+    """Refuse a setting outside ``allowed`` in one line that lists the choices (library callers
+    that bypass the CLI's own choice lists meet the same words)."""
+    choices = list(allowed)
+    if value not in choices:
+        raise error(f"unknown {what} {value!r}; expected one of "
+                    f"{', '.join(str(choice) for choice in choices)}")

@@ -128,7 +128,13 @@ class _Watchdog:
             yield
         finally:
             with self._lock:
+                late = self._deadline is not None and time.monotonic() > self._deadline
+                message = self._message
                 self._deadline, self._message = previous
+        # A call that outlived its deadline fails even when the thread did not get to run
+        # before it returned (a busy machine): the outcome never depends on thread scheduling.
+        if late:
+            self._fire(message)
 
     def _run(self) -> None:
         while True:
@@ -141,9 +147,13 @@ class _Watchdog:
                     self._lock.wait(left)
                     continue
                 message = self._message
-            discard_staged()
-            os.write(2, f"facenet-convert: error: {message}\n".encode("utf-8", "replace"))
-            os._exit(2)
+            self._fire(message)
+
+    @staticmethod
+    def _fire(message: str) -> None:
+        discard_staged()
+        os.write(2, f"facenet-convert: error: {message}\n".encode("utf-8", "replace"))
+        os._exit(2)
 
 
 _WATCHDOG = _Watchdog()
