@@ -228,7 +228,9 @@ class Adagrad(TF1Optimizer):
         super().__init__(params, lr, initial_accumulator=initial_accumulator)
 
     def initial_slot(self, key: str, param: Tensor) -> Tensor:
-        value = float32_value(float(self.defaults["initial_accumulator"]))
+        # TF's constant_initializer takes the Python value in the variable's dtype: 0.1
+        # rounded to float32 for a float32 variable, exact for a float64 one
+        value = float(self.defaults["initial_accumulator"])
         return torch.full_like(param, value, memory_format=torch.preserve_format)
 
     def _dense(self, group: dict[str, Any], var: Tensor, grad: Tensor,

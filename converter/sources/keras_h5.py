@@ -149,8 +149,13 @@ class _Watchdog:
                 message = self._message
             self._fire(message)
 
-    @staticmethod
-    def _fire(message: str) -> None:
+    _firing = threading.Lock()
+
+    @classmethod
+    def _fire(cls, message: str) -> None:
+        # the thread and the call's own check may both find the deadline passed: the first
+        # ends the process, the other waits here for that
+        cls._firing.acquire()
         discard_staged()
         os.write(2, f"facenet-convert: error: {message}\n".encode("utf-8", "replace"))
         os._exit(2)

@@ -141,6 +141,14 @@ def _group_candidates(cascade: Cascade, groups: Groups, number: int, face: Tenso
             for k, (_, scale) in enumerate(groups[number][1])]
 
 
+def _joined_candidates(cascade: Cascade, groups: Groups, number: int,
+                       pieces: list[tuple[Tensor, Tensor]]) -> list[np.ndarray]:
+    """A banded level's candidates, its bands joined on the worker (a copy of every map)."""
+    face = torch.cat([f for _, f in pieces], dim=1)
+    reg = torch.cat([r for r, _ in pieces], dim=2)
+    return _group_candidates(cascade, groups, number, face, reg)
+
+
 def _whole_level(arrays: list[np.ndarray], cascade: Cascade, groups: Groups,
                  number: int) -> list[np.ndarray]:
     """A small level in one task: resize, forward, candidates."""
@@ -205,9 +213,7 @@ def pnet_candidates(arrays: list[np.ndarray], cascade: Cascade,
         done = cascade.pmap(call, side + [job for _, job in bands_of])
         for (number, _), result in zip(bands_of, done[len(side):], strict=True):
             parts.setdefault(number, []).append(result)
-        jobs = [functools.partial(_group_candidates, cascade, groups, number,
-                                  torch.cat([f for _, f in pieces], dim=1),
-                                  torch.cat([r for r, _ in pieces], dim=2))
+        jobs = [functools.partial(_joined_candidates, cascade, groups, number, pieces)
                 for number, pieces in parts.items()]
         found.update(zip(parts, cascade.pmap(call, jobs), strict=True))
     keyed = [(groups[number][1][k][0], -groups[number][1][k][1], number, k)
