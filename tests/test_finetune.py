@@ -233,3 +233,90 @@ def test_a_tf_training_checkpoint_resumes_its_state(fixtures_dir: Path, tmp_path
     report = json.loads((out / "finetune.json").read_text())
     assert report["global_step"] == 5 + 4 and report["optimizer"] == "ADAM"
     assert os.path.exists(out / "model.safetensors")
+
+
+def _copy_run(finished: Path, to: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(finished, to))
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("inside", ["model.safetensors", "checkpoint-2.safetensors"])
+def test_an_input_inside_the_output_is_refused_even_with_force(finished: Path, faces: Path,
+                                                               inside: str, tmp_path: Path):
+    run = _copy_run(finished, tmp_path / "run")
+    before = _hashes(run)
+    done = cli("finetune", faces, "--from", run / inside, "-o", run, "--force", *ARGS)
+    assert done.exit_code != 0 and "is inside output --output" in done.output, done.output
+    assert _hashes(run) == before
+
+
+def test_a_hard_link_into_the_output_is_refused(finished: Path, faces: Path, tmp_path: Path):
+    run = _copy_run(finished, tmp_path / "run")
+    linked = tmp_path / "elsewhere.safetensors"
+    os.link(run / "model.safetensors", linked)
+    before = _hashes(run)
+    done = cli("finetune", faces, "--from", linked, "-o", run, "--force", *ARGS)
+    assert done.exit_code != 0 and "is inside output --output" in done.output, done.output
+    assert _hashes(run) == before
+
+
+def test_resume_never_starts_over_silently(finished: Path, faces: Path, start: Path,
+                                           tmp_path: Path):
+    """A lost, renamed or replaced checkpoint is one line and nothing is rewritten: starting
+    over needs --force."""
+    run = _copy_run(finished, tmp_path / "run")
+    checkpoint = run / "checkpoint-2.safetensors"
+    resume = ["finetune", faces, "--from", start, "-o", run, "--epochs", "3", "--resume", *ARGS]
+    stashed = tmp_path / "checkpoint"
+    checkpoint.rename(stashed)
+    before = _hashes(run)
+    for make, words in [
+            (lambda: None, "no checkpoint to resume from"),
+            (lambda: checkpoint.mkdir(), "not a regular file"),
+            (lambda: os.symlink(stashed, checkpoint), "not a regular file"),
+            (lambda: os.link(stashed, run / "checkpoint-00002.safetensors"),
+             "not a checkpoint name"),
+            (lambda: os.link(stashed, run / "checkpoint-7.safetensors"),
+             "its name says epoch 7 but it holds epoch 2")]:
+        make()
+        done = cli(*resume)
+        assert done.exit_code != 0 and words in done.output, (words, done.output)
+        assert done.output.count("facenet-convert: error") == 1
+        for path in run.iterdir():
+            if path.name.startswith("checkpoint-"):
+                if path.is_dir() and not path.is_symlink():
+                    path.rmdir()
+                else:
+                    path.unlink()
+        assert _hashes(run) == before
+
+
+def test_a_failed_run_leaves_no_empty_output_folder(faces: Path, tmp_path: Path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not weights")
+    out = tmp_path / "new"
+    done = cli("finetune", faces, "--from", junk, "-o", out, *ARGS)
+    assert done.exit_code != 0
+    assert not out.exists()
+
+
+def test_an_image_name_that_is_no_file_is_reported_and_left_out(faces: Path, start: Path,
+                                                                 tmp_path: Path):
+    import shutil
+
+    data = Path(shutil.copytree(faces, tmp_path / "faces"))
+    os.mkfifo(data / "camera" / "fifo.png")
+    (data / "camera" / "folder.png").mkdir()
+    done = cli("finetune", data, "--from", start, "-o", tmp_path / "out", "--epochs", "1",
+               *ARGS)
+    assert done.exit_code == 0, done.output
+    for name in ("fifo.png", "folder.png"):
+        assert any(line.startswith("facenet-convert: warning: ") and name in line
+                   and line.endswith("; skipped") for line in done.output.splitlines()), name
+    report = json.loads((tmp_path / "out" / "finetune.json").read_text())
+    assert "fifo.png" not in json.dumps(report)

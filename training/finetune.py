@@ -39,9 +39,14 @@ import torch
 from torch import Tensor, nn
 
 from facenet_convert.converter.building import choose_preprocessing
-from facenet_convert.converter.core.atomic import atomic_output, staged_outputs
+from facenet_convert.converter.core.atomic import (
+    atomic_output,
+    check_output_path,
+    staged_outputs,
+)
 from facenet_convert.converter.core.checks import require_choice
 from facenet_convert.converter.core.hashing import sha256_file
+from facenet_convert.converter.core.inputs import regular_file_problem
 from facenet_convert.converter.core.version import __version__
 from facenet_convert.converter.registry import get_architecture, match_state
 from facenet_convert.converter.writers import HashingWriter, write_json, write_state
@@ -60,7 +65,9 @@ from facenet_convert.training.step import LossSettings, Trainer, trainable_param
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 WEIGHTS_SUFFIXES = (".pt", ".pth", ".safetensors")
 LOSSES = ("softmax", "triplet")
-CHECKPOINT = re.compile(r"checkpoint-(?P<epoch>\d+)\.safetensors")
+CHECKPOINT = re.compile(r"checkpoint-(?P<epoch>[1-9]\d{0,8})\.safetensors")
+LOOKS_LIKE_CHECKPOINT = re.compile(r"checkpoint-.*\.safetensors", re.DOTALL)
+MAX_EPOCH = 10**9 - 1
 MODEL_FILES = {"safetensors": "model.safetensors", "pt": "model.pt"}
 REPORT_FILE = "finetune.json"
 STATE_KEY = "facenet_convert_finetune"
@@ -129,8 +136,11 @@ class FinetuneResult:
 # --------------------------------------------------------------------------------- dataset
 
 
-def get_dataset(data_dir: str | os.PathLike[str]) -> list[ImageClass]:
-    """``facenet.get_dataset``: sorted class sub-folders and their image files (sorted)."""
+def get_dataset(data_dir: str | os.PathLike[str],
+                on_skip: Callable[[Path, str], None] | None = None) -> list[ImageClass]:
+    """``facenet.get_dataset``: sorted class sub-folders and their image files (sorted).
+    An image name that is no regular file (a FIFO, a device, a folder, a dangling link) is
+    left out and passed to ``on_skip(path, why)``."""
     root = Path(data_dir)
     if not root.is_dir():
         raise FinetuneError("not a folder; give a folder of class sub-folders of aligned face "
@@ -139,11 +149,17 @@ def get_dataset(data_dir: str | os.PathLike[str]) -> list[ImageClass]:
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if entry.name.startswith(".") or not entry.is_dir():
             continue
-        paths = tuple(sorted(Path(e.path) for e in os.scandir(entry.path)
-                             if not e.name.startswith(".") and e.is_file()
-                             and e.name.lower().endswith(IMAGE_SUFFIXES)))
+        paths = []
+        for image in sorted(os.scandir(entry.path), key=lambda e: e.name):
+            if image.name.startswith(".") or not image.name.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            problem = regular_file_problem(image.path)
+            if problem is None:
+                paths.append(Path(image.path))
+            elif on_skip is not None:
+                on_skip(Path(image.path), problem)
         if paths:
-            classes.append(ImageClass(entry.name, paths))
+            classes.append(ImageClass(entry.name, tuple(paths)))
     return classes
 
 
@@ -459,9 +475,18 @@ def checkpoints(out_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
         return []
     found = []
     for entry in os.scandir(root):
+        if not LOOKS_LIKE_CHECKPOINT.fullmatch(entry.name):
+            continue
         match = CHECKPOINT.fullmatch(entry.name)
-        if match is not None and entry.is_file(follow_symlinks=False):
-            found.append((int(match.group("epoch")), Path(entry.path)))
+        # what this module never writes: another run's or a person's file, not ours to
+        # resume from or to remove
+        if match is None or int(match.group("epoch")) > MAX_EPOCH:
+            raise FinetuneError("not a checkpoint name this command writes "
+                                "(checkpoint-<epoch>.safetensors); move it away", path=entry.path)
+        if not entry.is_file(follow_symlinks=False):
+            raise FinetuneError("a checkpoint that is not a regular file (a folder, link or "
+                                "device); move it away", path=entry.path)
+        found.append((int(match.group("epoch")), Path(entry.path)))
     return sorted(found)
 
 
@@ -611,10 +636,33 @@ def finetune(data_dir: str | os.PathLike[str], source: str | os.PathLike[str],
     known); the CLI's progress bar raises there after a signal, between two steps. ``echo``
     gets the progress lines (what was resumed, each epoch's losses and checkpoint).
     """
+    out = Path(out_dir)
+    created = not os.path.lexists(out)
+    if not created and out.is_dir() and os.path.realpath(source).startswith(
+            os.path.realpath(out) + os.sep):
+        raise FinetuneError("--from is inside the output folder, whose files this run "
+                            "replaces and removes; move it out first", path=source)
+    try:
+        return _finetune(data_dir, source, out, settings, resume=resume, force=force,
+                         fresh_optimizer=fresh_optimizer, on_step=on_step, echo=echo)
+    except BaseException:
+        if created:                      # a run that fails leaves no empty folder behind
+            try:
+                out.rmdir()              # only when empty: finished checkpoints stay
+            except OSError:
+                pass
+        raise
+
+
+def _finetune(data_dir: str | os.PathLike[str], source: str | os.PathLike[str], out: Path,
+              settings: FinetuneSettings, *, resume: bool, force: bool,
+              fresh_optimizer: bool, on_step: OnStep | None,
+              echo: Callable[[str], None]) -> FinetuneResult:
     require_choice(settings.loss, LOSSES, "loss", FinetuneError)
     require_choice(settings.format, MODEL_FILES, "format", FinetuneError)
-    source_path, out, data = Path(source), Path(out_dir), Path(data_dir)
-    dataset = get_dataset(data_dir)
+    source_path, data = Path(source), Path(data_dir)
+    dataset = get_dataset(data_dir, lambda path, why: echo(
+        f"facenet-convert: warning: {path}: {why}; skipped"))
     split = split_dataset(dataset, settings.held_out, settings.seed)
     check_dataset(dataset, split, settings, data_dir)
     schedule: Schedule | None = (read_schedule(settings.schedule)
@@ -629,9 +677,15 @@ def finetune(data_dir: str | os.PathLike[str], source: str | os.PathLike[str],
     elif not out.is_dir():
         raise FinetuneError("output exists and is not a folder", path=out)
     found = checkpoints(out)
-    if not resume and not force and (found or model_path.exists() or report_path.exists()):
+    earlier = model_path.exists() or report_path.exists()
+    if not resume and not force and (found or earlier):
         raise FinetuneError("holds an earlier run (checkpoints or a model); pass --resume to "
                             "continue it or --force to start over", path=out)
+    if resume and not force and earlier and not found:
+        raise FinetuneError("holds an earlier run's model but no checkpoint to resume from; "
+                            "pass --force to start over (the model is replaced)", path=out)
+    for path in (model_path, report_path):   # before any work, not after the training
+        check_output_path(path, force=True, inputs=[source_path])
     fingerprint = {"classes": split.classes,
                    "train": [p.relative_to(data).as_posix() for p, _ in split.train],
                    "held_out": [p.relative_to(data).as_posix() for p, _ in split.held_out],
@@ -645,6 +699,10 @@ def finetune(data_dir: str | os.PathLike[str], source: str | os.PathLike[str],
     if found:
         epoch, path = found[-1]
         tensors, state = read_checkpoint(path)
+        if state.get("epoch") != epoch:
+            raise FinetuneError(f"its name says epoch {epoch} but it holds epoch "
+                                f"{state.get('epoch')!r}; move it away or start over with "
+                                "--force", path=path)
         _check_resumable(state, fingerprint, _source_hashes(source_path), path)
         trainer = _trainer_from_checkpoint(tensors, state, settings, path)
         note = f"resumed from {path.name} (epoch {epoch}, global_step {trainer.global_step})"

@@ -11,7 +11,10 @@ runs, the runner, knowing nothing of the command:
 * compares every output, sidecars included, with every input and every other output after
   resolving ``..``, symlinks and hard links, and refuses a match in one line naming both;
 * refuses a file output that is a symlink, a folder or another non-regular file, that exists
-  without ``--force``, or whose folder does not exist.
+  without ``--force``, or whose folder does not exist;
+* refuses an input inside an output folder the command owns (``Output(owned=True)``: it
+  replaces and removes files there), or a hard link of a file in it;
+* refuses a number option that is NaN or infinite (click's ``FloatRange`` lets NaN through).
 
 The commits themselves (create-exclusive, all or nothing), signals and one-line errors are
 :mod:`facenet_convert.converter.core.atomic` and the group in :mod:`facenet_convert.converter.cli`.
@@ -20,6 +23,7 @@ The commits themselves (create-exclusive, all or nothing), signals and one-line 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -70,20 +74,22 @@ class Output(click.Path):
     existence is the command's business; ``sidecars``: the other files written beside it,
     from its value and the command's parameters (``x.npy`` -> ``x.names.txt``); ``stdout``:
     ``-`` means standard output; ``replaces``: an existing file is replaced without ``--force``
-    (a report rewritten on every run); ``example``: a file name this output accepts
-    (``out.npz``), from which the contract test builds its runs."""
+    (a report rewritten on every run); ``owned``: a folder whose files the command replaces
+    and removes (finetune's checkpoints), so that no input may live in it; ``example``: a file
+    name this output accepts (``out.npz``), from which the contract test builds its runs."""
 
     role = "output"
 
     def __init__(self, *, folder: bool | Callable[[Mapping[str, Any]], bool] = False,
                  sidecars: Sidecars | None = None, stdout: bool = False,
-                 replaces: bool = False, example: str = "out") -> None:
+                 replaces: bool = False, owned: bool = False, example: str = "out") -> None:
         super().__init__(path_type=str, dir_okay=True, file_okay=True)
         self.name = "directory" if folder is True else "path" if folder else "file"
         self.folder = folder
         self.sidecars = sidecars
         self.stdout = stdout
         self.replaces = replaces
+        self.owned = owned
         self.example = example          # a name of the right type, for tests and docs
 
     def is_folder(self, params: Mapping[str, Any]) -> bool:
@@ -147,9 +153,42 @@ def _input_problem(item: Declared) -> str | None:
     return regular_file_problem(item.path)
 
 
+def _check_numbers(ctx: click.Context) -> None:
+    for param in ctx.command.params:
+        if not isinstance(param.type, click.types.FloatParamType):
+            continue
+        value = ctx.params.get(param.name or "")
+        values = value if isinstance(value, (tuple, list)) else [value]
+        for number in values:
+            if number is not None and not math.isfinite(number):
+                raise click.BadParameter(f"{number!r} is not a finite number", ctx=ctx,
+                                         param=param)
+
+
+def _check_owned(folder: Declared, inputs: list[Declared]) -> None:
+    """No input inside (or hard-linked into) a folder whose files the command replaces."""
+    root = os.path.realpath(folder.path)
+    if not os.path.isdir(root):
+        return
+    linked: dict[tuple[int, int], str] = {}
+    with os.scandir(root) as entries:
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False):
+                info = entry.stat(follow_symlinks=False)
+                linked[(info.st_dev, info.st_ino)] = entry.path
+    for source in inputs:
+        real, identity = file_identity(source.path)
+        if real == root or real.startswith(root + os.sep) or identity in linked:
+            raise OutputError(f"input {source.flag} {Path(source.path)} is inside output "
+                              f"{folder.flag} {Path(folder.path)}, whose files this command "
+                              "replaces and removes; move the input out of that folder or "
+                              "choose another output folder", path=source.path)
+
+
 def check_invocation(ctx: click.Context) -> None:
     """The runner's checks (see the module docstring); may drop bad batch entries from
     ``ctx.params``."""
+    _check_numbers(ctx)
     command = ctx.command
     items = list(declared(command, ctx.params))
     dropped: dict[str, set[str]] = {}
@@ -185,8 +224,13 @@ def check_invocation(ctx: click.Context) -> None:
                                   "one path given twice; give each output its own path",
                                   path=item.path)
         seen.append((item, identity))
-        if isinstance(item.kind, Output) and not item.kind.is_folder(ctx.params):
-            check_output_path(item.path, force=force or item.kind.replaces)
+        kind = item.kind
+        if not isinstance(kind, Output):
+            continue
+        if not kind.is_folder(ctx.params):
+            check_output_path(item.path, force=force or kind.replaces)
+        elif kind.owned:
+            _check_owned(item, inputs)
 
 
 

@@ -18,7 +18,8 @@ OPTIMIZERS = ("ADAGRAD", "ADADELTA", "ADAM", "RMSPROP", "MOM", "SGD")
               help="Converted weights (.pt/.safetensors), or a TF source (checkpoint folder or "
               "prefix, .pb, .h5); a TF training checkpoint resumes its optimizer slots, "
               "centers, EMA and global_step.")
-@click.option("-o", "--output", required=True, type=Output(folder=True, example="finetuned"),
+@click.option("-o", "--output", required=True,
+              type=Output(folder=True, owned=True, example="finetuned"),
               help="Folder for the checkpoints (one per epoch), model.safetensors (or "
               "model.pt) and finetune.json.")
 @click.option("--loss", type=click.Choice(["softmax", "triplet"]), default="softmax",

@@ -97,14 +97,26 @@ def _on_signal(signum: int, _frame: object) -> None:
 
 
 _CALLBACK_LIBRARIES = (f"{os.sep}llvmlite{os.sep}", f"{os.sep}ctypes{os.sep}")
+_CALLBACK_FILES = (f"{os.sep}weakref.py", f"{os.sep}_weakrefset.py")
 
 
 def _in_foreign_callback(frame: object) -> bool:
-    """Whether the signal interrupted Python code that C calls back into (numba's compiler
-    notifying its cache through llvmlite's ctypes callback): an exception raised there cannot
-    propagate, ctypes prints it as a traceback and the compile goes on."""
-    filename = getattr(getattr(frame, "f_code", None), "co_filename", "")
-    return any(part in filename for part in _CALLBACK_LIBRARIES)
+    """Whether the signal interrupted code whose exceptions cannot propagate: a callback that
+    C code calls (numba's compiler notifying its cache through llvmlite's ctypes callback), a
+    weakref callback or a ``__del__`` run by the garbage collector. An exception raised there
+    is printed as "Exception ignored ..." with a traceback and the work goes on, so the signal
+    is remembered instead (commits and ``raise_if_interrupted`` raise it)."""
+    depth = 0
+    while frame is not None and depth < 1000:
+        code = getattr(frame, "f_code", None)
+        filename = getattr(code, "co_filename", "")
+        if (getattr(code, "co_name", "") == "__del__"
+                or any(part in filename for part in _CALLBACK_LIBRARIES)
+                or filename.endswith(_CALLBACK_FILES)):
+            return True
+        frame = getattr(frame, "f_back", None)
+        depth += 1
+    return False
 
 
 def install_interrupt_handlers(*, exit_at_once: bool = False) -> None:
