@@ -35,6 +35,7 @@ import click
 from facenet_convert.converter.core.atomic import check_output_path
 from facenet_convert.converter.core.errors import OutputError, SourceError, one_line
 from facenet_convert.converter.core.inputs import (
+    describe_os_error,
     file_identity,
     regular_file_problem,
     same_file,
@@ -171,11 +172,15 @@ def _check_owned(folder: Declared, inputs: list[Declared]) -> None:
     if not os.path.isdir(root):
         return
     linked: dict[tuple[int, int], str] = {}
-    with os.scandir(root) as entries:
-        for entry in entries:
-            if entry.is_file(follow_symlinks=False):
-                info = entry.stat(follow_symlinks=False)
-                linked[(info.st_dev, info.st_ino)] = entry.path
+    try:
+        with os.scandir(root) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False):
+                    info = entry.stat(follow_symlinks=False)
+                    linked[(info.st_dev, info.st_ino)] = entry.path
+    except OSError as error:
+        raise OutputError(f"cannot list output {folder.flag} ({describe_os_error(error)})",
+                          path=folder.path) from None
     for source in inputs:
         real, identity = file_identity(source.path)
         if real == root or real.startswith(root + os.sep) or identity in linked:
