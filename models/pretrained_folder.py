@@ -123,9 +123,18 @@ def resolve_folder(folder_or_repo_id: str | os.PathLike[str], *, revision: str |
                    names: tuple[str, ...] = (CONFIG_NAME, WEIGHTS_NAME)) -> ResolvedFolder:
     """The files ``names`` of a local folder, or of a Hub repo through huggingface_hub's
     cache (a local directory of that name wins over a repo id)."""
+    if not isinstance(folder_or_repo_id, (str, os.PathLike)) or isinstance(
+            os.fspath(folder_or_repo_id), bytes):
+        raise HubFolderError("expected a folder path or a Hub repo id (owner/name) as text, "
+                             f"got {type(folder_or_repo_id).__name__}")
     given = os.fspath(folder_or_repo_id)
     path = Path(given).expanduser()
-    if path.is_dir():
+    try:
+        is_folder = path.is_dir()
+    except OSError as error:              # a name too long for the file system...
+        raise HubFolderError(f"cannot use this path ({describe_os_error(error)})",
+                             path=given[:200]) from None
+    if is_folder:
         root = Path(os.path.realpath(path))
         return ResolvedFolder(given, root, {name: path / name for name in names}, "folder")
     if isinstance(folder_or_repo_id, str) and REPO_ID.fullmatch(given) and ".." not in given:
@@ -165,6 +174,10 @@ def _resolve_repo(repo_id: str, revision: str | None, cache_dir: str | os.PathLi
     (snapshot,) = snapshots
     # the cache's snapshot files are links into the repo's blobs/: the repo folder is the root
     root = snapshot.parent.parent if snapshot.parent.name == "snapshots" else snapshot
+    if root.is_symlink():          # the repo's own folder a link: its target is no cache
+        raise HubFolderError(f"the cache folder of Hub repo {repo_id} is a link to "
+                             f"{os.path.realpath(root)}; refusing to read outside the cache",
+                             path=root)
     return ResolvedFolder(repo_id, Path(os.path.realpath(root)), files, "hub")
 
 
@@ -185,11 +198,12 @@ def _inside(resolved: ResolvedFolder, name: str) -> Path:
 
 
 def _strict_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    repeated = sorted({key for key in keys if keys.count(key) > 1})
-    if repeated:
-        raise ValueError(f"duplicate keys {repeated}")
-    return dict(pairs)
+    out = dict(pairs)                      # linear: a header of 600k keys stays fast
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        repeated = sorted({key for key, _ in pairs if key in seen or seen.add(key)})
+        raise ValueError(f"duplicate keys {repeated[:5]}")
+    return out
 
 
 def _no_constant(name: str) -> Any:
@@ -530,7 +544,7 @@ def output_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
     if os.path.lexists(path) and not path.is_dir():
         raise OutputError("the output folder is a file; give a directory", path=path)
     created = False
-    if not path.exists():
+    if not os.path.exists(path):          # False, not an error, for a name too long
         try:
             path.mkdir()
             created = True
@@ -652,6 +666,11 @@ class PretrainedFolderMixin:
         """The folder's files in memory; the loaded card only while the weights are the
         ones it describes (the release too)."""
         state = self.state_dict()  # type: ignore[attr-defined]
+        other = sorted({str(t.dtype) for t in state.values()
+                        if t.is_floating_point() and str(t.dtype) != "torch.float32"})
+        if other:        # from_pretrained reads float32 folders only: refuse, never write one
+            raise OutputError(f"a Hub folder holds float32 weights; this model holds "
+                              f"{', '.join(other)} (call .float() before saving)")
         weights = safetensors_bytes(state, {"format": "pt",
                                             "facenet_convert.architecture":
                                                 self.hub_architecture()})

@@ -28,7 +28,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from facenet_convert.converter.cli import main
-from facenet_convert.converter.core.errors import ConverterError
+from facenet_convert.converter.core.errors import ConverterError, OutputError
 from facenet_convert.converter.core.hashing import sha256_file
 from facenet_convert.models import MTCNN, InceptionResNetV1, ONet, PNet, RNet
 from facenet_convert.models.pretrained_folder import (
@@ -401,6 +401,49 @@ def test_a_lying_folder_is_refused_in_one_line(lie: str, honest: Path, tmp_path:
     assert "\n" not in message and message.isprintable()
 
 
+@pytest.mark.parametrize("given", [None, 5, b"/tmp", "a" * 256], ids=repr)
+def test_what_is_no_folder_name_is_one_line(given: Any) -> None:
+    with pytest.raises(HubFolderError) as caught:
+        SqueezeNet.from_pretrained(given)
+    assert "\n" not in str(caught.value)
+
+
+def test_save_pretrained_refuses_what_from_pretrained_would(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="holds torch.float64"):
+        SqueezeNet(embedding_size=16).double().save_pretrained(tmp_path / "f64")
+    assert not (tmp_path / "f64").exists()
+    with pytest.raises(OutputError, match="cannot create the folder"):
+        SqueezeNet(embedding_size=16).save_pretrained(tmp_path / ("a" * 300))
+
+
+def test_detector_settings_that_never_end_are_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "mtcnn"
+    MTCNN().save_pretrained(folder)
+    config = _config(folder)
+    config["detector"]["factor"] = 0.999999999          # a pyramid level per 1e-9
+    _write_config(folder, config)
+    with pytest.raises(HubFolderError, match="factor must be in"):
+        MTCNN.from_pretrained(folder)
+
+
+def test_a_header_of_many_keys_is_read_in_linear_time(honest: Path, tmp_path: Path) -> None:
+    """600k metadata keys (6.5 MB, under the header cap) once took about an hour to check for
+    duplicates; a fresh process under a time limit must finish either way."""
+    folder = tmp_path / "folder"
+    shutil.copytree(honest, folder)
+    _rewrite_weights(folder, lambda header, _: header["__metadata__"].update(
+        {f"{i:x}": "" for i in range(600_000)}))
+    load = ("import sys\n"
+            "from facenet_convert.models.squeezenet import SqueezeNet\n"
+            "from facenet_convert.models.pretrained_folder import HubFolderError\n"
+            "try:\n    SqueezeNet.from_pretrained(sys.argv[1])\n"
+            "except HubFolderError as e:\n    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", load, str(folder)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert len(done.stdout.strip().splitlines()) <= 1
+
+
 def test_the_wrong_class_and_fixed_arguments_are_refused(honest: Path) -> None:
     with pytest.raises(HubFolderError, match="holds a squeezenet model, not a "
                        "inception_resnet_v1; load it with SqueezeNet.from_pretrained"):
@@ -522,6 +565,12 @@ def test_a_repo_id_resolves_from_a_cache_filled_by_huggingface_hub_offline(
     monkeypatch.setenv("FACENET_CONVERT_OFFLINE", "1")
     SqueezeNet.from_pretrained(repo, cache_dir=cache)
     assert len(handler.requests) == seen
+
+    repo_folder = cache / "models--acme--facenet-squeezenet"   # the repo's folder a link
+    repo_folder.rename(tmp_path / "outside-repo")
+    repo_folder.symlink_to(tmp_path / "outside-repo")
+    with pytest.raises(HubFolderError, match="refusing to read outside the cache"):
+        SqueezeNet.from_pretrained(repo, cache_dir=cache)
 
     monkeypatch.delenv("FACENET_CONVERT_OFFLINE")     # online: through huggingface_hub
     fresh = SqueezeNet.from_pretrained(repo, cache_dir=tmp_path / "fresh-cache")

@@ -82,6 +82,10 @@ from facenet_convert.models.workers import TorchWorkers
 MIN_FACE_SIZE = 20
 THRESHOLDS = (0.6, 0.7, 0.7)
 FACTOR = 0.709
+#: The pyramid's bounds: a factor near 1 makes levels without end (a level per 1e-9 of
+#: shrinking), and a face size near 0 scales the first level up without end.
+MAX_FACTOR = 0.95
+MIN_FACE_SIZE_FLOOR = 1.0
 MARGIN = 0
 IMAGE_SIZE = 160
 _SIDE_BY_SIDE = 500_000
@@ -146,10 +150,11 @@ class MTCNN(PretrainedFolderMixin, FacenetPytorchAPI, nn.Module):
         super().__init__()
         if len(thresholds) != 3:
             raise ValueError(f"thresholds needs 3 values (PNet, RNet, ONet), got {thresholds!r}")
-        if not 0 < factor < 1:
-            raise ValueError(f"factor must be in (0, 1), got {factor}")
-        if min_face_size <= 0 or image_size <= 0 or margin < 0:
-            raise ValueError("min_face_size and image_size must be positive, margin >= 0")
+        if not 0 < factor <= MAX_FACTOR:
+            raise ValueError(f"factor must be in (0, {MAX_FACTOR}], got {factor}")
+        if not min_face_size >= MIN_FACE_SIZE_FLOOR or image_size <= 0 or not margin >= 0:
+            raise ValueError(f"min_face_size must be >= {MIN_FACE_SIZE_FLOOR:g}, image_size "
+                             "positive and margin >= 0")
         if selection_method is not None and selection_method not in SELECTION_METHODS:
             raise ValueError(f"selection_method must be one of {', '.join(SELECTION_METHODS)}, "
                              f"not {selection_method!r}")
