@@ -31,6 +31,7 @@ import json
 import math
 import os
 import re
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -200,8 +201,8 @@ def _inside(resolved: ResolvedFolder, name: str) -> Path:
 def _strict_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out = dict(pairs)                      # linear: a header of 600k keys stays fast
     if len(out) != len(pairs):
-        seen: set[str] = set()
-        repeated = sorted({key for key, _ in pairs if key in seen or seen.add(key)})
+        counts = Counter(key for key, _ in pairs)
+        repeated = sorted(key for key, count in counts.items() if count > 1)
         raise ValueError(f"duplicate keys {repeated[:5]}")
     return out
 

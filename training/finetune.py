@@ -46,7 +46,7 @@ from facenet_convert.converter.core.atomic import (
 )
 from facenet_convert.converter.core.checks import require_choice
 from facenet_convert.converter.core.hashing import sha256_file
-from facenet_convert.converter.core.inputs import regular_file_problem
+from facenet_convert.converter.core.inputs import input_inside, regular_file_problem
 from facenet_convert.converter.core.version import __version__
 from facenet_convert.converter.registry import get_architecture, match_state
 from facenet_convert.converter.writers import HashingWriter, write_json, write_state
@@ -65,9 +65,9 @@ from facenet_convert.training.step import LossSettings, Trainer, trainable_param
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 WEIGHTS_SUFFIXES = (".pt", ".pth", ".safetensors")
 LOSSES = ("softmax", "triplet")
+#: epochs 1 to 999,999,999: the name of anything larger is no name this module wrote
 CHECKPOINT = re.compile(r"checkpoint-(?P<epoch>[1-9]\d{0,8})\.safetensors")
 LOOKS_LIKE_CHECKPOINT = re.compile(r"checkpoint-.*\.safetensors", re.DOTALL)
-MAX_EPOCH = 10**9 - 1
 MODEL_FILES = {"safetensors": "model.safetensors", "pt": "model.pt"}
 REPORT_FILE = "finetune.json"
 STATE_KEY = "facenet_convert_finetune"
@@ -480,7 +480,7 @@ def checkpoints(out_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
         match = CHECKPOINT.fullmatch(entry.name)
         # what this module never writes: another run's or a person's file, not ours to
         # resume from or to remove
-        if match is None or int(match.group("epoch")) > MAX_EPOCH:
+        if match is None:
             raise FinetuneError("not a checkpoint name this command writes "
                                 "(checkpoint-<epoch>.safetensors); move it away", path=entry.path)
         if not entry.is_file(follow_symlinks=False):
@@ -638,8 +638,7 @@ def finetune(data_dir: str | os.PathLike[str], source: str | os.PathLike[str],
     """
     out = Path(out_dir)
     created = not os.path.lexists(out)
-    if not created and out.is_dir() and os.path.realpath(source).startswith(
-            os.path.realpath(out) + os.sep):
+    if not created and out.is_dir() and input_inside(out, [source]) is not None:
         raise FinetuneError("--from is inside the output folder, whose files this run "
                             "replaces and removes; move it out first", path=source)
     try:

@@ -37,6 +37,7 @@ from facenet_convert.converter.core.errors import OutputError, SourceError, one_
 from facenet_convert.converter.core.inputs import (
     describe_os_error,
     file_identity,
+    input_inside,
     regular_file_problem,
     same_file,
 )
@@ -182,8 +183,8 @@ def _check_owned(folder: Declared, inputs: list[Declared]) -> None:
         raise OutputError(f"cannot list output {folder.flag} ({describe_os_error(error)})",
                           path=folder.path) from None
     for source in inputs:
-        real, identity = file_identity(source.path)
-        if real == root or real.startswith(root + os.sep) or identity in linked:
+        if (input_inside(root, [source.path]) is not None
+                or file_identity(source.path)[1] in linked):
             raise OutputError(f"input {source.flag} {Path(source.path)} is inside output "
                               f"{folder.flag} {Path(folder.path)}, whose files this command "
                               "replaces and removes; move the input out of that folder or "
