@@ -46,7 +46,7 @@ def crops() -> list[tuple[str, np.ndarray]]:
             for k in range(16)]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("faces")
     for k, (who, pixels) in enumerate(crops()):
@@ -55,7 +55,7 @@ def faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def start(faces: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Seeded SqueezeNet weights, BatchNorm statistics measured on the faces."""
     from facenet_convert.converter.writers import write_state
@@ -79,7 +79,7 @@ def start(faces: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def finished(faces: Path, start: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run") / "finetuned"
     done = cli("finetune", faces, "--from", start, "-o", out, "--epochs", "2", *ARGS)
