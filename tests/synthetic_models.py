@@ -35,9 +35,12 @@ def seed_batchnorm(net: torch.nn.Module, seed: int, *, affine: bool = True) -> t
     return net.eval()
 
 
-def realistic_model(embedding_size: int = 512) -> InceptionResNetV1:
-    """Inception-ResNet-V1 in eval mode with seeded, realistic BatchNorm (see above)."""
-    model = InceptionResNetV1(embedding_size=embedding_size)
+def realistic_model(embedding_size: int = 512, seed: int = 0) -> InceptionResNetV1:
+    """Inception-ResNet-V1 in eval mode, seeded (the same weights whatever ran before in the
+    process), with realistic BatchNorm (see above)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = InceptionResNetV1(embedding_size=embedding_size)
     seed_batchnorm(model, 1)
     return model
 
