@@ -167,6 +167,12 @@ def build_paths(model, nchw, theirs, bf16: bool):
     return paths
 
 
+SETTLE_S = 0.3
+"""Pause before each timed call: ONNX Runtime's and OpenMP's thread pools keep spinning for a
+moment after a call returns, and took 9% off the speed of whichever path ran next (torch right
+after an ORT session: 74.0 vs 80.8 img/s, Zen 4), so the round-robin order favoured some paths."""
+
+
 def measure(paths, batches: int, batch_size: int):
     """Round-robin over the paths per batch after a warm-up; medians of img/s."""
     outputs = {}
@@ -175,6 +181,7 @@ def measure(paths, batches: int, batch_size: int):
     times: dict[str, list[float]] = {name: [] for name in paths}
     for i in range(batches):
         for name, (call, _) in paths.items():
+            time.sleep(SETTLE_S)
             start = time.perf_counter()
             out = call(i)
             times[name].append(time.perf_counter() - start)
