@@ -71,6 +71,19 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     return result
 
 
+# The files that take longest on a fresh clone (their own tests plus the TF builds they start
+# first), longest first. pytest-xdist hands whole files to the workers in collection order
+# (scripts/test.sh turns off its reordering by test count, which put the few-test files with
+# long builds last); a long file handed out last kept one worker busy while the other idled.
+LONG_FILES = ("test_command_contract.py", "test_promises.py", "test_inception_resnet_v2.py",
+              "test_scale.py", "test_third_party.py", "test_graphdef.py", "test_parity.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: number for number, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(scope="session")
 def det_npy() -> dict[str, Path]:
     """The real MTCNN weights det1/2/3.npy from the pinned upstream facenet wheel."""
