@@ -282,25 +282,15 @@ def align_photo(task: tuple[str, str], options: AlignOptions) -> PhotoResult:
     return _crop_faces(result, image, _detector(options).detect_faces(image)[0], options)
 
 
-def align_photos(tasks: Sequence[tuple[str, str]], options: AlignOptions) -> list[PhotoResult]:
-    """:func:`align_photo` of each task, the photos detected side by side on the detector's
-    workers, each as if alone (``MTCNN.detect_each``: the same bits as one at a time)."""
-    return _detect_read(_read_photos(tasks, options), options)
-
-
 def _read_photos(tasks: Sequence[tuple[str, str]], options: AlignOptions
                  ) -> list[tuple[PhotoResult, Any]]:
     return [_read_photo(task, options) for task in tasks]
 
 
-def _detect_read(read: list[tuple[PhotoResult, Any]], options: AlignOptions
-                 ) -> list[PhotoResult]:
-    images = [image for _, image in read if image is not None]
-    return _crop_read(read, _detector(options).detect_each(images) if images else [], options)
-
-
 def _crop_read(read: list[tuple[PhotoResult, Any]], found: Sequence[Any], options: AlignOptions
                ) -> list[PhotoResult]:
+    """:func:`_crop_faces` of each photo read, with its detections (photos that could not be
+    read come back as they are)."""
     detections = iter(found)
     return [result if image is None else _crop_faces(result, image, next(detections), options)
             for result, image in read]
@@ -419,7 +409,7 @@ busy without holding many decoded photos in memory."""
 def _results(tasks: list[tuple[str, str]], options: AlignOptions, workers: int
              ) -> Iterator[PhotoResult]:
     if workers <= 0 or len(tasks) <= 1:
-        yield from _read_ahead(tasks, options)
+        yield from _pipelined(tasks, options)
         return
     import functools
     import multiprocessing
@@ -431,11 +421,11 @@ def _results(tasks: list[tuple[str, str]], options: AlignOptions, workers: int
         yield from pool.map(functools.partial(align_photo, options=options), tasks)
 
 
-def _read_ahead(tasks: list[tuple[str, str]], options: AlignOptions) -> Iterator[PhotoResult]:
-    """:func:`align_photos` of IN_FLIGHT photos at a time as a pipeline: while these photos
-    are detected, the next ones are decoded and the previous ones cropped and PNG-encoded on
-    two threads (decoding and encoding in line left one of two cores idle a third of the
-    time). Each step of a photo is that of one photo at a time, so are the results."""
+def _pipelined(tasks: list[tuple[str, str]], options: AlignOptions) -> Iterator[PhotoResult]:
+    """:func:`align_photo` of every task, IN_FLIGHT photos detected side by side
+    (``MTCNN.detect_each``: the same bits as one at a time) while the next ones are decoded
+    and the previous ones cropped and PNG-encoded on two threads, so that decoding and
+    encoding do not leave a core idle (docs/performance.md). Results come in task order."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
     chunks = [tasks[start:start + IN_FLIGHT] for start in range(0, len(tasks), IN_FLIGHT)]

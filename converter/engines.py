@@ -162,10 +162,9 @@ class OnnxModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         # Idle threads sleep instead of spinning: on a busy machine spinning threads burn the
-        # share of the CPU that the working ones need (2 cores, 3 busy loops: 54.8 vs 45.3 img/s at
-        # batch 32, 38.6 vs 27.8 at batch 1), and after a call they slow whatever runs next in
-        # the process (MTCNN's torch work, the next batch's preprocessing). Idle, batch 32 loses
-        # nothing (167.0 vs 166.9); back-to-back single images lose 21% (96.6 vs 122.3 img/s).
+        # share of the CPU that the working ones need, and after a call they slow whatever
+        # runs next in the process (MTCNN's torch work, the next batch). Batches lose nothing
+        # idle, single images do (measured in docs/performance.md); outputs are the same bits.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads is not None:
             options.intra_op_num_threads = threads

@@ -169,8 +169,8 @@ def build_paths(model, nchw, theirs, bf16: bool):
 
 SETTLE_S = 0.3
 """Pause before each timed call: ONNX Runtime's and OpenMP's thread pools keep spinning for a
-moment after a call returns, and took 9% off the speed of whichever path ran next (torch right
-after an ORT session: 74.0 vs 80.8 img/s, Zen 4), so the round-robin order favoured some paths."""
+moment after a call returns and slow whichever path runs next, so without it the round-robin
+order would favour some paths (docs/performance.md)."""
 
 
 def measure(paths, batches: int, batch_size: int):
