@@ -40,34 +40,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 # A whole run writes gigabytes (checkpoints, exported models) and CI machines may have little disk:
 # a passed test's tmp_path goes when the test ends (tmp_path_retention_policy in setup.cfg), and
-# the folders a test module's fixtures made go when its last test is done, so the peak is about
-# one module's. Folders whose names start with SESSION_PREFIX belong to session fixtures and stay.
+# every folder a test module made goes when its last test is done, so the peak is about one
+# module's. Folders whose names start with SESSION_PREFIX belong to session fixtures and stay;
+# nothing else outlives its module, so the base folder holds nothing else when a module starts.
 SESSION_PREFIX = "session-"
-_module_start: dict[str, object] = {"module": None, "names": set()}
-
-
-def _base_temp(item: pytest.Item) -> Path:
-    return item.config._tmp_path_factory.getbasetemp()   # what the tmp_path_factory fixture gives
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
-    module = getattr(item, "module", None)
-    if _module_start["module"] is not module:
-        names = {p.name for p in _base_temp(item).iterdir()}
-        _module_start.update(module=module, names=names)
-    return (yield)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     result = yield
     if getattr(nextitem, "module", None) is not getattr(item, "module", None):   # fixtures gone
-        for folder in _base_temp(item).iterdir():
-            made_here = folder.name not in _module_start["names"]
-            if made_here and not folder.name.startswith(SESSION_PREFIX):
+        base = item.config._tmp_path_factory.getbasetemp()   # what tmp_path_factory gives
+        for folder in base.iterdir():
+            if not folder.name.startswith(SESSION_PREFIX):
                 shutil.rmtree(folder, ignore_errors=True)
-        _module_start.update(module=None, names=set())
     return result
 
 
