@@ -30,7 +30,6 @@ from facenet_convert.converter.core.atomic import (
     install_interrupt_handlers,
     interrupted_line,
     raise_if_interrupted,
-    received_signal,
 )
 from facenet_convert.converter.core.errors import ConverterError, Interrupted, one_line
 from facenet_convert.converter.core.inputs import describe_os_error
@@ -84,9 +83,7 @@ class ConverterGroup(click.Group):
         except Exception as error:  # noqa: BLE001 - every error ends as one line
             # A signal came and something on the way turned its exception into another one
             # (a library wrapping it, a fallback catching everything): it is why we stopped.
-            signum = received_signal()
-            if signum is not None:
-                raise Interrupted(signum) from None
+            raise_if_interrupted()
             raise _one_line_error(error) from None
         except KeyboardInterrupt:  # raised by code that installs its own SIGINT handling
             raise Interrupted(signal.SIGINT) from None

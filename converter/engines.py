@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from facenet_convert.converter.core.atomic import raise_if_interrupted
+from facenet_convert.converter.core.atomic import raise_if_interrupted, scratch_directory
 from facenet_convert.converter.core.checks import max_abs_difference, within
 from facenet_convert.converter.core.errors import ConverterError, EngineError
 from facenet_convert.converter.core.extras import has_extra, install_hint, require_extra
@@ -363,7 +363,6 @@ def _onnxruntime_int8(model: nn.Module, probe: Tensor, calibration: Any) -> Call
     """ONNX Runtime static int8 quantization (QDQ, per-channel 7-bit weights, uint8
     activations calibrated on ``calibration``: real standardized faces), cached beside the
     fp32 export under the digest of the calibration inputs."""
-    import tempfile
 
     import numpy as np
     from onnxruntime.quantization import (
@@ -390,8 +389,8 @@ def _onnxruntime_int8(model: nn.Module, probe: Tensor, calibration: Any) -> Call
             batch = next(batches, None)
             return None if batch is None else {name: batch}
 
-    with tempfile.TemporaryDirectory(dir=path.parent) as folder:
-        prepared, quantized = Path(folder) / "pre.onnx", Path(folder) / "int8.onnx"
+    with scratch_directory(dir=path.parent) as folder:
+        prepared, quantized = folder / "pre.onnx", folder / "int8.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=True, reduce_range=True,

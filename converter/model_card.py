@@ -21,12 +21,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from facenet_convert.converter.core.atomic import scratch_directory
 from facenet_convert.converter.core.errors import ConverterError, ParityError
 from facenet_convert.converter.core.hashing import sha256_file
 from facenet_convert.converter.core.version import __version__
@@ -163,8 +163,8 @@ def run_card_parity(source: str, content: FolderContent, architecture: str) -> d
     from facenet_convert.converter.parity import run_parity
 
     require_extra("tf", "--parity-source")
-    with tempfile.TemporaryDirectory(prefix="facenet-convert-card-") as tmp:
-        weights = Path(tmp) / WEIGHTS_NAME
+    with scratch_directory(prefix="facenet-convert-card-") as tmp:
+        weights = tmp / WEIGHTS_NAME
         weights.write_bytes(content.weights)
         report = run_parity(source, weights, model=architecture, batches=PARITY_BATCHES,
                             batch_size=PARITY_BATCH_SIZE, seed=PARITY_SEED,

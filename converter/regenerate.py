@@ -24,14 +24,13 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from facenet_convert.converter.core.atomic import staged_outputs
+from facenet_convert.converter.core.atomic import scratch_directory, staged_outputs
 from facenet_convert.converter.core.errors import (
     ChecksumMismatchError,
     ConverterError,
@@ -308,13 +307,13 @@ def _run_parity(job: Job, arrays: Any, fmt: str, *, batches: int, batch_size: in
     from facenet_convert.converter.parity import run_parity
     from facenet_convert.converter.writers import write_state
 
-    with tempfile.TemporaryDirectory(prefix="facenet-convert-parity-") as tmp:
-        weights = Path(tmp) / f"{job.release.name}.{fmt}"
+    with scratch_directory(prefix="facenet-convert-parity-") as tmp:
+        weights = tmp / f"{job.release.name}.{fmt}"
         with open(weights, "wb") as handle:
             write_state(arrays, handle, fmt, {"weights": "raw"})
         report = run_parity(job.tf_source, weights, model=job.release.architecture,
                             batches=batches, batch_size=batch_size, seed=PARITY_SEED)
-        figures = _parity_figures(report, [*scrub, tmp, str(weights)])
+        figures = _parity_figures(report, [*scrub, str(tmp), str(weights)])
     if not report.passed:
         failed = ", ".join(f"{g.name} {g.value:.3g} > {g.limit:g}" for g in report.failed_gates)
         raise ParityError(f"the converted {job.release.name} does not compute what the "

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from facenet_convert.converter.core.atomic import atomic_output, staged_outputs
+from facenet_convert.converter.core.atomic import (
+    GRACE_S,
+    INTERRUPTED_LINE,
+    atomic_output,
+    staged_outputs,
+)
 from facenet_convert.converter.core.errors import OutputError
 
 
@@ -116,3 +125,82 @@ def test_outputs_get_the_usual_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert out.stat().st_mode & 0o777 == 0o644
+
+
+# A run stages an output and fills a scratch folder beside it, then reaches code that native
+# code called back (where an exception must not be raised) and stays there ``hold`` seconds.
+_CALLBACK_RUN = """
+import sys, time
+from pathlib import Path
+from facenet_convert.converter.core.atomic import (install_interrupt_handlers,
+                                                   scratch_directory, staged_outputs)
+out, hold, where = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+install_interrupt_handlers()
+
+def stay():
+    print("in callback", flush=True)
+    time.sleep(hold)
+
+class Callback:
+    def __del__(self):
+        stay()
+
+with scratch_directory(dir=out.parent) as scratch, staged_outputs([out]) as handles:
+    (scratch / "pre.onnx").write_bytes(b"scratch")
+    handles[out].write(b"half")
+    try:
+        if where == "torch.export":
+            import torch
+
+            class Traced(torch.nn.Module):
+                def forward(self, x):
+                    stay()
+                    return x + 1
+
+            torch.export.export(Traced(), (torch.zeros(2),))
+        else:
+            Callback()          # deleted at once: __del__ runs here
+        while True:             # plain Python: a signal raised here propagates
+            pass
+    except BaseException as error:
+        print(type(error).__name__, flush=True)
+        raise
+"""
+
+
+def _interrupt_in_callback(tmp_path: Path, hold: float, where: str
+                           ) -> tuple[subprocess.CompletedProcess[str], float]:
+    out = tmp_path / "model.onnx"
+    process = subprocess.Popen([sys.executable, "-c", _CALLBACK_RUN, str(out), str(hold), where],
+                               text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None
+    assert process.stdout.readline() == "in callback\n", process.communicate()
+    process.send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    stdout, stderr = process.communicate(timeout=60)
+    done = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    return done, time.monotonic() - start
+
+
+@pytest.mark.parametrize("where", ["__del__", "torch.export"])
+def test_signal_stuck_in_a_native_callback_ends_the_run_cleanly(where: str,
+                                                                tmp_path: Path) -> None:
+    """Raising inside a callback can abort the process ("terminate called ...") or be
+    swallowed: the signal is not raised there; after the grace period the process ends with
+    the one interrupted line, its staged output and scratch folder removed."""
+    done, elapsed = _interrupt_in_callback(tmp_path, 60.0, where)
+    assert done.returncode == 128 + signal.SIGTERM, done
+    assert done.stderr == f"{INTERRUPTED_LINE}\n"
+    assert done.stdout == ""                    # nothing raised inside the callback
+    assert list(tmp_path.iterdir()) == []       # no temp output, no scratch folder
+    assert GRACE_S <= elapsed < GRACE_S + 20
+
+
+def test_signal_in_a_short_callback_is_raised_after_it(tmp_path: Path) -> None:
+    """A callback that returns soon: the signal is raised in the plain code after it, so the
+    run unwinds normally (its own clean-up runs) rather than ending at once."""
+    done, elapsed = _interrupt_in_callback(tmp_path, 0.3, "__del__")
+    assert done.stdout == "Interrupted\n", done
+    assert "Traceback" in done.stderr           # this bare script prints it; the CLI does not
+    assert list(tmp_path.iterdir()) == []
+    assert elapsed < GRACE_S + 20

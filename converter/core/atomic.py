@@ -19,6 +19,12 @@ Either every requested output appears complete, or none does and nothing is left
 * a signal is remembered once received: code that swallows the exception it raises (a
   library wrapping it into its own error, a fallback that catches everything) cannot go on to
   commit anything, and the CLI reports the run as interrupted (:func:`received_signal`).
+* a signal that lands in code called back from native code (torch.export's tracing, a
+  ctypes callback, ``__del__``) is not raised there: an exception crossing C++ can abort the
+  process ("terminate called after throwing ..."). The signal is delivered again every
+  :data:`REDELIVER_S` until it lands in ordinary Python code; if it has not landed after
+  :data:`GRACE_S`, the process ends at once through :func:`exit_now`, which removes staged
+  temp files and scratch folders first. Either way the run ends as one interrupted line.
 """
 
 from __future__ import annotations
@@ -26,13 +32,17 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import shutil
 import signal
 import stat
+import tempfile
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 from facenet_convert.converter.core.errors import Interrupted, OutputError
 from facenet_convert.converter.core.inputs import (
@@ -42,21 +52,67 @@ from facenet_convert.converter.core.inputs import (
     same_file,
 )
 
-__all__ = ["atomic_output", "check_output_path", "critical_section", "discard_staged",
+__all__ = ["atomic_output", "check_output_path", "critical_section", "exit_now",
            "install_interrupt_handlers", "interrupted_line", "raise_if_interrupted",
-           "received_signal", "staged_outputs"]
+           "received_signal", "scratch_directory", "staged_outputs"]
 
-#: Temp files alive right now, for :func:`discard_staged` (a watchdog about to ``_exit``).
+#: Temp files alive right now, for :func:`exit_now`.
 _LIVE: dict[int, tuple[int, str]] = {}
+#: Scratch folders alive right now, for :func:`exit_now`.
+_SCRATCH: set[str] = set()
+#: Held while a critical section runs and while :func:`exit_now` cleans up: the process never
+#: ends halfway through a commit or a rollback.
+_exit_lock = threading.Lock()
 
 
-def discard_staged() -> None:
-    """Remove every temp file being staged; for code that must end the process at once."""
+@contextmanager
+def scratch_directory(prefix: str = "facenet-convert-",
+                      dir: str | os.PathLike[str] | None = None) -> Iterator[Path]:
+    """A temporary folder, removed when the block ends and also when the process must end at
+    once (:func:`exit_now`): nothing is left behind beside the user's files."""
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=dir) as folder:
+        _SCRATCH.add(folder)
+        try:
+            yield Path(folder)
+        finally:
+            _SCRATCH.discard(folder)
+
+
+#: How long :func:`exit_now` waits for a running commit or rollback to finish.
+COMMIT_WAIT_S = 30.0
+
+
+def _hold_exit_lock() -> None:
+    """Take :data:`_exit_lock` at a moment no critical section runs (entering one needs the
+    lock, so none can start after this), or once :data:`COMMIT_WAIT_S` has passed."""
+    deadline = time.monotonic() + COMMIT_WAIT_S
+    while True:
+        _exit_lock.acquire()
+        if not _critical_depth or time.monotonic() > deadline:
+            return
+        _exit_lock.release()
+        time.sleep(0.01)
+
+
+def _end_process(line: str, status: int) -> NoReturn:
     for dir_fd, tmp in list(_LIVE.values()):
         try:
             os.unlink(tmp, dir_fd=dir_fd)
         except OSError:
             pass
+    for folder in list(_SCRATCH):
+        shutil.rmtree(folder, ignore_errors=True)
+    os.write(2, f"{line}\n".encode("utf-8", "replace"))
+    os._exit(status)
+
+
+def exit_now(line: str, status: int) -> NoReturn:
+    """End the process at once: remove staged temp files and scratch folders, print ``line``
+    to stderr, exit with ``status``. For a thread that cannot wait for the main thread (which
+    may be stuck in native code). A running commit is let finish first."""
+    _hold_exit_lock()
+    _end_process(line, status)
+
 
 # ----------------------------------------------------------------------- signal deferral
 
@@ -77,12 +133,34 @@ INTERRUPTED_PARTS_LINE = ("facenet-convert: interrupted; finished parts kept, no
 _parts = 0
 
 
+#: How long a signal that landed in a native callback may wait to be raised in plain Python.
+GRACE_S = 1.0
+#: How often it is delivered again meanwhile.
+REDELIVER_S = 0.05
+#: Set when :class:`Interrupted` was raised for the received signal: the redelivery stops.
+_delivered = False
+_redeliverer: threading.Thread | None = None
+#: Signals the redelivery sent that the handler has not seen yet: one arriving after the
+#: delivery is dropped (a user's later signal still raises).
+_redelivered = 0
+
+
+def _interrupt(signum: int) -> Interrupted:
+    global _delivered
+    _delivered = True
+    return Interrupted(signum)
+
+
 def _on_signal(signum: int, _frame: object) -> None:
     if os.getpid() != _owner_pid:  # a forked worker (DataLoader): its parent reports it
         os._exit(128 + signum)
+    global _received, _redelivered
+    if _redelivered:
+        _redelivered -= 1
+        if _delivered:
+            return
     if _committed:
         return
-    global _received
     if _received is None:
         _received = signum
     if _critical_depth:
@@ -92,25 +170,63 @@ def _on_signal(signum: int, _frame: object) -> None:
         os.write(2, _exit_line)
         os._exit(128 + signum)
     if _in_foreign_callback(_frame):
-        return      # remembered: raise_if_interrupted, at the next item, raises it instead
-    raise Interrupted(signum)
+        _start_redelivery(signum)   # raised later, where it can propagate
+        return
+    raise _interrupt(signum)
 
 
-_CALLBACK_LIBRARIES = (f"{os.sep}llvmlite{os.sep}", f"{os.sep}ctypes{os.sep}")
-_CALLBACK_FILES = (f"{os.sep}weakref.py", f"{os.sep}_weakrefset.py")
+def _start_redelivery(signum: int) -> None:
+    global _redeliverer
+    if _redeliverer is not None and _redeliverer.is_alive():
+        return
+    _redeliverer = threading.Thread(target=_redeliver, args=(signum, threading.main_thread()),
+                                    name="signal-redelivery", daemon=True)
+    _redeliverer.start()
+
+
+def _redeliver(signum: int, main: threading.Thread) -> None:
+    """Send the signal to the main thread again until its handler raises it; past the grace
+    period end the process through :func:`exit_now`, which waits for a running commit."""
+    global _redelivered
+    deadline = time.monotonic() + GRACE_S
+    while main.ident is not None and main.is_alive():
+        time.sleep(REDELIVER_S)
+        if _committed or _delivered:
+            return
+        if time.monotonic() >= deadline:
+            _hold_exit_lock()
+            if _committed or _delivered:    # finished or raised while we waited
+                _exit_lock.release()
+                return
+            _end_process(interrupted_line(), 128 + signum)
+        _redelivered += 1
+        signal.pthread_kill(main.ident, signum)
+
+
+#: Packages whose Python code native code calls back (torch.export's and TorchScript's
+#: tracers, llvmlite's ctypes callbacks): an exception raised there may not propagate.
+_CALLBACK_LIBRARIES = tuple(
+    os.path.join(os.sep, *parts, "") for parts in (
+        ("llvmlite",), ("ctypes",), ("torch", "onnx"), ("torch", "export"),
+        ("torch", "_export"), ("torch", "fx"), ("torch", "_dynamo"), ("torch", "_functorch"),
+        ("torch", "_subclasses"), ("torch", "_library"), ("torch", "_higher_order_ops"),
+        ("torch", "_inductor"), ("torch", "jit")))
+_CALLBACK_FILES = (f"{os.sep}weakref.py", f"{os.sep}_weakrefset.py",
+                   os.path.join(os.sep, "torch", "_ops.py"))
+_CALLBACK_NAMES = frozenset({"__del__", "__torch_dispatch__", "__torch_function__"})
 
 
 def _in_foreign_callback(frame: object) -> bool:
     """Whether the signal interrupted code whose exceptions cannot propagate: a callback that
-    C code calls (numba's compiler notifying its cache through llvmlite's ctypes callback), a
-    weakref callback or a ``__del__`` run by the garbage collector. An exception raised there
-    is printed as "Exception ignored ..." with a traceback and the work goes on, so the signal
-    is remembered instead (commits and ``raise_if_interrupted`` raise it)."""
+    C code calls (numba's compiler notifying its cache through llvmlite's ctypes callback,
+    torch's dispatcher calling a tracer's Python), a weakref callback or a ``__del__`` run by
+    the garbage collector. Raised there, an exception is printed as "Exception ignored ..."
+    and the work goes on, or it reaches C++ that cannot pass it on and aborts the process."""
     depth = 0
     while frame is not None and depth < 1000:
         code = getattr(frame, "f_code", None)
         filename = getattr(code, "co_filename", "")
-        if (getattr(code, "co_name", "") == "__del__"
+        if (getattr(code, "co_name", "") in _CALLBACK_NAMES
                 or any(part in filename for part in _CALLBACK_LIBRARIES)
                 or filename.endswith(_CALLBACK_FILES)):
             return True
@@ -125,11 +241,13 @@ def install_interrupt_handlers(*, exit_at_once: bool = False) -> None:
     ``exit_at_once``: print :data:`INTERRUPTED_LINE` and exit 128+signal instead, for the
     moments before the command runs (imports), where raising would print a traceback.
     """
-    global _exit_line, _owner_pid, _committed, _received, _parts
+    global _exit_line, _owner_pid, _committed, _received, _parts, _delivered, _redelivered
     _exit_line = f"{INTERRUPTED_LINE}\n".encode() if exit_at_once else None
     _owner_pid = os.getpid()
     _committed = False          # a new run (the CLI may run several in one process)
     _received = None
+    _delivered = False
+    _redelivered = 0
     _parts = 0
     _pending.clear()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -140,15 +258,17 @@ def install_interrupt_handlers(*, exit_at_once: bool = False) -> None:
 def critical_section() -> Iterator[None]:
     """Defer interrupts; one that arrived meanwhile is raised when the section ends."""
     global _critical_depth
-    _critical_depth += 1
+    with _exit_lock:
+        _critical_depth += 1
     try:
         yield
     finally:
-        _critical_depth -= 1
+        with _exit_lock:
+            _critical_depth -= 1
     if not _critical_depth and _pending:
         signum = _pending[0]
         _pending.clear()
-        raise Interrupted(signum)
+        raise _interrupt(signum)
 
 
 def _interrupt_pending() -> bool:
@@ -171,7 +291,7 @@ def raise_if_interrupted() -> None:
     swallowed on the way: long loops call this between items."""
     signum = received_signal()
     if signum is not None:
-        raise Interrupted(signum)
+        raise _interrupt(signum)
 
 
 # ------------------------------------------------------------------------- path checks
@@ -347,7 +467,7 @@ def _commit(items: list[_Staged], force: bool) -> None:
             item.committed = True
         if _interrupt_pending():
             _rollback(items)  # "interrupted; nothing written" must stay true
-            raise Interrupted(_received or _pending[0])
+            raise _interrupt(_received or _pending[0])
     except BaseException:
         _rollback(items)
         raise

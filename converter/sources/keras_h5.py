@@ -44,7 +44,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from facenet_convert.converter.core.atomic import discard_staged
+from facenet_convert.converter.core.atomic import exit_now
 from facenet_convert.converter.core.errors import (
     CorruptSourceError,
     SourceError,
@@ -156,9 +156,7 @@ class _Watchdog:
         # the thread and the call's own check may both find the deadline passed: the first
         # ends the process, the other waits here for that
         cls._firing.acquire()
-        discard_staged()
-        os.write(2, f"facenet-convert: error: {message}\n".encode("utf-8", "replace"))
-        os._exit(2)
+        exit_now(f"facenet-convert: error: {message}", 2)
 
 
 _WATCHDOG = _Watchdog()
