@@ -199,8 +199,9 @@ def _redeliver(signum: int, main: threading.Thread) -> None:
                 _exit_lock.release()
                 return
             _end_process(interrupted_line(), 128 + signum)
-        _redelivered += 1
-        signal.pthread_kill(main.ident, signum)
+        if signal.getsignal(signum) is _on_signal:     # not into a handler installed since
+            _redelivered += 1
+            signal.pthread_kill(main.ident, signum)
 
 
 #: Packages whose Python code native code calls back (torch.export's and TorchScript's
