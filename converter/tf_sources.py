@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facenet_convert.converter.architecture import Architecture
-from facenet_convert.converter.core.errors import ParityError
+from facenet_convert.converter.core.errors import Interrupted, ParityError
 from facenet_convert.converter.core.extras import require_extra
 
 #: which upstream MTCNN net each det*.npy holds
@@ -68,6 +68,8 @@ def _stderr_to_file() -> Iterator[None]:
         os.dup2(sink.fileno(), 2)
         try:
             yield
+        except Interrupted:
+            raise       # what was captured is TF's start-up noise, not why the run stopped
         except BaseException:
             os.dup2(saved, 2)
             sink.seek(0)

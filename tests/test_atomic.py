@@ -130,7 +130,7 @@ def test_outputs_get_the_usual_permissions(tmp_path: Path) -> None:
 # A run stages an output and fills a scratch folder beside it, then reaches code that native
 # code called back (where an exception must not be raised) and stays there ``hold`` seconds.
 _CALLBACK_RUN = """
-import sys, time
+import os, sys, time
 from pathlib import Path
 from facenet_convert.converter.core.atomic import (install_interrupt_handlers,
                                                    scratch_directory, staged_outputs)
@@ -159,6 +159,8 @@ with scratch_directory(dir=out.parent) as scratch, staged_outputs([out]) as hand
 
             torch.export.export(Traced(), (torch.zeros(2),))
         else:
+            if where == "stderr elsewhere":     # as while TF's start-up lines are held back
+                os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
             Callback()          # deleted at once: __del__ runs here
         while True:             # plain Python: a signal raised here propagates
             pass
@@ -182,12 +184,13 @@ def _interrupt_in_callback(tmp_path: Path, hold: float, where: str
     return done, time.monotonic() - start
 
 
-@pytest.mark.parametrize("where", ["__del__", "torch.export"])
+@pytest.mark.parametrize("where", ["__del__", "torch.export", "stderr elsewhere"])
 def test_signal_stuck_in_a_native_callback_ends_the_run_cleanly(where: str,
                                                                 tmp_path: Path) -> None:
     """Raising inside a callback can abort the process ("terminate called ...") or be
     swallowed: the signal is not raised there; after the grace period the process ends with
-    the one interrupted line, its staged output and scratch folder removed."""
+    the one interrupted line (on the stderr the run started with), its staged output and
+    scratch folder removed."""
     done, elapsed = _interrupt_in_callback(tmp_path, 60.0, where)
     assert done.returncode == 128 + signal.SIGTERM, done
     assert done.stderr == f"{INTERRUPTED_LINE}\n"
@@ -204,3 +207,20 @@ def test_signal_in_a_short_callback_is_raised_after_it(tmp_path: Path) -> None:
     assert "Traceback" in done.stderr           # this bare script prints it; the CLI does not
     assert list(tmp_path.iterdir()) == []
     assert elapsed < GRACE_S + 20
+
+
+@pytest.mark.parametrize("raised", ["Interrupted", "ImportError"])
+def test_captured_tf_start_up_lines_are_replayed_only_for_a_failure(
+        raised: str, capfd: pytest.CaptureFixture[str]) -> None:
+    """TF's start-up lines are held back while it imports; an import that fails shows them
+    (they may say why), a signal during the import does not (the run's one line is the
+    interrupted line)."""
+    from facenet_convert.converter.core.errors import Interrupted
+    from facenet_convert.converter.tf_sources import _stderr_to_file
+
+    error = Interrupted(signal.SIGTERM) if raised == "Interrupted" else ImportError("no TF")
+    with pytest.raises(type(error)), _stderr_to_file():
+        os.write(2, b"oneDNN custom operations are on\n")
+        raise error
+    replayed = "oneDNN custom operations are on" in capfd.readouterr().err
+    assert replayed == (raised == "ImportError")

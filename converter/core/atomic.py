@@ -102,8 +102,17 @@ def _end_process(line: str, status: int) -> NoReturn:
             pass
     for folder in list(_SCRATCH):
         shutil.rmtree(folder, ignore_errors=True)
-    os.write(2, f"{line}\n".encode("utf-8", "replace"))
+    os.write(_stderr_fd(), f"{line}\n".encode("utf-8", "replace"))
     os._exit(status)
+
+
+_terminal_stderr: int | None = None
+
+
+def _stderr_fd() -> int:
+    """The stderr the run started with: code may have pointed descriptor 2 elsewhere for a
+    while (TF's start-up noise goes to a file), and the last line must still be seen."""
+    return 2 if _terminal_stderr is None else _terminal_stderr
 
 
 def exit_now(line: str, status: int) -> NoReturn:
@@ -167,7 +176,7 @@ def _on_signal(signum: int, _frame: object) -> None:
         _pending.append(signum)
         return
     if _exit_line is not None:  # still importing: no output can exist yet, leave at once
-        os.write(2, _exit_line)
+        os.write(_stderr_fd(), _exit_line)
         os._exit(128 + signum)
     if _in_foreign_callback(_frame):
         _start_redelivery(signum)   # raised later, where it can propagate
@@ -244,6 +253,12 @@ def install_interrupt_handlers(*, exit_at_once: bool = False) -> None:
     """
     global _exit_line, _owner_pid, _committed, _received, _parts, _delivered, _redelivered
     _exit_line = f"{INTERRUPTED_LINE}\n".encode() if exit_at_once else None
+    global _terminal_stderr
+    if _terminal_stderr is None or _owner_pid != os.getpid():
+        try:
+            _terminal_stderr = os.dup(2)
+        except OSError:         # no stderr at all: nothing to keep
+            _terminal_stderr = None
     _owner_pid = os.getpid()
     _committed = False          # a new run (the CLI may run several in one process)
     _received = None
