@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from contextlib import suppress
 from typing import Any
 
 import click
@@ -27,8 +28,8 @@ from facenet_convert.converter.commands.parity import parity_command
 from facenet_convert.converter.commands.regenerate import regenerate_command
 from facenet_convert.converter.commands.verify import verify_command
 from facenet_convert.converter.core.atomic import (
+    announce_interrupted,
     install_interrupt_handlers,
-    interrupted_line,
     raise_if_interrupted,
 )
 from facenet_convert.converter.core.errors import ConverterError, Interrupted, one_line
@@ -71,9 +72,15 @@ class ConverterGroup(click.Group):
             # back, so this line is always true. Exit like a shell reports a fatal signal.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            click.echo(interrupted_line(), err=True)
-            sys.stderr.flush()
-            sys.exit(128 + error.signum)
+            announce_interrupted()
+            if args or kwargs.get("args") is not None:  # run in-process (click's CliRunner)
+                sys.exit(128 + error.signum)
+            # The process's own command line: it ends without the interpreter's exit-time
+            # clean-up, in which a library the signal caught half-started (ray.init) crashed
+            # it (SIGSEGV after this line). Everything of ours was undone while unwinding.
+            with suppress(OSError, ValueError):
+                sys.stdout.flush()
+            os._exit(128 + error.signum)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -10,15 +10,15 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from facenet_convert.converter.architecture import Architecture
-from facenet_convert.converter.core.errors import Interrupted, ParityError
+from facenet_convert.converter.core.errors import ParityError
 from facenet_convert.converter.core.extras import require_extra
+from facenet_convert.converter.core.stderr import held_stderr
 
 #: which upstream MTCNN net each det*.npy holds
 MTCNN_NETS = {"det1": "pnet", "det2": "rnet", "det3": "onet"}
@@ -58,28 +58,6 @@ class TFSource:
 # ------------------------------------------------------------------------------ quiet TF
 
 
-@contextmanager
-def _stderr_to_file() -> Iterator[None]:
-    """Send file descriptor 2 to a temporary file (TF's C++ logging writes there, whatever
-    TF_CPP_MIN_LOG_LEVEL says, before absl is initialised); replay it if the block fails."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        except Interrupted:
-            raise       # what was captured is TF's start-up noise, not why the run stopped
-        except BaseException:
-            os.dup2(saved, 2)
-            sink.seek(0)
-            os.write(2, sink.read())
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def quiet_tensorflow(verbose: bool = False) -> None:
     """Import TensorFlow (and tf-slim) with its C++ start-up lines (oneDNN notice, absl
     pre-init warning, CUDA probes) and Python warnings kept off the terminal; ``verbose``
@@ -94,7 +72,7 @@ def quiet_tensorflow(verbose: bool = False) -> None:
     fresh = "tensorflow" not in sys.modules
     try:
         if fresh and not verbose:
-            with _stderr_to_file():
+            with held_stderr():
                 import tensorflow as tf
         else:
             import tensorflow as tf

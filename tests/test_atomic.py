@@ -216,11 +216,80 @@ def test_captured_tf_start_up_lines_are_replayed_only_for_a_failure(
     (they may say why), a signal during the import does not (the run's one line is the
     interrupted line)."""
     from facenet_convert.converter.core.errors import Interrupted
-    from facenet_convert.converter.tf_sources import _stderr_to_file
+    from facenet_convert.converter.core.stderr import held_stderr
 
     error = Interrupted(signal.SIGTERM) if raised == "Interrupted" else ImportError("no TF")
-    with pytest.raises(type(error)), _stderr_to_file():
+    with pytest.raises(type(error)), held_stderr():
         os.write(2, b"oneDNN custom operations are on\n")
         raise error
     replayed = "oneDNN custom operations are on" in capfd.readouterr().err
     assert replayed == (raised == "ImportError")
+
+
+_SWALLOWED_RUN = """
+import sys, threading
+from pathlib import Path
+from facenet_convert.converter.core import atomic
+out = Path(sys.argv[1])
+atomic.UNWIND_S = 2.0           # the test's patience; the mechanism is the same
+atomic.install_interrupt_handlers()
+with atomic.scratch_directory(dir=out.parent) as scratch, atomic.staged_outputs([out]) as handles:
+    (scratch / "pre.onnx").write_bytes(b"scratch")
+    handles[out].write(b"half")
+    try:
+        print("waiting", flush=True)
+        threading.Event().wait()
+    except BaseException:       # a library's catch-all, then a wait nothing will end
+        threading.Event().wait()
+"""
+
+
+def test_signal_swallowed_by_a_library_that_then_waits_forever(tmp_path: Path) -> None:
+    """Ray Data lost the exception and waited on a queue forever: the run still ends,
+    UNWIND_S after the signal was raised, with the one line and nothing left behind."""
+    out = tmp_path / "model.onnx"
+    process = subprocess.Popen([sys.executable, "-c", _SWALLOWED_RUN, str(out)], text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None
+    assert process.stdout.readline() == "waiting\n", process.communicate()
+    process.send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert stderr == f"{INTERRUPTED_LINE}\n"
+    assert list(tmp_path.iterdir()) == []
+    assert 2.0 <= time.monotonic() - start < 20
+
+
+_OTHER_THREAD_RUN = """
+import signal, sys, threading, time
+from pathlib import Path
+from facenet_convert.converter.core import atomic
+from facenet_convert.converter.core.errors import Interrupted
+out = Path(sys.argv[1])
+atomic.install_interrupt_handlers()
+
+def signal_this_thread():       # as the kernel may do: the signal lands in another thread
+    time.sleep(0.5)             # the main thread is waiting by then
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+    threading.Event().wait()
+
+with atomic.staged_outputs([out]) as handles:
+    handles[out].write(b"half")
+    threading.Thread(target=signal_this_thread, daemon=True).start()
+    try:
+        threading.Event().wait()    # the main thread waits on a lock, no timeout
+    except Interrupted:
+        print("Interrupted", flush=True)
+"""
+
+
+def test_signal_delivered_to_another_thread_still_interrupts_a_waiting_main_thread(
+        tmp_path: Path) -> None:
+    """Ray's threads received SIGTERM while the main thread waited on Ray Data's queue, and the
+    run hung: the signal reaches the main thread all the same and the run unwinds."""
+    out = tmp_path / "model.onnx"
+    done = subprocess.run([sys.executable, "-c", _OTHER_THREAD_RUN, str(out)], text=True,
+                          capture_output=True, timeout=60)
+    assert done.stdout == "Interrupted\n", done
+    assert list(tmp_path.iterdir()) == []

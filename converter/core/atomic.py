@@ -25,6 +25,8 @@ Either every requested output appears complete, or none does and nothing is left
   :data:`REDELIVER_S` until it lands in ordinary Python code; if it has not landed after
   :data:`GRACE_S`, the process ends at once through :func:`exit_now`, which removes staged
   temp files and scratch folders first. Either way the run ends as one interrupted line.
+* a run that has not ended :data:`UNWIND_S` after its signal was raised (a library swallowed
+  the exception and waits for something that will never come) is ended the same way.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ import secrets
 import shutil
 import signal
 import stat
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NoReturn
@@ -52,9 +55,10 @@ from facenet_convert.converter.core.inputs import (
     same_file,
 )
 
-__all__ = ["atomic_output", "check_output_path", "critical_section", "exit_now",
-           "install_interrupt_handlers", "interrupted_line", "raise_if_interrupted",
-           "received_signal", "scratch_directory", "staged_outputs"]
+__all__ = ["announce_interrupted", "atomic_output", "check_output_path", "critical_section",
+           "exit_now", "install_interrupt_handlers", "interrupted_line", "interruption",
+           "raise_if_interrupted",
+           "received_signal", "reclaim_signal_handlers", "scratch_directory", "staged_outputs"]
 
 #: Temp files alive right now, for :func:`exit_now`.
 _LIVE: dict[int, tuple[int, str]] = {}
@@ -94,7 +98,7 @@ def _hold_exit_lock() -> None:
         time.sleep(0.01)
 
 
-def _end_process(line: str, status: int) -> NoReturn:
+def _end_process(line: str | None, status: int) -> NoReturn:
     for dir_fd, tmp in list(_LIVE.values()):
         try:
             os.unlink(tmp, dir_fd=dir_fd)
@@ -102,7 +106,8 @@ def _end_process(line: str, status: int) -> NoReturn:
             pass
     for folder in list(_SCRATCH):
         shutil.rmtree(folder, ignore_errors=True)
-    os.write(_stderr_fd(), f"{line}\n".encode("utf-8", "replace"))
+    if line is not None:
+        os.write(_stderr_fd(), f"{line}\n".encode("utf-8", "replace"))
     os._exit(status)
 
 
@@ -146,12 +151,18 @@ _parts = 0
 GRACE_S = 1.0
 #: How often it is delivered again meanwhile.
 REDELIVER_S = 0.05
+#: How long the run may take to unwind once :class:`Interrupted` was raised (shutting Ray
+#: down takes about 3 s): a library that swallowed the exception and then waits forever (a
+#: queue whose producer is gone) does not keep the process alive past it.
+UNWIND_S = 15.0
 #: Set when :class:`Interrupted` was raised for the received signal: the redelivery stops.
 _delivered = False
-_redeliverer: threading.Thread | None = None
+_watchdog: threading.Thread | None = None
 #: Signals the redelivery sent that the handler has not seen yet: one arriving after the
 #: delivery is dropped (a user's later signal still raises).
 _redelivered = 0
+#: Set once the interrupted line was printed (:func:`announce_interrupted`).
+_announced = False
 
 
 def _interrupt(signum: int) -> Interrupted:
@@ -172,45 +183,119 @@ def _on_signal(signum: int, _frame: object) -> None:
         return
     if _received is None:
         _received = signum
+    if _exit_line is not None and not _critical_depth:
+        os.write(_stderr_fd(), _exit_line)  # still importing: no output can exist yet, leave
+        os._exit(128 + signum)
+    _watch_interrupt(signum)
     if _critical_depth:
         _pending.append(signum)
         return
-    if _exit_line is not None:  # still importing: no output can exist yet, leave at once
-        os.write(_stderr_fd(), _exit_line)
-        os._exit(128 + signum)
     if _in_foreign_callback(_frame):
-        _start_redelivery(signum)   # raised later, where it can propagate
-        return
+        return                  # redelivered by the watchdog until it lands in plain code
     raise _interrupt(signum)
 
 
-def _start_redelivery(signum: int) -> None:
-    global _redeliverer
-    if _redeliverer is not None and _redeliverer.is_alive():
+_watchdog_lock = threading.Lock()
+
+
+def _watch_interrupt(signum: int) -> None:
+    global _watchdog
+    with _watchdog_lock:
+        if _watchdog is not None and _watchdog.is_alive():
+            return
+        _watchdog = threading.Thread(target=_see_interrupt_through,
+                                     args=(signum, threading.main_thread()),
+                                     name="interrupt-watchdog", daemon=True)
+        _watchdog.start()
+
+
+#: The process whose signal listener runs (a forked child has none).
+_listener_pid = 0
+
+
+def _listen_for_signals() -> None:
+    """Python runs a handler in the main thread only, once that thread runs bytecode again.
+    The kernel may deliver the signal to any thread (Ray's, ONNX Runtime's): a main thread
+    blocked on a lock without timeout (Ray Data's ``queue.get``) then never runs it, and the
+    run hung. Python's C handler also writes the signal number to the wakeup fd: a thread
+    reading it starts the watchdog, which sends the signal to the main thread itself."""
+    global _listener_pid
+    if (_listener_pid == os.getpid()
+            or threading.current_thread() is not threading.main_thread()):
         return
-    _redeliverer = threading.Thread(target=_redeliver, args=(signum, threading.main_thread()),
-                                    name="signal-redelivery", daemon=True)
-    _redeliverer.start()
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    try:
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except (OSError, ValueError):
+        os.close(read_fd)
+        os.close(write_fd)
+        return
+    _listener_pid = os.getpid()
+    threading.Thread(target=_read_signals, args=(read_fd,), name="signal-listener",
+                     daemon=True).start()
 
 
-def _redeliver(signum: int, main: threading.Thread) -> None:
-    """Send the signal to the main thread again until its handler raises it; past the grace
-    period end the process through :func:`exit_now`, which waits for a running commit."""
+def _read_signals(read_fd: int) -> None:
+    while True:
+        try:
+            numbers = os.read(read_fd, 64)
+        except OSError:
+            return
+        if not numbers:
+            return
+        for signum in set(numbers) & {signal.SIGINT, signal.SIGTERM}:
+            if (os.getpid() == _owner_pid and not _committed and _exit_line is None
+                    and signal.getsignal(signum) is _on_signal):
+                _watch_interrupt(signum)
+
+
+def _no_listener_in_child() -> None:
+    """A forked child (a DataLoader worker) must not write its signals into the parent's
+    listener: the parent would take them for its own."""
+    global _listener_pid
+    _listener_pid = 0
+    with suppress(OSError, ValueError):
+        signal.set_wakeup_fd(-1)
+
+
+os.register_at_fork(after_in_child=_no_listener_in_child)
+
+
+def _see_interrupt_through(signum: int, main: threading.Thread) -> None:
+    """Until the signal's :class:`Interrupted` is raised, send the signal to the main thread
+    again (its handler raises it once it lands in plain Python); if it is not raised within
+    :data:`GRACE_S`, or the run has not ended :data:`UNWIND_S` after it was, end the process
+    through :func:`exit_now`'s clean-up, which waits for a running commit."""
     global _redelivered
     deadline = time.monotonic() + GRACE_S
+    raised = False
     while main.ident is not None and main.is_alive():
         time.sleep(REDELIVER_S)
-        if _committed or _delivered:
+        if _committed:
             return
+        if _delivered and not raised:
+            raised, deadline = True, time.monotonic() + UNWIND_S
         if time.monotonic() >= deadline:
             _hold_exit_lock()
-            if _committed or _delivered:    # finished or raised while we waited
+            if _committed or (_delivered and not raised):   # while we waited for the lock
                 _exit_lock.release()
-                return
-            _end_process(interrupted_line(), 128 + signum)
-        if signal.getsignal(signum) is _on_signal:     # not into a handler installed since
+                if _committed:
+                    return
+                continue
+            _end_process(None if _announced else interrupted_line(), 128 + signum)
+        if not raised and signal.getsignal(signum) is _on_signal:   # only into our handler
             _redelivered += 1
             signal.pthread_kill(main.ident, signum)
+
+
+def announce_interrupted() -> None:
+    """Print the interrupted line (once) to stderr."""
+    global _announced
+    if not _announced:
+        _announced = True
+        sys.stderr.write(f"{interrupted_line()}\n")
+        sys.stderr.flush()
 
 
 #: Packages whose Python code native code calls back (torch.export's and TorchScript's
@@ -251,7 +336,8 @@ def install_interrupt_handlers(*, exit_at_once: bool = False) -> None:
     ``exit_at_once``: print :data:`INTERRUPTED_LINE` and exit 128+signal instead, for the
     moments before the command runs (imports), where raising would print a traceback.
     """
-    global _exit_line, _owner_pid, _committed, _received, _parts, _delivered, _redelivered
+    global _exit_line, _owner_pid, _committed, _received, _parts, _delivered, _redelivered, \
+        _announced
     _exit_line = f"{INTERRUPTED_LINE}\n".encode() if exit_at_once else None
     global _terminal_stderr
     if _terminal_stderr is None or _owner_pid != os.getpid():
@@ -264,10 +350,35 @@ def install_interrupt_handlers(*, exit_at_once: bool = False) -> None:
     _received = None
     _delivered = False
     _redelivered = 0
+    _announced = False
     _parts = 0
     _pending.clear()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _on_signal)
+    _listen_for_signals()
+
+
+def interruption(signum: int) -> Interrupted:
+    """The :class:`Interrupted` to raise for a signal that a library's own handler caught
+    (``ray.init`` turns SIGTERM into ``SystemExit(15)`` while it starts Ray): recorded as if
+    this run's handler had received it."""
+    global _received
+    if _received is None:
+        _received = signum
+    _watch_interrupt(signum)
+    return _interrupt(signum)
+
+
+def reclaim_signal_handlers() -> None:
+    """Put this run's SIGINT/SIGTERM handlers back where a library replaced them (``ray.init``
+    installs one that exits with status 15 and no line). Keeps the run's state; main thread
+    only (elsewhere, and before :func:`install_interrupt_handlers`, it does nothing)."""
+    if (os.getpid() != _owner_pid
+            or threading.current_thread() is not threading.main_thread()):
+        return
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) not in (_on_signal, signal.SIG_IGN):
+            signal.signal(signum, _on_signal)
 
 
 @contextmanager
@@ -304,7 +415,9 @@ def interrupted_line() -> str:
 
 def raise_if_interrupted() -> None:
     """Raise :class:`Interrupted` when a signal was received, even if its exception was
-    swallowed on the way: long loops call this between items."""
+    swallowed on the way: long loops call this between items. A library that replaced the
+    run's signal handlers meanwhile loses them here."""
+    reclaim_signal_handlers()
     signum = received_signal()
     if signum is not None:
         raise _interrupt(signum)

@@ -4,11 +4,15 @@ map shards."""
 from __future__ import annotations
 
 import os
+import signal
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
+from facenet_convert.converter.core.atomic import interruption, reclaim_signal_handlers
 from facenet_convert.converter.core.errors import ScaleError
 from facenet_convert.converter.core.extras import require_extra
+from facenet_convert.converter.core.stderr import held_stderr
 
 DEFAULT_SHARD_SIZE = 1024
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"     # "0": Ray binds and talks on loopback
@@ -44,6 +48,9 @@ def require_ray(loopback: bool = False) -> Any:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # the driver's core worker logs, at error level, expected events of a retried actor
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    # the core worker's C++ crash handler also takes SIGTERM: it printed a stack and aborted
+    # (exit -6) when the signal came while ray.init ran; read at import
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     if loopback:
         os.environ[LOOPBACK_ENV] = "0"
     require_extra("ray", "--engine ray (Ray Data)")
@@ -68,13 +75,25 @@ def start_ray(options: RayOptions) -> bool:
     if ray.is_initialized():
         return False
     try:
-        if options.address:
-            ray.init(address=options.address, log_to_driver=False,
-                     logging_level=logging.ERROR)
-        else:
-            ray.init(num_cpus=options.local_cpus or options.actors,
-                     _node_ip_address="127.0.0.1", include_dashboard=False,
-                     log_to_driver=False, logging_level=logging.ERROR)
+        try:
+            with held_stderr():     # the core worker announces RAY_BACKEND_LOG_LEVEL there
+                if options.address:
+                    ray.init(address=options.address, log_to_driver=False,
+                             logging_level=logging.ERROR)
+                else:
+                    ray.init(num_cpus=options.local_cpus or options.actors,
+                             _node_ip_address="127.0.0.1", include_dashboard=False,
+                             log_to_driver=False, logging_level=logging.ERROR)
+        finally:
+            reclaim_signal_handlers()   # ray.init's SIGTERM handler: sys.exit(15), no line
+    except SystemExit as error:     # that handler ran: the run was interrupted
+        if error.code != signal.SIGTERM:
+            raise
+        # what ray.init started is stopped here: left to the interpreter's exit, a half-made
+        # driver connection crashed it (SIGSEGV after the interrupted line)
+        with suppress(Exception):
+            ray.shutdown()
+        raise interruption(signal.SIGTERM) from None
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = options.address or "a local Ray on 127.0.0.1"
         message = " ".join(str(error).split())[:300]
