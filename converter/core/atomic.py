@@ -57,8 +57,8 @@ from facenet_convert.converter.core.inputs import (
 
 __all__ = ["announce_interrupted", "atomic_output", "check_output_path", "critical_section",
            "exit_now", "install_interrupt_handlers", "interrupted_line", "interruption",
-           "raise_if_interrupted",
-           "received_signal", "reclaim_signal_handlers", "scratch_directory", "staged_outputs"]
+           "raise_if_interrupted", "received_signal", "reclaim_signal_handlers",
+           "scratch_directory", "staged_outputs"]
 
 #: Temp files alive right now, for :func:`exit_now`.
 _LIVE: dict[int, tuple[int, str]] = {}
@@ -174,25 +174,31 @@ def _interrupt(signum: int) -> Interrupted:
 def _on_signal(signum: int, _frame: object) -> None:
     if os.getpid() != _owner_pid:  # a forked worker (DataLoader): its parent reports it
         os._exit(128 + signum)
-    global _received, _redelivered
+    global _redelivered
     if _redelivered:
         _redelivered -= 1
         if _delivered:
             return
     if _committed:
         return
-    if _received is None:
-        _received = signum
     if _exit_line is not None and not _critical_depth:
         os.write(_stderr_fd(), _exit_line)  # still importing: no output can exist yet, leave
         os._exit(128 + signum)
-    _watch_interrupt(signum)
+    _receive(signum)
     if _critical_depth:
         _pending.append(signum)
         return
     if _in_foreign_callback(_frame):
         return                  # redelivered by the watchdog until it lands in plain code
     raise _interrupt(signum)
+
+
+def _receive(signum: int) -> None:
+    """Remember the run's first signal and watch that it ends the run."""
+    global _received
+    if _received is None:
+        _received = signum
+    _watch_interrupt(signum)
 
 
 _watchdog_lock = threading.Lock()
@@ -337,9 +343,8 @@ def install_interrupt_handlers(*, exit_at_once: bool = False) -> None:
     moments before the command runs (imports), where raising would print a traceback.
     """
     global _exit_line, _owner_pid, _committed, _received, _parts, _delivered, _redelivered, \
-        _announced
+        _announced, _terminal_stderr
     _exit_line = f"{INTERRUPTED_LINE}\n".encode() if exit_at_once else None
-    global _terminal_stderr
     if _terminal_stderr is None or _owner_pid != os.getpid():
         try:
             _terminal_stderr = os.dup(2)
@@ -362,10 +367,7 @@ def interruption(signum: int) -> Interrupted:
     """The :class:`Interrupted` to raise for a signal that a library's own handler caught
     (``ray.init`` turns SIGTERM into ``SystemExit(15)`` while it starts Ray): recorded as if
     this run's handler had received it."""
-    global _received
-    if _received is None:
-        _received = signum
-    _watch_interrupt(signum)
+    _receive(signum)
     return _interrupt(signum)
 
 
