@@ -23,7 +23,7 @@ on.
 
 from __future__ import annotations
 
-import fcntl
+import functools
 import io
 import json
 import os
@@ -31,7 +31,6 @@ import random
 import re
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from facenet_convert.converter.core.inputs import (
     kind_of,
     read_input_list,
 )
+from facenet_convert.converter.core.locks import exclusive_folder
 from facenet_convert.models.face_alignment import ALIGNMENTS, TEMPLATES
 
 SELECTIONS = ("upstream", "probability", "largest", "largest_over_threshold",
@@ -282,20 +282,6 @@ def align_photo(task: tuple[str, str], options: AlignOptions) -> PhotoResult:
     return _crop_faces(result, image, _detector(options).detect_faces(image)[0], options)
 
 
-def _read_photos(tasks: Sequence[tuple[str, str]], options: AlignOptions
-                 ) -> list[tuple[PhotoResult, Any]]:
-    return [_read_photo(task, options) for task in tasks]
-
-
-def _crop_read(read: list[tuple[PhotoResult, Any]], found: Sequence[Any], options: AlignOptions
-               ) -> list[PhotoResult]:
-    """:func:`_crop_faces` of each photo read, with its detections (photos that could not be
-    read come back as they are)."""
-    detections = iter(found)
-    return [result if image is None else _crop_faces(result, image, next(detections), options)
-            for result, image in read]
-
-
 def _crop_faces(result: PhotoResult, image: Any, found: Any,
                 options: AlignOptions) -> PhotoResult:
     """Select and crop the detected faces of one photo into ``result``."""
@@ -401,17 +387,14 @@ def _tasks(classes: Sequence[tuple[str, list[Path]]], output_dir: Path, options:
     return tasks
 
 
-IN_FLIGHT = 4
-"""Photos detected side by side in this process (``--workers 0``): enough to keep two cores
-busy without holding many decoded photos in memory."""
-
-
 def _results(tasks: list[tuple[str, str]], options: AlignOptions, workers: int
              ) -> Iterator[PhotoResult]:
     if workers <= 0 or len(tasks) <= 1:
-        yield from _pipelined(tasks, options)
+        # each photo read, detected, cropped and PNG-encoded on one of the detector's
+        # workers, several in flight, results in task order (docs/performance.md)
+        yield from _detector(options).each_photo(
+            functools.partial(align_photo, options=options), tasks)
         return
-    import functools
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -421,57 +404,9 @@ def _results(tasks: list[tuple[str, str]], options: AlignOptions, workers: int
         yield from pool.map(functools.partial(align_photo, options=options), tasks)
 
 
-def _pipelined(tasks: list[tuple[str, str]], options: AlignOptions) -> Iterator[PhotoResult]:
-    """:func:`align_photo` of every task, IN_FLIGHT photos detected side by side
-    (``MTCNN.detect_each``: the same bits as one at a time) while the next ones are decoded
-    and the previous ones cropped and PNG-encoded on two threads, so that decoding and
-    encoding do not leave a core idle (docs/performance.md). Results come in task order."""
-    from concurrent.futures import Future, ThreadPoolExecutor
-
-    chunks = [tasks[start:start + IN_FLIGHT] for start in range(0, len(tasks), IN_FLIGHT)]
-    if not chunks:
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="align-read") as reader, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="align-crop") as cropper:
-        pending = reader.submit(_read_photos, chunks[0], options)
-        cropping: Future[list[PhotoResult]] | None = None
-        for following in [*chunks[1:], None]:
-            read = pending.result()
-            if following is not None:
-                pending = reader.submit(_read_photos, following, options)
-            images = [image for _, image in read if image is not None]
-            found = _detector(options).detect_each(images) if images else []
-            if cropping is not None:
-                yield from cropping.result()
-            cropping = cropper.submit(_crop_read, read, found, options)
-        if cropping is not None:
-            yield from cropping.result()
-
-
 JOURNAL_GLOB = ".bounding_boxes_*.journal"
 _TEMP = re.compile(r"\..+\.[0-9a-f]{8}\.(part|old)")
 SETTINGS = ".facenet-convert-align.json"
-
-
-@contextmanager
-def output_lock(out: Path) -> Iterator[None]:
-    """One writer per output folder: a second run into it stops at once with one line. The
-    lock is the kernel's, on the folder itself: a killed run never leaves it held, and no
-    file is left behind."""
-    try:
-        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as error:
-        raise AlignError(f"cannot lock the output folder ({describe_os_error(error)})",
-                         path=out) from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AlignError("another facenet-convert align is writing into this folder; wait "
-                             "for it to finish or choose another folder", path=out) from None
-        yield
-    finally:
-        os.close(fd)
 
 
 def _check_settings(out: Path, options: AlignOptions, force: bool) -> None:
@@ -545,7 +480,7 @@ def align_dataset(input_dir: str | os.PathLike[str], output_dir: str | os.PathLi
     classes, listed_skips, out = plan_alignment(input_dir, output_dir, options)
     _detector(options)        # bad --mtcnn weights fail here, before anything is created
     make_folders(out, classes)
-    with output_lock(out):
+    with exclusive_folder(out, "this output folder"):
         return _align_locked(classes, listed_skips, out, input_dir, options, workers, resume,
                              force, on_done, on_total)
 

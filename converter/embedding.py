@@ -22,13 +22,14 @@ Output formats, chosen by the output's extension:
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from facenet_convert.converter.core.errors import EmbedError, OutputError
+from facenet_convert.converter.core.errors import EmbedError, ImageReadError, OutputError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -105,11 +106,22 @@ def load_embedding_model(weights: str | os.PathLike[str] | None = None,
 
 
 def embed_batch(model: InceptionResNetV1 | Engine, images: torch.Tensor) -> torch.Tensor:
-    """L2-normalized embeddings of a standardized float ``(N, 3, 160, 160)`` batch (on CPU)."""
+    """L2-normalized embeddings of a standardized float ``(N, 3, 160, 160)`` batch (on CPU);
+    NaN or Inf in any row is an error."""
+    import torch
+
     from facenet_convert.converter.engines import Engine, plain_engine
 
     runner = model if isinstance(model, Engine) else plain_engine(model)
-    return runner(images)
+    vectors = runner(images)
+    if not bool(torch.isfinite(vectors).all()):
+        # finite weights can still overflow: no NaN row is written or compared
+        bad = int((~torch.isfinite(vectors).all(dim=1)).sum())
+        raise EmbedError(f"the model gave NaN or Inf for {bad} of {vectors.shape[0]} images; "
+                         "its weights overflow on these inputs, so no embedding of them "
+                         "would mean anything; check the weights with `facenet-convert "
+                         "parity`")
+    return vectors
 
 
 def expand_inputs(items: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -237,13 +249,21 @@ def load_detector(mtcnn_dir: str | None, margin: float, min_face_size: float,
                  alignment=alignment, template=template)
 
 
+def _detect_or_unreadable(detector: MTCNN, path: Path, *, preprocessing: str
+                          ) -> DetectedFaces | ImageReadError:
+    """:func:`detect_faces`, an unreadable image returned (not raised), so that a stream of
+    photos goes on past it in order."""
+    try:
+        return detect_faces(detector, path, preprocessing)
+    except ImageReadError as error:
+        return error
+
+
 def embed_detected(loaded: LoadedModel, detector: MTCNN, paths: Sequence[Path], *,
                    batch_size: int = 32, on_done: Any = None) -> Embeddings:
     """Embeddings of every face MTCNN finds in each image, batched across images."""
     import numpy as np
     import torch
-
-    from facenet_convert.converter.core.errors import ImageReadError
 
     out = Embeddings()
     pending: list[DetectedFaces] = []
@@ -262,11 +282,14 @@ def embed_detected(loaded: LoadedModel, detector: MTCNN, paths: Sequence[Path], 
         pending.clear()
 
     queued = 0
-    for index, path in enumerate(paths):
-        try:
-            faces = detect_faces(detector, path, loaded.preprocessing)
-        except ImageReadError as error:
-            out.skipped.append((str(path), str(error)))
+    # each photo read, detected and cropped on one of the detector's workers, several in
+    # flight, in order; batches are embedded here meanwhile (docs/performance.md)
+    detected = detector.each_photo(
+        functools.partial(_detect_or_unreadable, detector, preprocessing=loaded.preprocessing),
+        paths)
+    for index, (path, faces) in enumerate(zip(paths, detected, strict=True)):
+        if isinstance(faces, ImageReadError):
+            out.skipped.append((str(path), str(faces)))
         else:
             out.skipped.extend(faces.left_out)
             if not faces.names:
@@ -429,7 +452,6 @@ def _input_batches(loaded: LoadedModel, paths: Sequence[Path], detector: MTCNN |
     """Standardized inputs per batch: (paths embedded, inputs, (path, why) skipped)."""
     import torch
 
-    from facenet_convert.converter.core.errors import ImageReadError
     from facenet_convert.models.data import FaceImages, face_loader
     from facenet_convert.models.preprocessing import Preprocess
 

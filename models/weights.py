@@ -2,7 +2,8 @@
 
 ``load_weights_file`` reads ``.safetensors`` or torch files (``weights_only=True``, after a dry
 run that bounds every storage by the file size, so a small hostile file cannot make a huge
-allocation); ``load_strict`` loads a state dict only when keys and shapes match exactly.
+allocation) and refuses weights holding NaN or Inf; ``load_strict`` loads a state dict only
+when keys and shapes match exactly.
 """
 
 from __future__ import annotations
@@ -47,7 +48,22 @@ def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             isinstance(k, str) and isinstance(v, Tensor) for k, v in loaded.items()):
         raise SourceError(f"expected a flat state dict of tensors, found {type(loaded).__name__}",
                           path=path)
+    _require_finite(loaded, path)
     return dict(loaded)
+
+
+def _require_finite(state: Mapping[str, Tensor], path: Path) -> None:
+    """Weights holding NaN or Inf compute nothing meaningful (a NaN would pass no check and
+    an Inf can hide in a distance that still looks fine): refused on loading, by every
+    command and model that reads a weights file."""
+    bad = [key for key, tensor in state.items()
+           if (tensor.is_floating_point() or tensor.is_complex())
+           and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise SourceError(f"{len(bad)} of {len(state)} tensors hold NaN or Inf (first: "
+                          f"{bad[0]}); such weights compute nothing meaningful: convert them "
+                          "again from their source, or find the step that broke them",
+                          path=path)
 
 
 # ------------------------------------------------------------- untrusted torch files, dry run

@@ -15,8 +15,11 @@ caller's setting is given back after each :meth:`TorchWorkers.map`.
 
 from __future__ import annotations
 
+import collections
+import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -35,7 +38,7 @@ class TorchWorkers:
         #: task computes with one thread whatever the count: results then cannot depend on the
         #: number of workers, nor on how many calls are in flight
         self.pin_single = bool(pin_single)
-        self._pool: Any = None
+        self._pool: ThreadPoolExecutor | None = None
         self._inside = threading.local()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -53,39 +56,73 @@ class TorchWorkers:
 
     def map(self, function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         """``[function(item) for item in items]``, in order, the items side by side."""
-        if self.busy_here:                        # a task's own map runs in its thread
-            with torch.inference_mode():
-                return [function(item) for item in items]
-        if self.count <= 1 or len(items) <= 1:
-            if not self.pin_single:
-                with torch.inference_mode():
-                    return [function(item) for item in items]
-            caller_threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                with torch.inference_mode():
-                    return [function(item) for item in items]
-            finally:
-                torch.set_num_threads(caller_threads)
-
-        def task(item: Any) -> Any:
-            torch.set_num_threads(1)
-            self._inside.task = True
-            try:
-                with torch.inference_mode():
-                    return function(item)
-            finally:
-                self._inside.task = False
-
+        if self.busy_here or self.count <= 1 or len(items) <= 1:
+            return list(self._in_this_thread(function, items))
         caller_threads = torch.get_num_threads()
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(self.count, thread_name_prefix=self.name)
         try:
-            return list(self._pool.map(task, items))
+            return list(self._executor().map(functools.partial(self._task, function), items))
         finally:
             torch.set_num_threads(caller_threads)   # the process-wide value, and MKL's
+
+    def imap(self, function: Callable[[Any], Any], items: Iterable[Any], window: int
+             ) -> Iterator[Any]:
+        """``function(item)`` for each item as it comes, in order, up to ``window`` items
+        in flight on the workers: a long stream keeps every worker busy without a barrier
+        after each group (a large item no longer holds up the small ones behind it).
+
+        The caller's thread setting is given back when the stream ends; closing the stream
+        early cancels the items not started (the ones running finish and are dropped). The
+        caller should run no multi-threaded torch work of its own between items.
+        """
+        if self.busy_here or self.count <= 1:
+            yield from self._in_this_thread(function, items)
+            return
+        caller_threads = torch.get_num_threads()
+        executor, task = self._executor(), functools.partial(self._task, function)
+        pending: collections.deque[Future[Any]] = collections.deque()
+        try:
+            for item in items:
+                pending.append(executor.submit(task, item))
+                if len(pending) >= max(1, window):
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+            torch.set_num_threads(caller_threads)
+
+    def _in_this_thread(self, function: Callable[[Any], Any], items: Iterable[Any]
+                        ) -> Iterator[Any]:
+        """The items one after another in the calling thread (a task's own map, one worker,
+        or one item), on one intra-op thread when ``pin_single``."""
+        pin = self.pin_single and not self.busy_here
+        caller_threads = torch.get_num_threads()
+        if pin:
+            torch.set_num_threads(1)
+        try:
+            for item in items:
+                with torch.inference_mode():
+                    result = function(item)
+                yield result
+        finally:
+            if pin:
+                torch.set_num_threads(caller_threads)
+
+    def _task(self, function: Callable[[Any], Any], item: Any) -> Any:
+        """One item on a worker: one intra-op thread, set by every task itself."""
+        torch.set_num_threads(1)
+        self._inside.task = True
+        try:
+            with torch.inference_mode():
+                return function(item)
+        finally:
+            self._inside.task = False
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.count, thread_name_prefix=self.name)
+        return self._pool
 
     def close(self) -> None:
         """Stop the worker threads (also done at interpreter exit)."""

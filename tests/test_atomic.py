@@ -293,3 +293,50 @@ def test_signal_delivered_to_another_thread_still_interrupts_a_waiting_main_thre
                           capture_output=True, timeout=60, check=False)
     assert done.stdout == "Interrupted\n", done
     assert list(tmp_path.iterdir()) == []
+
+
+def test_temp_files_of_killed_runs_are_swept_and_live_ones_kept(tmp_path: Path) -> None:
+    """A run killed with SIGKILL leaves its temp file; the next write into that folder removes
+    it. A live run's temp (locked while it writes), a young one, a symlink and names that
+    are not ours stay."""
+    import fcntl
+
+    hour_ago = time.time() - 3600
+    stale = tmp_path / ".checkpoint-2.safetensors.69d2769f.part"
+    live = tmp_path / ".model.pt.0123abcd.part"
+    young = tmp_path / ".model.pt.89abcdef.part"
+    foreign = tmp_path / ".notes.txt.part"
+    link = tmp_path / ".x.pt.deadbeef.part"
+    for path in (stale, live, young, foreign):
+        path.write_bytes(b"half written")
+    link.symlink_to(stale)
+    for path in (stale, live, foreign):
+        os.utime(path, (hour_ago, hour_ago))
+    with open(live, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        killed = subprocess.Popen(     # a real killed writer: its temp is no longer locked
+            [sys.executable, "-c",
+             ("import sys, time\n"
+             "from facenet_convert.converter.core.atomic import atomic_output\n"
+             "with atomic_output(sys.argv[1]) as handle:\n"
+             "    handle.write(b'x'); handle.flush(); print('ready', flush=True)\n"
+             "    time.sleep(60)\n"), str(tmp_path / "other.pt")],
+            stdout=subprocess.PIPE, text=True)
+        assert killed.stdout is not None and killed.stdout.readline() == "ready\n"
+        killed.kill()
+        killed.wait(timeout=30)
+        (killed_temp,) = tmp_path.glob(".other.pt.*.part")
+        os.utime(killed_temp, (hour_ago, hour_ago))
+        stale.write_bytes(b"half written")       # the killed writer's own sweep took it
+        os.utime(stale, (hour_ago, hour_ago))
+        done = subprocess.run(
+            [sys.executable, "-c",
+             ("import sys\n"
+             "from facenet_convert.converter.core.atomic import atomic_output\n"
+             "with atomic_output(sys.argv[1]) as handle:\n"
+             "    handle.write(b'new')\n"), str(tmp_path / "model.pt")],
+            capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "model.pt").read_bytes() == b"new"
+    assert not stale.exists() and not killed_temp.exists()
+    assert live.exists() and young.exists() and foreign.exists() and link.is_symlink()

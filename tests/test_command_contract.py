@@ -5,7 +5,9 @@ The test enumerates ``facenet-convert``'s commands and reads what each declares
 with their sidecars and example names. From that alone it builds a run of each command and
 the generic attacks on it:
 
-* an output that is an input, a sidecar that is an input, one path given as two outputs;
+* an output that is an input, a sidecar that is an input, one path given as two outputs, an
+  output inside an input folder the command reads file by file;
+* NaN and Inf in every model input (weights files, MTCNN nets);
 * a FIFO, a socket, a dangling link and a directory as each input;
 * an output whose folder cannot exist (under a regular file: refused even for root);
 * control characters and 255-byte names in input names;
@@ -36,7 +38,13 @@ import numpy as np
 import pytest
 
 from facenet_convert.converter.cli import main
-from facenet_convert.converter.commands.declare import INPUT_KINDS, DeclaredCommand, Input, Output
+from facenet_convert.converter.commands.declare import (
+    INPUT_KINDS,
+    SCANNED_KINDS,
+    DeclaredCommand,
+    Input,
+    Output,
+)
 
 MEMORY_LIMIT = 6 << 30
 COMMANDS = sorted(main.commands)
@@ -198,6 +206,29 @@ def sidecars_of(name: str, out: Output, first: Path) -> tuple[list[str], list[st
     return [], []
 
 
+MODEL_KINDS = ("weights", "mtcnn")
+"""Inputs whose tensors a command computes with: NaN or Inf in them must stop the run."""
+
+
+def poisoned_copy(sample: Path, target: Path, value: float) -> None:
+    """``sample`` (a weights file, or a folder of the MTCNN nets) with one value set to
+    ``value`` in its last net."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if sample.is_dir():
+        shutil.copytree(sample, target)
+        path = target / "onet.safetensors"
+        state = load_file(str(path))
+        state["conv1.weight"][0, 0, 0, 0] = value
+        save_file(state, str(path))
+    else:
+        state = torch.load(sample, weights_only=True)
+        key = next(k for k, v in state.items() if v.is_floating_point() and v.ndim > 1)
+        state[key].view(-1)[0] = value
+        torch.save(state, target)
+
+
 def cases() -> Iterator[tuple[str, str, str]]:
     """(command, parameter, attack) for every declared parameter of every command."""
     for name in COMMANDS:
@@ -216,6 +247,12 @@ def cases() -> Iterator[tuple[str, str, str]]:
         for item in inputs:
             for attack in ("fifo", "socket", "dangling link", "directory"):
                 yield name, item.name, attack
+            if item.kind.kind in MODEL_KINDS:
+                for attack in ("nan values", "inf values"):
+                    yield name, item.name, attack
+            if item.kind.kind in SCANNED_KINDS:
+                for out in outputs:
+                    yield name, f"{out.name}={item.name}", "output inside input folder"
 
 
 def test_every_command_is_declared() -> None:
@@ -297,6 +334,26 @@ def test_generic_attack(name: str, target: str, attack: str, samples: dict[str, 
         shared = out_dir / "shared.json"
         override = {name_: shared for name_ in target.split("+")}
         words = ("given twice",)
+    elif attack in ("nan values", "inf values"):
+        sample = samples[params[target].kind.kind]
+        victim = tmp_path / "poisoned" / sample.name
+        victim.parent.mkdir()
+        poisoned_copy(sample, victim, float(attack.split()[0]))
+        override = {target: victim}
+        for param in params.values():          # something to compute on (embed's IMAGES)
+            if isinstance(param.kind, Input) and param.kind.kind == "images":
+                override.setdefault(param.name, samples["images"])
+        if params[target].kind.kind == "mtcnn":        # the detector runs only with --detect
+            extra_flags = [flag for param in main.commands[name].params
+                           if isinstance(param, click.Option) and param.is_flag
+                           for flag in param.opts if flag == "--detect"]
+        words = ("NaN or Inf",)
+    elif attack == "output inside input folder":
+        out_name, in_name = target.split("=")
+        victim = tmp_path / "victim"
+        shutil.copytree(samples[params[in_name].kind.kind], victim)
+        override = {in_name: victim, out_name: victim / params[out_name].kind.example}
+        words = ("inside input",)
     else:
         kind = params[target].kind
         if attack == "directory" and isinstance(kind, Input) and kind.folder:
@@ -321,7 +378,8 @@ def test_generic_attack(name: str, target: str, attack: str, samples: dict[str, 
     assert digest(watched) == before, "an input was modified"
     assert temp_files(tmp_path) == []
     if attack in ("output is input", "sidecar is input", "one path twice",
-                  "output folder impossible"):
+                  "output folder impossible", "nan values", "inf values",
+                  "output inside input folder"):
         check_promises(done, expect_error=True, words=words)
     elif params[target].kind.batch if isinstance(params[target].kind, Input) else False:
         check_promises(done)
@@ -356,6 +414,36 @@ def test_names_with_control_characters_and_255_bytes(name: str, samples: dict[st
     assert temp_files(tmp_path) == []
 
 
+SCANNED = [(name, param.name) for name in COMMANDS
+           for param in declared_params(main.commands[name])
+           if isinstance(param.kind, Input) and param.kind.kind in SCANNED_KINDS
+           and (param.required or param.kind.kind == "images")]
+
+
+@pytest.mark.parametrize(("name", "target"), SCANNED, ids=[f"{n}-{t}" for n, t in SCANNED])
+def test_hostile_entries_inside_input_folders_are_printable_lines(name: str, target: str,
+                                                                   samples: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    """A folder read file by file holds a FIFO and a broken photo whose names carry control
+    characters: the run neither hangs nor prints them raw, whatever it says of them."""
+    folder = tmp_path / "scanned"
+    shutil.copytree(samples[params_kind(name, target)], folder)
+    first_class = min(p for p in folder.iterdir() if p.is_dir())
+    os.mkfifo(first_class / "fifo\x1b[2J\x07.png")
+    (first_class / "broken\x1b]0;title\x07.png").write_bytes(b"\x89PNG not really")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    spec = invocation(name, samples, out_dir, {target: folder})
+    done = run(spec.args, tmp_path, timeout=180)
+    check_promises(done)
+    assert "\x1b" not in done.stderr + done.stdout
+    assert temp_files(tmp_path) == []
+
+
+def params_kind(name: str, target: str) -> str:
+    return next(p.kind.kind for p in declared_params(main.commands[name]) if p.name == target)
+
+
 @pytest.mark.parametrize("name", COMMANDS)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_mid_run(name: str, signum: int, samples: dict[str, Path],
@@ -385,6 +473,32 @@ def test_signal_mid_run(name: str, signum: int, samples: dict[str, Path],
                 assert not path.exists(), f"{path} written after the signal"
     else:  # finished (or failed) before the signal came: the promises still hold
         assert done.returncode in (0, 1, 2), done.stderr
+
+
+FOLDER_OUTPUTS = [(name, param.name) for name in COMMANDS
+                  for param in declared_params(main.commands[name])
+                  if isinstance(param.kind, Output) and param.kind.folder is True]
+
+
+@pytest.mark.parametrize(("name", "target"), FOLDER_OUTPUTS,
+                         ids=[f"{n}-{t}" for n, t in FOLDER_OUTPUTS])
+def test_a_folder_output_in_use_is_refused_before_any_write(name: str, target: str,
+                                                            samples: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    """A folder a run fills step by step cannot be committed at once: while another run holds
+    it (here this test, through the runner's own lock), every command that writes one stops
+    at once in one line and writes nothing there."""
+    from facenet_convert.converter.core.locks import exclusive_folder
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    spec = invocation(name, samples, out_dir)
+    folder = spec.outputs[target]
+    with exclusive_folder(folder, "the test's folder"):
+        done = run(spec.args, tmp_path, timeout=120)
+    check_promises(done, expect_error=True, words=("is writing into",))
+    assert not folder.exists() or not any(folder.iterdir())
+    assert temp_files(tmp_path) == []
 
 
 @pytest.mark.parametrize("name", [n for n in COMMANDS

@@ -235,6 +235,45 @@ def test_a_tf_training_checkpoint_resumes_its_state(fixtures_dir: Path, tmp_path
     assert os.path.exists(out / "model.safetensors")
 
 
+@pytest.mark.tf
+def test_a_damaged_training_state_is_an_error_not_a_fresh_start(fixtures_dir: Path,
+                                                                 tmp_path: Path):
+    # one flipped byte in an Adam slot: TF's crc32c catches it; asked to resume, finetune must
+    # not quietly start a fresh optimizer instead (--fresh-optimizer says so explicitly)
+    import shutil
+
+    from facenet_convert.converter.sources import open_source
+    from facenet_convert.third_party.facenet.testing.build import build_checkpoint
+
+    built = build_checkpoint(fixtures_dir / "train_squeezenet_adam", embedding_size=32,
+                             num_classes=8, ema=True, optimizer="ADAM", centers=True, step=5,
+                             seed=3, model_def="squeezenet")
+    copy = tmp_path / "ckpt"
+    shutil.copytree(built.directory, copy)
+    prefix = copy / built.prefix.name
+    reader = open_source(prefix)
+    slot = next(name for name in reader.tensors() if name.endswith("/Adam"))
+    entry = reader.entry(slot)
+    reader.close()
+    (data,) = copy.glob("*.data-*")
+    raw = bytearray(data.read_bytes())
+    raw[entry.offset] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    faces = tmp_path / "eight"
+    for k, (_, pixels) in enumerate(crops()):
+        folder = faces / f"class{k % 8}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{k:02d}.png")
+    args = ["finetune", faces, "--from", prefix, "--epochs", "1", "--batch-size", "4",
+            "--image-size", "64", "--held-out", "0"]
+    done = cli(*args, "-o", tmp_path / "resumed")
+    assert done.exit_code != 0
+    assert "cannot read its training state" in done.output and slot in done.output
+    assert "--fresh-optimizer" in done.output and not (tmp_path / "resumed").exists()
+    fresh = cli(*args, "-o", tmp_path / "fresh", "--fresh-optimizer")
+    assert fresh.exit_code == 0, fresh.output
+
+
 def _copy_run(finished: Path, to: Path) -> Path:
     import shutil
 
@@ -320,3 +359,33 @@ def test_an_image_name_that_is_no_file_is_reported_and_left_out(faces: Path, sta
                    and line.endswith("; skipped") for line in done.output.splitlines()), name
     report = json.loads((tmp_path / "out" / "finetune.json").read_text())
     assert "fifo.png" not in json.dumps(report)
+
+
+def test_an_image_size_the_network_cannot_take_names_the_smallest(faces: Path, weights: Path,
+                                                                  tmp_path: Path):
+    # Inception-ResNet-V1's valid convolutions and pools shrink 64 px to nothing; the option's
+    # own bound (32) is the smallest any architecture takes
+    out = tmp_path / "out"
+    done = CliRunner().invoke(main, ["finetune", str(faces), "--from", str(weights), "-o",
+                                     str(out), "--image-size", "64", "--batch-size", "4"])
+    assert done.exit_code != 0
+    lines = done.output.strip().splitlines()
+    assert "too small for inception_resnet_v1" in lines[-1] and "at least 75" in lines[-1]
+    assert "Traceback" not in done.output and not out.exists()
+
+
+def test_a_flipped_bit_in_a_checkpoint_stops_the_resume(finished: Path, faces: Path,
+                                                        start: Path, tmp_path: Path):
+    # a flip deep in the tensor data still parses as safetensors: only the digest written
+    # with the tensors can tell
+    run = _copy_run(finished, tmp_path / "run")
+    checkpoint = run / "checkpoint-2.safetensors"
+    raw = bytearray(checkpoint.read_bytes())
+    raw[-5] ^= 0x01
+    checkpoint.write_bytes(bytes(raw))
+    before = _hashes(run)
+    done = cli("finetune", faces, "--from", start, "-o", run, "--epochs", "3", "--resume",
+               *ARGS)
+    assert done.exit_code != 0 and "do not match the digest" in done.output, done.output
+    assert done.output.count("facenet-convert: error") == 1
+    assert _hashes(run) == before

@@ -52,3 +52,43 @@ def test_copies_and_pickles_carry_settings_not_threads() -> None:
         assert twin.map(lambda item: -item, [1, 2]) == [-1, -2]
         twin.close()
     workers.close()
+
+
+def test_imap_keeps_order_bounds_the_window_and_stops_cleanly() -> None:
+    """A stream: results in input order though later items finish first, never more than
+    ``window`` items taken ahead, an item's error raised at its turn, the rest cancelled."""
+    import time
+
+    import pytest
+
+    workers = TorchWorkers(2, "stream")
+    taken: list[int] = []
+
+    def items():
+        for number in range(12):
+            taken.append(number)
+            yield number
+
+    def slow_first(number: int) -> tuple[int, int]:
+        time.sleep(0.05 if number % 4 == 0 else 0.0)
+        return number, torch.get_num_threads()
+
+    try:
+        stream = workers.imap(slow_first, items(), window=3)
+        first = next(stream)
+        assert first == (0, 1) and len(taken) <= 3
+        assert [number for number, _ in stream] == list(range(1, 12))
+
+        def fails_at_five(number: int) -> int:
+            if number == 5:
+                raise ValueError("five")
+            return number
+
+        seen: list[int] = []
+        with pytest.raises(ValueError, match="five"):
+            seen.extend(workers.imap(fails_at_five, range(100), window=4))  # appends as it goes
+        assert seen == [0, 1, 2, 3, 4]
+        one = TorchWorkers(1, "alone", pin_single=True)
+        assert list(one.imap(lambda n: n * 2, range(4), window=2)) == [0, 2, 4, 6]
+    finally:
+        workers.close()

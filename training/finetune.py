@@ -29,7 +29,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,7 @@ LOOKS_LIKE_CHECKPOINT = re.compile(r"checkpoint-.*\.safetensors", re.DOTALL)
 MODEL_FILES = {"safetensors": "model.safetensors", "pt": "model.pt"}
 REPORT_FILE = "finetune.json"
 STATE_KEY = "facenet_convert_finetune"
+DIGEST_KEY = "tensors_sha256"
 #: ``train_softmax.py``'s ``--optimizer`` default
 DEFAULT_OPTIMIZER = "ADAGRAD"
 EMBED_BATCH = 64
@@ -319,6 +320,35 @@ class _Start:
     measured_before: bool = False
 
 
+def _fits(net: nn.Module, size: int, device: str) -> bool:
+    """Whether ``net`` (in eval mode) takes one ``size`` image."""
+    try:
+        with torch.no_grad():
+            net(torch.zeros((1, 3, size, size), device=device))
+    except RuntimeError:
+        return False
+    return True
+
+
+def check_image_size(net: nn.Module, size: int, architecture: str) -> None:
+    """Refuse an image size the network cannot take (its valid convolutions and pools shrink
+    the image to nothing), naming the smallest it takes (found on a copy on the meta
+    device: shapes only)."""
+    import copy
+
+    training, device = net.training, str(next(net.parameters()).device)
+    try:
+        if _fits(net.eval(), size, device):
+            return
+    finally:
+        net.train(training)
+    probe = copy.deepcopy(net).to("meta").eval()
+    smallest = next((s for s in range(size + 1, 1025) if _fits(probe, s, "meta")), None)
+    what = f"at least {smallest}" if smallest is not None else "a larger one"
+    raise FinetuneError(f"--image-size {size} is too small for {architecture} (its layers "
+                        f"shrink such an image to nothing); use {what}, or upstream's 160")
+
+
 def _source_hashes(source: Path) -> dict[str, str]:
     if source.is_file() and source.suffix.lower() in WEIGHTS_SUFFIXES:
         return {source.name: sha256_file(source)}
@@ -394,6 +424,10 @@ def _start_from_source(source: Path, classes: int, settings: FinetuneSettings,
     try:
         state = resume_from(source)
     except ResumeError as error:
+        if error.unreadable and not fresh_optimizer:   # damage is no reason to start afresh
+            raise FinetuneError(f"cannot read its training state ({error}); pass "
+                                "--fresh-optimizer to train a new optimizer from its weights",
+                                path=source) from None
         state = None
         why = str(error)
     if state is not None and get_architecture(state.architecture).task != "embedding":
@@ -532,6 +566,12 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     if not isinstance(state, dict):
         raise FinetuneError("not a finetune checkpoint (its state is not a JSON object)",
                             path=path)
+    found = tensors_digest({name: tensor.numpy() for name, tensor in tensors.items()})
+    if metadata.get(DIGEST_KEY) != found:
+        raise FinetuneError(f"its tensors do not match the digest written with them (recorded "
+                            f"{str(metadata.get(DIGEST_KEY))[:16]}..., found {found[:16]}...): "
+                            "damaged or edited; remove it to resume from the checkpoint before "
+                            "it, or start over with --force", path=path)
     return tensors, state
 
 
@@ -577,10 +617,26 @@ def write_checkpoint(out_dir: Path, epoch: int, trainer: Trainer, state: dict[st
                      *, force: bool) -> Path:
     """``checkpoint-<epoch>.safetensors``, committed all or nothing (a finished part)."""
     path = out_dir / f"checkpoint-{epoch}.safetensors"
-    metadata = {STATE_KEY: json.dumps(state, sort_keys=True), "format": "pt"}
+    tensors = checkpoint_tensors(trainer)
+    metadata = {STATE_KEY: json.dumps(state, sort_keys=True), "format": "pt",
+                DIGEST_KEY: tensors_digest(tensors)}
     with atomic_output(path, force=force, part=True) as handle:
-        write_state(checkpoint_tensors(trainer), handle, "safetensors", metadata)
+        write_state(tensors, handle, "safetensors", metadata)
     return path
+
+
+def tensors_digest(tensors: Mapping[str, np.ndarray]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order: what a resume
+    reads back is checked against what was written (a flipped bit in an optimizer slot would
+    otherwise train on silently)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        digest.update(f"{name}\0{array.dtype.str}\0{list(array.shape)}\0".encode())
+        digest.update(array.data)
+    return digest.hexdigest()
 
 
 def _check_finite(trainer: Trainer, epoch: int) -> None:
@@ -715,6 +771,7 @@ def _finetune(data_dir: str | os.PathLike[str], source: str | os.PathLike[str], 
     for note in start.notes:
         echo(note)
     trainer, standardize = start.trainer, start.preprocessing
+    check_image_size(trainer.model, settings.image_size, start.architecture)
     if not start.measured_before:
         start.before = verification(trainer.model, split.held_out, settings, standardize)
         echo(f"held-out verification before: {describe_figures(start.before)}")

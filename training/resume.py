@@ -25,7 +25,7 @@ from torch import nn
 
 from facenet_convert.converter.building import build_model
 from facenet_convert.converter.conversion import convert
-from facenet_convert.converter.core.errors import ConverterError
+from facenet_convert.converter.core.errors import ConverterError, CorruptSourceError
 from facenet_convert.converter.registry import get_architecture
 from facenet_convert.converter.sources import open_source
 from facenet_convert.training.averages import (
@@ -60,7 +60,17 @@ TO_TF: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 class ResumeError(TrainingError):
-    """A training checkpoint cannot be resumed (missing or misshapen state, unknown optimizer)."""
+    """A training checkpoint cannot be resumed (missing or misshapen state, unknown optimizer).
+    ``unreadable``: its files could not be read (damaged, truncated), as opposed to holding
+    no resumable state."""
+
+    unreadable = False
+
+
+class UnreadableCheckpointError(ResumeError):
+    """The checkpoint's files could not be read: damage, not a missing training state."""
+
+    unreadable = True
 
 
 @dataclass
@@ -167,6 +177,8 @@ def resume_from(checkpoint: str | os.PathLike[str], *, model: str = "auto") -> T
         return _resume(reader, source, model)
     except ResumeError:
         raise
+    except CorruptSourceError as error:
+        raise UnreadableCheckpointError(str(error)) from None
     except ConverterError as error:
         raise ResumeError(str(error)) from None
     finally:

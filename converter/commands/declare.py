@@ -12,10 +12,14 @@ runs, the runner, knowing nothing of the command:
   resolving ``..``, symlinks and hard links, and refuses a match in one line naming both;
 * refuses a file output that is a symlink, a folder or another non-regular file, that exists
   without ``--force``, or whose folder does not exist;
+* refuses an output (file or folder) inside an input folder the command reads file by file
+  (:data:`SCANNED_KINDS`: photos, training images), where it would be read back as input;
 * refuses an input inside an output folder the command owns (``Output(owned=True)``: it
   replaces and removes files there), or a hard link of a file in it;
 * refuses a number option that is NaN or infinite (click's ``FloatRange`` lets NaN through).
 
+While the command runs, the runner holds the lock of every folder output
+(:mod:`facenet_convert.converter.core.locks`): a second run into the same folder stops at once.
 The commits themselves (create-exclusive, all or nothing), signals and one-line errors are
 :mod:`facenet_convert.converter.core.atomic` and the group in :mod:`facenet_convert.converter.cli`.
 ``tests/test_command_contract.py`` enumerates the group and attacks every declared parameter.
@@ -23,6 +27,7 @@ The commits themselves (create-exclusive, all or nothing), signals and one-line 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -41,10 +46,14 @@ from facenet_convert.converter.core.inputs import (
     regular_file_problem,
     same_file,
 )
+from facenet_convert.converter.core.locks import exclusive_folder
 
 #: What an input holds; the contract test builds a valid sample of each kind.
 INPUT_KINDS = ("source", "weights", "image", "images", "pairs", "embeddings", "list", "folder",
                "mtcnn", "releases", "schedule")
+#: Input kinds whose folders are read file by file (photos, training images): an output
+#: written inside one would be read back as input by this run or the next.
+SCANNED_KINDS = ("images", "folder")
 
 Sidecars = Callable[[str, Mapping[str, Any]], list[str]]
 
@@ -140,8 +149,14 @@ def declared(command: click.Command, params: Mapping[str, Any]) -> Iterator[Decl
                         yield Declared(param.name, _flag(param), extra, kind, sidecar_of=path)
 
 
+def say(line: str) -> None:
+    """One line on stderr, printable whatever it quotes (file names may hold control
+    characters): every command's warnings and notes go through here."""
+    click.echo(one_line(line), err=True)
+
+
 def warn(message: str) -> None:
-    click.echo(f"facenet-convert: warning: {one_line(message)}", err=True)
+    say(f"facenet-convert: warning: {message}")
 
 
 def _input_problem(item: Declared) -> str | None:
@@ -191,6 +206,18 @@ def _check_owned(folder: Declared, inputs: list[Declared]) -> None:
                               "choose another output folder", path=source.path)
 
 
+def _check_outside_scanned(output: Declared, inputs: list[Declared]) -> None:
+    """An output is neither a folder the command reads file by file nor inside one."""
+    for source in inputs:
+        if (isinstance(source.kind, Input) and source.kind.kind in SCANNED_KINDS
+                and os.path.isdir(source.path)
+                and input_inside(source.path, [output.path]) is not None):
+            raise OutputError(f"output {output.flag} {Path(output.path)} is inside input "
+                              f"{source.flag} {Path(source.path)}, whose files this command "
+                              "reads (it would read its own outputs back); choose an output "
+                              "outside that folder", path=output.path)
+
+
 def check_invocation(ctx: click.Context) -> None:
     """The runner's checks (see the module docstring); may drop bad batch entries from
     ``ctx.params``."""
@@ -230,6 +257,7 @@ def check_invocation(ctx: click.Context) -> None:
                                   "one path given twice; give each output its own path",
                                   path=item.path)
         seen.append((item, identity))
+        _check_outside_scanned(item, inputs)
         kind = item.kind
         if not isinstance(kind, Output):
             continue
@@ -246,4 +274,8 @@ class DeclaredCommand(click.Command):
 
     def invoke(self, ctx: click.Context) -> Any:
         check_invocation(ctx)
-        return super().invoke(ctx)
+        with contextlib.ExitStack() as locks:
+            for item in declared(self, ctx.params):
+                if isinstance(item.kind, Output) and item.kind.is_folder(ctx.params):
+                    locks.enter_context(exclusive_folder(item.path, f"output {item.flag}"))
+            return super().invoke(ctx)

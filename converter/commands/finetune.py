@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from facenet_convert.converter.commands.declare import DeclaredCommand, Input, Output
+from facenet_convert.converter.commands.declare import DeclaredCommand, Input, Output, say
 from facenet_convert.converter.commands.options import Progress
 
 OPTIMIZERS = ("ADAGRAD", "ADADELTA", "ADAM", "RMSPROP", "MOM", "SGD")
@@ -100,9 +100,6 @@ def finetune_command(data_dir: str, source: str, output: str, loss: str, epochs:
         images_per_person=images_per_person, random_crop=random_crop, random_flip=random_flip,
         preprocessing=preprocessing, format=format_)
 
-    def echo(line: str) -> None:
-        click.echo(line, err=True)
-
     with Progress("finetuning") as bar:
         def on_step(total: int | None) -> None:
             if total is not None:
@@ -110,7 +107,7 @@ def finetune_command(data_dir: str, source: str, output: str, loss: str, epochs:
             bar.update(1)      # raises after a signal: the last checkpoint stays as it is
 
         result = finetune(data_dir, source, output, settings, resume=resume, force=force,
-                          fresh_optimizer=fresh_optimizer, on_step=on_step, echo=echo)
+                          fresh_optimizer=fresh_optimizer, on_step=on_step, echo=say)
     epochs = f"{result.epochs_done} epoch{'s' if result.epochs_done != 1 else ''}"
     click.echo(f"wrote {result.model_path} (sha256 {result.sha256}, {epochs}, global_step "
                f"{result.global_step}) and {result.report_path}")

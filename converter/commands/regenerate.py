@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from facenet_convert.converter.commands.declare import DeclaredCommand, Input, Output
+from facenet_convert.converter.commands.declare import DeclaredCommand, Input, Output, say
 from facenet_convert.converter.regenerate import PARITY_BATCH_SIZE, PARITY_BATCHES
 
 
@@ -47,7 +47,7 @@ def regenerate_command(releases_dir: str, out_dir: str, allow_unverified: bool, 
     result = regenerate(releases_dir, out_dir, allow_unverified=allow_unverified, format=fmt,
                         force=force, parity=parity, parity_batches=parity_batches,
                         parity_batch_size=parity_batch_size,
-                        echo=lambda line: click.echo(line, err=True))
+                        echo=say)
     for note in result.manifest["notes"]:
-        click.echo(f"note: {note}", err=True)
+        say(f"note: {note}")
     click.echo(result.summary())

@@ -32,7 +32,9 @@ Either every requested output appears complete, or none does and nothing is left
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -493,7 +495,9 @@ def _temp_name(path: Path, suffix: str) -> str:
 
 
 def _create_temp(path: Path, dir_fd: int) -> tuple[str, int]:
-    """Exclusive temp file in ``dir_fd``; mode 0666 & ~umask like any new file."""
+    """Exclusive temp file in ``dir_fd``; mode 0666 & ~umask like any new file. It is locked
+    (``flock``) while its run lives, so that a later run can tell it from a killed run's."""
+    _sweep_stale_temps(dir_fd)
     for _ in range(100):
         tmp = _temp_name(path, "part")
         try:
@@ -501,8 +505,49 @@ def _create_temp(path: Path, dir_fd: int) -> tuple[str, int]:
                          dir_fd=dir_fd)
         except FileExistsError:
             continue
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return tmp, fd
     raise OutputError("cannot create a unique temp file", path=path)
+
+
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.part")
+#: A temp file younger than this is left alone even when unlocked (its run may not have
+#: locked it yet: the lock follows the create by microseconds).
+STALE_AFTER_S = 5.0
+#: Folders already swept by this process ((st_dev, st_ino)): each is listed once per run.
+_SWEPT: set[tuple[int, int]] = set()
+
+
+def _sweep_stale_temps(dir_fd: int) -> None:
+    """Remove the temp files that killed runs (``kill -9``, power loss) left in this folder:
+    ours by name, no longer locked by a live run, and older than :data:`STALE_AFTER_S`."""
+    info = os.fstat(dir_fd)
+    if (info.st_dev, info.st_ino) in _SWEPT:
+        return
+    _SWEPT.add((info.st_dev, info.st_ino))
+    try:
+        with os.scandir(dir_fd) as entries:
+            names = [entry.name for entry in entries if _TEMP_NAME.fullmatch(entry.name)]
+    except OSError:
+        return
+    for name in names:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=dir_fd)
+        except OSError:
+            continue
+        try:
+            found = os.fstat(fd)
+            if (not stat.S_ISREG(found.st_mode)
+                    or time.time() - found.st_mtime < STALE_AFTER_S):
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue                              # a live run is writing it
+            _unlink_if(name, dir_fd, found.st_ino)
+        finally:
+            os.close(fd)
 
 
 def _unlink_if(name: str, dir_fd: int, ino: int | None = None) -> None:
@@ -642,10 +687,9 @@ def staged_outputs(outs: Iterable[str | os.PathLike[str]], *, force: bool = Fals
                 _LIVE[id(staged[-1])] = (dir_fds[key], tmp)
         yield {item.path: item.handle for item in staged}
         for item in staged:
-            try:
+            try:   # kept open, so locked, until committed (see _sweep_stale_temps)
                 item.handle.flush()
                 os.fsync(item.handle.fileno())
-                item.handle.close()
             except OSError as error:
                 raise OutputError(f"writing failed: {describe_os_error(error)}",
                                   path=item.path) from None

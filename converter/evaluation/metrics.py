@@ -407,6 +407,10 @@ def check_embeddings(matrix: np.ndarray, names: Sequence[str], *,
         raise error(f"embeddings hold {matrix.dtype} values, not numbers; expected the float "
                     "rows `facenet-convert embed` writes", path=where)
     if matrix.size == 0:
+        if matrix.ndim >= 1 and matrix.shape[0] > 0:
+            raise error(f"{matrix.shape[0]} embeddings of shape {list(matrix.shape[1:])} hold "
+                        "no values; expected rows of the model's width (128 or 512)",
+                        path=where)
         return                                   # nothing embedded: the caller says so
     rows = matrix.reshape(matrix.shape[0], -1) if matrix.ndim else matrix.reshape(1, -1)
     bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))

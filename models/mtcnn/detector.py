@@ -53,8 +53,8 @@ The class offers facenet-pytorch's API (``MTCNN(image_size=160, margin=0, ...)``
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -88,6 +88,8 @@ MAX_FACTOR = 0.95
 MIN_FACE_SIZE_FLOOR = 1.0
 MARGIN = 0
 IMAGE_SIZE = 160
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 _SIDE_BY_SIDE = 500_000
 """Mean pixels per photo from which a list is detected photo by photo side by side on the
 workers rather than as one cascade: large photos gain from it, small ones spend more of their
@@ -235,15 +237,32 @@ class MTCNN(PretrainedFolderMixin, FacenetPytorchAPI, nn.Module):
                         for found in one]
             return self._cascade(arrays)
 
-    @torch.inference_mode()
     def detect_each(self, images: Sequence[ImageLike]) -> list[FaceDetections]:
         """Faces of each image, every image detected as if alone (the same bits as one
-        ``detect_faces`` call per image), several in flight on the workers: a folder of
-        photos keeps every core busy without the barriers inside one small photo."""
+        ``detect_faces`` call per image), several in flight on the workers."""
         arrays = [to_uint8_rgb(image) for image in images]
+        return list(self.each_photo(self._detect_one, arrays, window=len(arrays)))
+
+    def each_photo(self, function: Callable[[Item], Result], items: Iterable[Item],
+                   window: int | None = None) -> Iterator[Result]:
+        """``function(item)`` for each item as it comes, in order, ``window`` items (twice
+        the workers by default) in flight on the detector's CPU workers, for a stream of
+        photos: ``function`` reads one photo, calls :meth:`detect_faces` on it and crops
+        it. A photo detected inside a worker stays on that worker, so every photo gets the
+        same bits as alone, and a folder of photos keeps every core busy without the
+        barriers inside one small photo or after a group of them. Off the CPU, one item
+        after another."""
+        if self.device.type != "cpu":
+            for item in items:
+                with torch.inference_mode():
+                    result = function(item)
+                yield result
+            return
         with single_threaded_opencv():
-            return [found for one in self._workers.map(self._cascade, [[a] for a in arrays])
-                    for found in one]
+            yield from self._workers.imap(function, items, window or 2 * self._workers.count)
+
+    def _detect_one(self, array: np.ndarray) -> FaceDetections:
+        return self._cascade([array])[0]
 
     def _cascade_of(self) -> Cascade:
         return Cascade(_detect_forward(self.pnet), _detect_forward(self.rnet),
