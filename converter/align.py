@@ -28,14 +28,13 @@ import io
 import json
 import os
 import random
-import re
 import stat
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from facenet_convert.converter.core.atomic import atomic_output
+from facenet_convert.converter.core.atomic import atomic_output, sweep_stale_temps
 from facenet_convert.converter.core.checks import require_choice
 from facenet_convert.converter.core.errors import AlignError, LandmarkError
 from facenet_convert.converter.core.inputs import (
@@ -405,7 +404,6 @@ def _results(tasks: list[tuple[str, str]], options: AlignOptions, workers: int
 
 
 JOURNAL_GLOB = ".bounding_boxes_*.journal"
-_TEMP = re.compile(r"\..+\.[0-9a-f]{8}\.(part|old)")
 SETTINGS = ".facenet-convert-align.json"
 
 
@@ -431,15 +429,6 @@ def _check_settings(out: Path, options: AlignOptions, force: bool) -> None:
     if recorded != wanted:
         with atomic_output(path, force=True) as handle:
             handle.write((json.dumps(wanted, indent=2, sort_keys=True) + "\n").encode())
-
-
-def _remove_stale_temps(folders: Iterable[Path]) -> None:
-    """Temp files a killed run left (``.<name>.<hex>.part``): no run is writing them now."""
-    for folder in folders:
-        if folder.is_dir():
-            for path in folder.iterdir():
-                if _TEMP.fullmatch(path.name) and path.is_file():
-                    path.unlink(missing_ok=True)
 
 
 def _earlier_lines(out: Path) -> tuple[dict[str, list[str]], list[Path]]:
@@ -490,7 +479,8 @@ def _align_locked(classes: Classes, listed_skips: list[tuple[str, str]], out: Pa
                   resume: bool, force: bool, on_done: Callable[[int], Any] | None,
                   on_total: Callable[[int], Any] | None) -> AlignSummary:
     _check_settings(out, options, force)
-    _remove_stale_temps([out, *(out / name for name, _ in classes)])
+    for folder in [out, *(out / name for name, _ in classes)]:
+        sweep_stale_temps(folder)
     earlier, journals = _earlier_lines(out) if resume else ({}, [])
     key = random.randint(0, 99999)                      # as upstream: one file per run
     boxes_file = out / f"bounding_boxes_{key:05d}.txt"

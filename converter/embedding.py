@@ -282,11 +282,15 @@ def embed_detected(loaded: LoadedModel, detector: MTCNN, paths: Sequence[Path], 
         pending.clear()
 
     queued = 0
-    # each photo read, detected and cropped on one of the detector's workers, several in
-    # flight, in order; batches are embedded here meanwhile (docs/performance.md)
-    detected = detector.each_photo(
-        functools.partial(_detect_or_unreadable, detector, preprocessing=loaded.preprocessing),
-        paths)
+    detect = functools.partial(_detect_or_unreadable, detector,
+                               preprocessing=loaded.preprocessing)
+    # With ONNX Runtime, each photo is read, detected and cropped on one of the detector's
+    # workers, several in flight, in order, while the finished batches are embedded here. A
+    # torch engine's own OpenMP threads would fight the workers for the cores (slower, same
+    # bits), so its photos come one after another (docs/performance.md).
+    streamed = getattr(loaded.engine, "backend", None) == "onnxruntime"
+    detected = (detector.each_photo(detect, paths) if streamed
+                else (detect(path) for path in paths))
     for index, (path, faces) in enumerate(zip(paths, detected, strict=True)):
         if isinstance(faces, ImageReadError):
             out.skipped.append((str(path), str(faces)))

@@ -297,8 +297,8 @@ def test_signal_delivered_to_another_thread_still_interrupts_a_waiting_main_thre
 
 def test_temp_files_of_killed_runs_are_swept_and_live_ones_kept(tmp_path: Path) -> None:
     """A run killed with SIGKILL leaves its temp file; the next write into that folder removes
-    it. A live run's temp (locked while it writes), a young one, a symlink and names that
-    are not ours stay."""
+    it, at once. A live run's temp (locked while it writes), a young empty one (a run about
+    to lock it), a symlink and names that are not ours stay."""
     import fcntl
 
     hour_ago = time.time() - 3600
@@ -307,8 +307,9 @@ def test_temp_files_of_killed_runs_are_swept_and_live_ones_kept(tmp_path: Path) 
     young = tmp_path / ".model.pt.89abcdef.part"
     foreign = tmp_path / ".notes.txt.part"
     link = tmp_path / ".x.pt.deadbeef.part"
-    for path in (stale, live, young, foreign):
+    for path in (stale, live, foreign):
         path.write_bytes(b"half written")
+    young.write_bytes(b"")
     link.symlink_to(stale)
     for path in (stale, live, foreign):
         os.utime(path, (hour_ago, hour_ago))
@@ -325,8 +326,7 @@ def test_temp_files_of_killed_runs_are_swept_and_live_ones_kept(tmp_path: Path) 
         assert killed.stdout is not None and killed.stdout.readline() == "ready\n"
         killed.kill()
         killed.wait(timeout=30)
-        (killed_temp,) = tmp_path.glob(".other.pt.*.part")
-        os.utime(killed_temp, (hour_ago, hour_ago))
+        (killed_temp,) = tmp_path.glob(".other.pt.*.part")      # just killed: young
         stale.write_bytes(b"half written")       # the killed writer's own sweep took it
         os.utime(stale, (hour_ago, hour_ago))
         done = subprocess.run(

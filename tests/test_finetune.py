@@ -389,3 +389,25 @@ def test_a_flipped_bit_in_a_checkpoint_stops_the_resume(finished: Path, faces: P
     assert done.exit_code != 0 and "do not match the digest" in done.output, done.output
     assert done.output.count("facenet-convert: error") == 1
     assert _hashes(run) == before
+
+
+def test_a_forced_run_that_fails_keeps_the_earlier_run(finished: Path, faces: Path, start: Path,
+                                                       tmp_path: Path):
+    # --force starts over, but the earlier checkpoints go only once the new run has one
+    from safetensors.torch import load_file, save_file
+
+    run = _copy_run(finished, tmp_path / "run")
+    broken = tmp_path / "nan.safetensors"
+    state = load_file(str(start))
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key].view(-1)[0] = float("nan")
+    save_file(state, str(broken))
+    before = _hashes(run)
+    done = cli("finetune", faces, "--from", broken, "-o", run, "--epochs", "1", "--force",
+               *ARGS)
+    assert done.exit_code != 0 and "NaN or Inf" in done.output, done.output
+    assert _hashes(run) == before
+    again = cli("finetune", faces, "--from", start, "-o", run, "--epochs", "1", "--force",
+                *ARGS)
+    assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-1.safetensors"]

@@ -396,6 +396,32 @@ def test_rerun_after_interrupt_keeps_finished_shards(cluster: str, faces: Path, 
     _check_manifest(out, [str(p) for p in sorted(faces.iterdir())])
 
 
+def test_sigterm_after_a_shard_says_finished_parts_are_kept(cluster: str, faces: Path,
+                                                           weights: Path,
+                                                           tmp_path: Path) -> None:
+    # actors commit shards before the driver hears of them: "nothing written" would be false
+    out = tmp_path / "ray"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "facenet_convert.converter", "embed", str(faces), "--weights",
+         str(weights), "--backend", "torch", "--batch-size", "2", "--shard-size", "2",
+         "--actors", "1", "--engine", "ray", "--ray-address", cluster, "-o", str(out)],
+        cwd=ROOT, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("embed-*.parquet")) and time.monotonic() < deadline:
+        assert driver.poll() is None, "the driver ended before writing a shard"
+        time.sleep(0.02)
+    driver.send_signal(signal.SIGTERM)
+    _, stderr = driver.communicate(timeout=120)
+    if driver.returncode == 0:
+        pytest.skip("the run finished before the signal")
+    assert driver.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1].endswith("interrupted; finished parts kept, "
+                                                     "nothing half-written (rerun with "
+                                                     "--resume to complete)"), stderr
+    assert list(out.glob("embed-*.parquet")) and not (out / "manifest.json").exists()
+
+
 def test_missing_ray_is_one_line(monkeypatch: pytest.MonkeyPatch, faces: Path, weights: Path,
                                  tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)

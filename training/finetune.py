@@ -745,9 +745,10 @@ def _finetune(data_dir: str | os.PathLike[str], source: str | os.PathLike[str], 
                    "train": [p.relative_to(data).as_posix() for p, _ in split.train],
                    "held_out": [p.relative_to(data).as_posix() for p, _ in split.held_out],
                    "settings": settings.trajectory()}
+    # --force: a new run, whose checkpoints must not mix with the earlier run's; those go once
+    # the new run has committed its first (a run that fails before destroys nothing)
+    superseded = [] if resume else [old for _, old in found]
     if not resume:
-        for _, old in found:       # --force: a new run; its checkpoints must not mix in
-            old.unlink()
         found = []
 
     start = None
@@ -830,8 +831,9 @@ def _finetune(data_dir: str | os.PathLike[str], source: str | os.PathLike[str], 
         _check_finite(trainer, epoch)
         last = write_checkpoint(out, epoch, trainer, state_of(epoch), force=True)
         for old_epoch, old in checkpoints(out):
-            if old_epoch < epoch:
+            if old_epoch < epoch or (old in superseded and old != last):
                 old.unlink(missing_ok=True)
+        superseded = []
         mean = f"{np.mean(losses):.4f}" if losses else "n/a"
         echo(f"epoch {epoch}/{settings.epochs}: lr {rate:g}, {len(losses)} steps, mean loss "
              f"{mean}, global_step {trainer.global_step}; wrote {last.name}")

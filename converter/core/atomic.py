@@ -59,8 +59,9 @@ from facenet_convert.converter.core.inputs import (
 
 __all__ = ["announce_interrupted", "atomic_output", "check_output_path", "critical_section",
            "exit_now", "install_interrupt_handlers", "interrupted_line", "interruption",
+           "note_finished_part",
            "raise_if_interrupted", "received_signal", "reclaim_signal_handlers",
-           "scratch_directory", "staged_outputs"]
+           "scratch_directory", "staged_outputs", "sweep_stale_temps"]
 
 #: Temp files alive right now, for :func:`exit_now`.
 _LIVE: dict[int, tuple[int, str]] = {}
@@ -412,6 +413,13 @@ def received_signal() -> int | None:
     return None if _committed else _received
 
 
+def note_finished_part() -> None:
+    """Other processes (Ray actors) may commit finished parts of this run's resumable work
+    from now on: an interruption keeps them, and says so instead of "nothing written"."""
+    global _parts
+    _parts += 1
+
+
 def interrupted_line() -> str:
     """What an interrupted run says: nothing written, or finished parts kept."""
     return INTERRUPTED_PARTS_LINE if _parts else INTERRUPTED_LINE
@@ -511,18 +519,32 @@ def _create_temp(path: Path, dir_fd: int) -> tuple[str, int]:
 
 
 _TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.part")
-#: A temp file younger than this is left alone even when unlocked (its run may not have
-#: locked it yet: the lock follows the create by microseconds).
+#: An empty temp file younger than this is left alone even when unlocked: its run may not
+#: have locked it yet (the lock follows the create by microseconds, before any byte).
 STALE_AFTER_S = 5.0
 #: Folders already swept by this process ((st_dev, st_ino)): each is listed once per run.
 _SWEPT: set[tuple[int, int]] = set()
 
 
-def _sweep_stale_temps(dir_fd: int) -> None:
+def sweep_stale_temps(folder: str | os.PathLike[str]) -> None:
+    """:func:`_sweep_stale_temps` of ``folder`` (a command that will not write into every
+    folder it owns, such as ``align --resume``, sweeps them up front)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        _sweep_stale_temps(fd, once=False)
+    finally:
+        os.close(fd)
+
+
+def _sweep_stale_temps(dir_fd: int, *, once: bool = True) -> None:
     """Remove the temp files that killed runs (``kill -9``, power loss) left in this folder:
-    ours by name, no longer locked by a live run, and older than :data:`STALE_AFTER_S`."""
+    ours by name, no longer locked by a live run, and holding bytes (a live run locks its
+    temp before writing any) or older than :data:`STALE_AFTER_S`."""
     info = os.fstat(dir_fd)
-    if (info.st_dev, info.st_ino) in _SWEPT:
+    if once and (info.st_dev, info.st_ino) in _SWEPT:
         return
     _SWEPT.add((info.st_dev, info.st_ino))
     try:
@@ -538,8 +560,8 @@ def _sweep_stale_temps(dir_fd: int) -> None:
             continue
         try:
             found = os.fstat(fd)
-            if (not stat.S_ISREG(found.st_mode)
-                    or time.time() - found.st_mtime < STALE_AFTER_S):
+            if not stat.S_ISREG(found.st_mode) or (
+                    found.st_size == 0 and time.time() - found.st_mtime < STALE_AFTER_S):
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

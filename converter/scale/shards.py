@@ -12,7 +12,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from facenet_convert.converter.core.atomic import atomic_output, check_output_path
+from facenet_convert.converter.core.atomic import (
+    atomic_output,
+    check_output_path,
+    note_finished_part,
+)
 from facenet_convert.converter.core.checks import dumps as json_dumps
 from facenet_convert.converter.core.errors import ConverterError, ScaleError, one_line
 from facenet_convert.converter.core.inputs import input_inside, read_input_list, unique_files
@@ -112,6 +116,9 @@ def run_shards(shards: list[Shard], finished: Callable[[Shard], dict | None], ac
     todo = [s for s in shards if s.index not in records]
     if todo:
         started = start_ray(options)
+        # from here actors commit shards themselves, before this process hears of them: an
+        # interruption keeps what they finished and must not say "nothing written"
+        note_finished_part()
         try:
             for row in map_shards(todo, actor, kwargs, options).iter_rows():
                 record = json.loads(row["record"])
