@@ -291,6 +291,23 @@ def test_sigterm_while_export_traces_is_one_interrupted_line(weights: Path,
     assert not out.exists() and not list(tmp_path.glob(".*"))
 
 
+def test_a_run_ended_at_once_leaves_no_folder_it_created(weights: Path, tmp_path: Path) -> None:
+    """Stuck in torch.export's tracer, the signal ends the process at once (no finally runs):
+    the --hub-folder the runner created for the run goes too, as on any failure."""
+    pytest.importorskip("onnxruntime")
+    process = subprocess.Popen([*CLI, "export", str(weights), "-o", str(tmp_path / "m.onnx"),
+                                "--hub-folder", str(tmp_path / "hub")], cwd=tmp_path,
+                               text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(5.0)
+    assert process.poll() is None, process.communicate()
+    assert (tmp_path / "hub").is_dir()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert stderr.strip().splitlines() == ["facenet-convert: interrupted; nothing written"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_offline_forbids_fetching_upstream_packages(tmp_path: Path) -> None:
     from facenet_convert.converter.core.errors import FetchError
     from facenet_convert.third_party.wheels import FACENET, fetch_wheel

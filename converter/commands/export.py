@@ -52,7 +52,6 @@ def export_command(weights: str, output: str | None, hub_folder: str | None,
                    force: bool) -> None:
     """Export converted WEIGHTS to ONNX or torch.export (verified against our model first)
     and/or to a Hub folder with a model card."""
-    from contextlib import nullcontext
 
     from facenet_convert.converter.core.atomic import check_output_path
     from facenet_convert.converter.export import ExportError, export_model
@@ -61,7 +60,6 @@ def export_command(weights: str, output: str | None, hub_folder: str | None,
         check_hub_outputs,
         write_hub_folder,
     )
-    from facenet_convert.models.pretrained_folder import output_folder
 
     if output is None and hub_folder is None:
         raise ExportError("nothing to write: give -o OUT.onnx|OUT.pt2, --hub-folder DIR, or "
@@ -83,12 +81,11 @@ def export_command(weights: str, output: str | None, hub_folder: str | None,
             write_hub_folder(hub, force=force, inputs=(weights,))
             click.echo(hub.summary())
         return
-    with output_folder(hub.folder) if hub is not None else nullcontext():
-        report = export_model(weights, output, model=model, opset=opset,
-                              dynamic_batch=dynamic_batch,
-                              with_preprocessing=with_preprocessing, force=force,
-                              also=hub.files() if hub is not None else None,
-                              preprocessing=preprocessing)
+    # the runner made --hub-folder (and removes it again should this fail and leave it empty)
+    report = export_model(weights, output, model=model, opset=opset,
+                          dynamic_batch=dynamic_batch, with_preprocessing=with_preprocessing,
+                          force=force, also=hub.files() if hub is not None else None,
+                          preprocessing=preprocessing)
     click.echo(f"wrote {output} ({report.format}, {report.architecture}); verified on "
                f"{len(report.checks)} seeded batches: max abs {report.max_abs:.1e} <= "
                f"{report.tolerance:g}; report {output}.json")

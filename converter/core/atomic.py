@@ -57,16 +57,31 @@ from facenet_convert.converter.core.inputs import (
     same_file,
 )
 
-__all__ = ["announce_interrupted", "atomic_output", "check_output_path", "critical_section",
-           "exit_now", "install_interrupt_handlers", "interrupted_line", "interruption",
-           "note_finished_part",
-           "raise_if_interrupted", "received_signal", "reclaim_signal_handlers",
-           "scratch_directory", "staged_outputs", "sweep_stale_temps"]
+__all__ = [
+    "announce_interrupted",
+    "atomic_output",
+    "check_output_path",
+    "created_folders",
+    "critical_section",
+    "exit_now",
+    "install_interrupt_handlers",
+    "interrupted_line",
+    "interruption",
+    "note_finished_part",
+    "raise_if_interrupted",
+    "received_signal",
+    "reclaim_signal_handlers",
+    "scratch_directory",
+    "staged_outputs",
+    "sweep_stale_temps",
+]
 
 #: Temp files alive right now, for :func:`exit_now`.
 _LIVE: dict[int, tuple[int, str]] = {}
 #: Scratch folders alive right now, for :func:`exit_now`.
 _SCRATCH: set[str] = set()
+#: Output folders this run created, deepest first, for :func:`exit_now` (removed if empty).
+_CREATED: list[Path] = []
 #: Held while a critical section runs and while :func:`exit_now` cleans up: the process never
 #: ends halfway through a commit or a rollback.
 _exit_lock = threading.Lock()
@@ -83,6 +98,19 @@ def scratch_directory(prefix: str = "facenet-convert-",
             yield Path(folder)
         finally:
             _SCRATCH.discard(folder)
+
+
+@contextmanager
+def created_folders(folders: list[Path]) -> Iterator[None]:
+    """Folders (deepest first) this run created for its outputs: should the process have to
+    end at once (:func:`exit_now`) they are removed if still empty, as a failed run's are."""
+    _CREATED[:0] = folders
+    try:
+        yield
+    finally:
+        for folder in folders:
+            with suppress(ValueError):
+                _CREATED.remove(folder)
 
 
 #: How long :func:`exit_now` waits for a running commit or rollback to finish.
@@ -109,6 +137,9 @@ def _end_process(line: str | None, status: int) -> NoReturn:
             pass
     for folder in list(_SCRATCH):
         shutil.rmtree(folder, ignore_errors=True)
+    for made in _CREATED:
+        with suppress(OSError):
+            made.rmdir()                # only when empty
     if line is not None:
         os.write(_stderr_fd(), f"{line}\n".encode("utf-8", "replace"))
     os._exit(status)
@@ -522,7 +553,8 @@ _TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.part")
 #: An empty temp file younger than this is left alone even when unlocked: its run may not
 #: have locked it yet (the lock follows the create by microseconds, before any byte).
 STALE_AFTER_S = 5.0
-#: Folders already swept by this process ((st_dev, st_ino)): each is listed once per run.
+#: Folders already swept by this process ((st_dev, st_ino)): a write lists its folder only
+#: the first time (the temps of runs killed before this process started are there then).
 _SWEPT: set[tuple[int, int]] = set()
 
 

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from facenet_convert.converter.core.atomic import created_folders
 from facenet_convert.converter.core.errors import OutputError
 from facenet_convert.converter.core.inputs import describe_os_error
 
@@ -87,7 +88,8 @@ def exclusive_folder(path: str | os.PathLike[str], what: str) -> Iterator[None]:
         _HELD[key] = _HELD.get(key, 0) + 1
     failed = True
     try:
-        yield
+        with created_folders(created):
+            yield
         failed = False
     finally:
         with _HELD_LOCK:
